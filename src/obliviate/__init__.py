@@ -1,0 +1,2 @@
+"""obliviate: continual concept unlearning for text-to-image diffusion models."""
+__version__ = "0.1.0"

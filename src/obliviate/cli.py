@@ -1,0 +1,176 @@
+"""The `obliviate` command line: one entry point, subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def parse_reg(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME[:key=value,...]` -> (name, settings)."""
+    name, _, rest = text.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--reg {text!r}: settings must look like NAME:key=value,key=value")
+        settings[key.strip()] = value.strip()
+    if not name:
+        raise ValueError(f"--reg {text!r}: missing regularizer name")
+    return name.strip(), settings
+
+
+def parse_kv(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{flag} {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ---------------------------------------------------------------- subcommands
+def cmd_minicanvas(args) -> int:
+    from . import minicanvas
+
+    if args.action == "path":
+        print(minicanvas.bundled_path())
+    elif args.action == "concepts":
+        print(json.dumps(minicanvas.catalog(), indent=2))
+    elif args.action == "build":
+        from .minicanvas.build import build
+
+        if not args.out:
+            raise ValueError("minicanvas build needs --out DIR")
+        build(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
+    elif args.action == "check":
+        from .minicanvas.check import check
+
+        if not args.out:
+            raise ValueError("minicanvas check needs --out DIR")
+        result = check(args.model or minicanvas.bundled_path(), args.out, seeds=args.seeds, quiet=args.quiet)
+        print(json.dumps({k: result[k] for k in ("style_accuracy", "object_accuracy", "render_style_accuracy",
+                                                  "render_object_accuracy", "neighbour_agreement")}, indent=2))
+        print(f"wrote {Path(args.out) / 'check.json'}")
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from .continual import Run, build_hooks
+    from .trainer import Request
+
+    method_settings = parse_kv(args.method_setting, "--method-setting")
+    if args.steps is not None:
+        method_settings["steps"] = str(args.steps)
+    request = Request(
+        concept=args.concept, domain=args.domain, method=args.method, method_settings=method_settings,
+        regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
+    )
+    build_hooks(request)  # every name and setting checked before anything is created
+    from .model import PARAM_GROUPS
+
+    if args.param_group not in PARAM_GROUPS:
+        raise ValueError(f"--param-group {args.param_group!r} is not valid; valid groups: {', '.join(PARAM_GROUPS)}")
+    if not (Path(args.run) / "run.json").exists():
+        from .protocols import catalog_for_model, generic_catalog
+        from .minicanvas import bundled_path
+
+        catalog = catalog_for_model(args.model or bundled_path()) or generic_catalog()
+        Run._check_concept(request, catalog)
+    run = Run.open_or_create(args.run, args.model)
+    meta = run.unlearn(request, quiet=args.quiet, device=args.device)
+    d = meta["drift"]
+    print(f"step {meta['step']}: -{request.concept} ({request.method}) in {meta['timings']['train_seconds']:.1f} s; "
+          f"loss {meta['loss_first']:.4f} -> {meta['loss_last']:.4f}; drift L2 {d['parent']['l2']:.4f} "
+          f"(cumulative {d['pretrained']['l2']:.4f}) -> {meta['dir']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .continual import Run
+
+    out = Run(args.run).export(args.out, step=args.step)
+    print(f"wrote pipeline {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+    from .regularizers import REGULARIZERS
+
+    parser = argparse.ArgumentParser(prog="obliviate", description="Continual concept unlearning for text-to-image diffusion models.")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mc = sub.add_parser("minicanvas", help="the built-in miniature benchmark")
+    mc.add_argument("action", choices=["build", "check", "path", "concepts"])
+    mc.add_argument("--out", help="output directory (build, check)")
+    mc.add_argument("--quick", action="store_true", help="build: a tiny model in under two minutes (for tests)")
+    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("--model", help="check: pipeline directory (default: the bundled one)")
+    mc.add_argument("--seeds", type=int, default=3, help="check: generated images per (style, object) pair")
+    mc.set_defaults(func=cmd_minicanvas)
+
+    un = sub.add_parser("unlearn", help="apply one removal request to a run (created on first use)")
+    un.add_argument("--run", required=True, help="run directory")
+    un.add_argument("--concept", required=True)
+    un.add_argument("--domain", required=True, choices=["style", "object", "other"])
+    un.add_argument("--method", default="conabl", help=f"one of: {', '.join(METHODS)}")
+    un.add_argument("--reg", action="append", metavar="NAME[:key=value,...]", help=f"regularizer, repeatable; one of: {', '.join(REGULARIZERS)}")
+    un.add_argument("--method-setting", action="append", metavar="key=value", help="a base-method setting, repeatable")
+    un.add_argument("--model", help="base pipeline directory for a new run (default: bundled MiniCanvas)")
+    un.add_argument("--steps", type=int, help="training steps (default: the method's)")
+    un.add_argument("--seed", type=int, default=0)
+    un.add_argument("--param-group", default="kv-xattn", help="kv-xattn (default), xattn or full")
+    un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    un.set_defaults(func=cmd_unlearn)
+
+    ex = sub.add_parser("export", help="write the model of a run as a full diffusers pipeline directory")
+    ex.add_argument("run")
+    ex.add_argument("--step", type=int, help="after this many requests (default: all)")
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=cmd_export)
+
+    _add_later_commands(sub)
+    return parser
+
+
+def _add_later_commands(sub) -> None:
+    """Evaluation, experiments and the demo (obliviate.experiment)."""
+    try:
+        from .experiment import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["OBLIVIATE_QUIET"] = "1"
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"obliviate: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("obliviate: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

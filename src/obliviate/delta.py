@@ -1,0 +1,92 @@
+"""Deltas: the change a request made to the trained tensors, saved as safetensors; drift."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import layer_group
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_delta(path: Path, delta: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in delta.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_delta(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"delta file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"delta file {path} is corrupt or not safetensors: {err}") from None
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def apply_delta(module: torch.nn.Module, delta: dict[str, torch.Tensor], scale: float = 1.0) -> None:
+    params = dict(module.named_parameters())
+    unknown = [k for k in delta if k not in params]
+    if unknown:
+        raise ValueError(f"delta names tensors the model does not have, e.g. {unknown[:3]}")
+    for name, value in delta.items():
+        if params[name].shape != value.shape:
+            raise ValueError(f"delta tensor {name} has shape {tuple(value.shape)}, the model {tuple(params[name].shape)}")
+        params[name].add_(value.to(params[name].device, params[name].dtype), alpha=scale)
+
+
+def drift(delta: dict[str, torch.Tensor]) -> dict:
+    """L1 and L2 norms of a change, overall and per layer group."""
+    groups: dict[str, dict[str, float]] = {}
+    total_l1, total_sq = 0.0, 0.0
+    for name, value in delta.items():
+        v = value.detach().double()
+        l1, sq = float(v.abs().sum()), float((v * v).sum())
+        g = groups.setdefault(layer_group(name), {"l1": 0.0, "l2": 0.0})
+        g["l1"] += l1
+        g["l2"] += sq  # squared for now
+        total_l1 += l1
+        total_sq += sq
+    for g in groups.values():
+        g["l2"] = g["l2"] ** 0.5
+    return {"l1": total_l1, "l2": total_sq**0.5, "groups": dict(sorted(groups.items()))}

@@ -1,0 +1,13 @@
+"""Base unlearning methods, registered by name. Adding one: a new file plus one line here."""
+from .conabl import ConAbl
+from .erasediff import EraseDiff
+from .esd import ESD
+from .sculpmem import SculpMem
+
+METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff)}
+
+
+def get_method(name: str):
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]

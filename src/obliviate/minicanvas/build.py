@@ -1,0 +1,405 @@
+"""Build the MiniCanvas model from nothing: tokenizer, frozen text encoder, VAE, UNet, classifiers.
+
+Every stage is seeded; the result is a standard diffusers StableDiffusionPipeline directory
+plus a `classifiers/` folder. `obliviate minicanvas build --out DIR [--quick]` calls `build`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world
+from .classifiers import ConceptClassifier, save_classifiers
+
+# Words the tokenizer knows beyond the concept names: the prompt templates, ConAbl's
+# prompt constructions and a few common words so that free-form prompts mostly tokenize.
+BASE_WORDS = (
+    "a an the image images picture photo painting drawing of in on with and style styles "
+    "by art artwork shape object objects scene , . one some small large big"
+).split()
+
+
+@dataclass
+class BuildSize:
+    """How big and how long. `full` is the bundled model; `quick` exists for tests."""
+
+    renders_per_pair: int = 48
+    text_steps: int = 1500
+    vae_steps: int = 2000
+    unet_steps: int = 5000
+    classifier_steps: int = 1200
+    batch_size: int = 64
+    text_width: int = 64
+    text_layers: int = 3
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    unet_channels: tuple[int, ...] = (48, 96)
+    unet_lr: float = 3e-4
+    ema_decay: float = 0.999
+
+
+FULL = BuildSize()
+QUICK = BuildSize(
+    renders_per_pair=4, text_steps=60, vae_steps=60, unet_steps=80, classifier_steps=60,
+    batch_size=32, text_width=32, text_layers=1, vae_channels=(16, 16, 16), unet_channels=(32, 32), ema_decay=0.9,
+)
+
+MAX_TOKENS = 16
+BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[minicanvas] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- tokenizer
+def build_tokenizer(out_dir: Path):
+    """A word-level tokenizer saved as standard Hugging Face files (tokenizer.json & co)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = [BOS, EOS, UNK] + sorted(set(BASE_WORDS) | set(world.STYLE_NAMES) | set(world.OBJECT_NAMES))
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=EOS,
+        model_max_length=MAX_TOKENS,
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+# ---------------------------------------------------------------- data
+def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def render_dataset(renders_per_pair: int, seed_offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All (style, object) pairs x seeds: images in [-1, 1], style labels, object labels."""
+    triples, styles, objects = [], [], []
+    for si, s in enumerate(world.STYLE_NAMES):
+        for oi, o in enumerate(world.OBJECT_NAMES):
+            for k in range(renders_per_pair):
+                triples.append((s, o, seed_offset + k))
+                styles.append(si)
+                objects.append(oi)
+    return _images_to_tensor(world.render_array(triples)), torch.tensor(styles), torch.tensor(objects)
+
+
+def caption_for(style_idx: int, object_idx: int, kind: int) -> str:
+    s, o = world.STYLE_NAMES[style_idx], world.OBJECT_NAMES[object_idx]
+    if kind == 0:
+        return world.prompt(s, o)
+    if kind == 1:
+        return world.STYLE_ONLY_TEMPLATE.format(style=s)
+    if kind == 2:
+        return world.OBJECT_ONLY_TEMPLATE.format(object=o)
+    return ""
+
+
+# ---------------------------------------------------------------- text encoder
+class _ImageTower(torch.nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.GELU(), torch.nn.AvgPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.GELU(), torch.nn.AvgPool2d(2),
+            torch.nn.Conv2d(64, 96, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(96, width),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_text_encoder(tokenizer, images, style_labels, object_labels, size: BuildSize, gen: torch.Generator, quiet: bool):
+    """CLIP-style contrastive training of a small CLIPTextModel against a small image tower.
+
+    Image similarity shapes text similarity: styles whose renders look alike end up with
+    nearby text embeddings, as real CLIP does for Stable Diffusion.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=size.text_width, intermediate_size=size.text_width * 4,
+        num_hidden_layers=size.text_layers, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+        projection_dim=size.text_width, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text_model = CLIPTextModel(config)
+    tower = _ImageTower(size.text_width)
+    text_proj = torch.nn.Linear(size.text_width, size.text_width, bias=False)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    params = list(text_model.parameters()) + list(tower.parameters()) + list(text_proj.parameters()) + [logit_scale]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=size.text_steps, pct_start=0.1)
+    batch = 128
+    bar = tqdm(range(size.text_steps), desc="text encoder", disable=quiet)
+    for _ in bar:
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        kinds = torch.randint(0, 3, (batch,), generator=gen)
+        s, o = style_labels[idx], object_labels[idx]
+        captions = [caption_for(int(a), int(b), int(k)) for a, b, k in zip(s, o, kinds)]
+        enc = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+        t = F.normalize(text_proj(text_model(enc.input_ids).pooler_output), dim=-1)
+        v = F.normalize(tower(images[idx]), dim=-1)
+        # caption j describes image i if every concept it names is in image i
+        style_ok = (kinds[None, :] == 2) | (s[None, :] == s[:, None])
+        object_ok = (kinds[None, :] == 1) | (o[None, :] == o[:, None])
+        match = (style_ok & object_ok).float()
+        logits = logit_scale.exp().clamp(max=100) * v @ t.T
+        loss_i = -(F.log_softmax(logits, dim=1) * match / match.sum(1, keepdim=True)).sum(1).mean()
+        loss_t = -(F.log_softmax(logits.T, dim=1) * match.T / match.T.sum(1, keepdim=True)).sum(1).mean()
+        loss = (loss_i + loss_t) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    text_model.eval().requires_grad_(False)
+    return text_model, float(loss.item())
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_model, captions: list[str]) -> torch.Tensor:
+    enc = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+    return text_model(enc.input_ids).last_hidden_state
+
+
+# ---------------------------------------------------------------- VAE
+def train_vae(images, size: BuildSize, gen: torch.Generator, quiet: bool):
+    from diffusers import AutoencoderKL
+
+    n = len(size.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=size.vae_channels, latent_channels=4,
+        layers_per_block=1, norm_num_groups=8, sample_size=world.IMAGE_SIZE,
+    )
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=size.vae_steps, pct_start=0.05)
+    bar = tqdm(range(size.vae_steps), desc="vae", disable=quiet)
+    for _ in bar:
+        idx = torch.randint(0, len(images), (size.batch_size,), generator=gen)
+        x = images[idx]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = rec + 1e-4 * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        mean = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+    # SD's convention: latents are multiplied by scaling_factor to have unit variance
+    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+    return vae, float(rec.item())
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    out = [vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)]
+    return torch.cat(out) * vae.config.scaling_factor
+
+
+# ---------------------------------------------------------------- UNet
+def make_scheduler_config() -> dict:
+    # Stable Diffusion 1.x's noise schedule
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type="epsilon", steps_offset=1)
+
+
+def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSize, gen: torch.Generator, quiet: bool):
+    """Latent diffusion training with classifier-free-guidance dropout (10% empty captions)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    n = len(size.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=latents.shape[-1], in_channels=4, out_channels=4, block_out_channels=size.unet_channels,
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        cross_attention_dim=caption_bank["embeddings"].shape[-1], attention_head_dim=8, norm_num_groups=16,
+    )
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    scheduler = DDPMScheduler(**make_scheduler_config())
+    opt = torch.optim.AdamW(unet.parameters(), lr=size.unet_lr, weight_decay=0.01)
+    warmup = max(1, size.unet_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * min(i, size.unet_steps) / size.unet_steps)) * 0.9 + 0.1)
+    )
+    embeddings, index = caption_bank["embeddings"], caption_bank["index"]
+    alphas = scheduler.alphas_cumprod
+    losses = []
+    bar = tqdm(range(size.unet_steps), desc="unet", disable=quiet)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (size.batch_size,), generator=gen)
+        # caption kinds: 70% full prompt, 10% style only, 10% object only, 10% empty (CFG)
+        kinds = torch.bucketize(torch.rand(size.batch_size, generator=gen), torch.tensor([0.7, 0.8, 0.9]))
+        cap = torch.tensor([index[(int(s), int(o), int(k))] for s, o, k in zip(style_labels[idx], object_labels[idx], kinds)])
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (size.batch_size,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, embeddings[cap]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(size.ema_decay, (1 + step) / (10 + step))
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(decay).add_(v, alpha=1 - decay)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    unet.load_state_dict(ema)
+    unet.eval().requires_grad_(False)
+    return unet, losses
+
+
+def caption_bank_for(tokenizer, text_model) -> dict:
+    """Every training caption encoded once (the text encoder is frozen)."""
+    keys, captions = [], []
+    for si in range(len(world.STYLE_NAMES)):
+        for oi in range(len(world.OBJECT_NAMES)):
+            for kind in range(4):
+                keys.append((si, oi, kind))
+                captions.append(caption_for(si, oi, kind))
+    unique = sorted(set(captions))
+    emb = encode_captions(tokenizer, text_model, unique)
+    pos = {c: i for i, c in enumerate(unique)}
+    return {"embeddings": emb, "index": {k: pos[c] for k, c in zip(keys, captions)}}
+
+
+# ---------------------------------------------------------------- classifiers
+def train_classifiers(images, style_labels, object_labels, vae, size: BuildSize, gen: torch.Generator, quiet: bool):
+    """Style and object CNNs. Half of each batch passes through the VAE first, so the
+    classifiers know the slight blur of decoded images (they never see generated images)."""
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(vae.encode(images[i : i + 256]).latent_dist.mean).sample.clamp(-1, 1)
+                           for i in range(0, len(images), 256)])
+    heads = {"style": (style_labels, len(world.STYLE_NAMES)), "object": (object_labels, len(world.OBJECT_NAMES))}
+    models = {}
+    for name, (labels, n_classes) in heads.items():
+        model = ConceptClassifier(n_classes)
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=size.classifier_steps, pct_start=0.1)
+        bar = tqdm(range(size.classifier_steps), desc=f"{name} classifier", disable=quiet)
+        for _ in bar:
+            idx = torch.randint(0, len(images), (128,), generator=gen)
+            use_recon = (torch.rand(128, generator=gen) < 0.5).view(-1, 1, 1, 1)
+            x = torch.where(use_recon, recon[idx], images[idx])
+            x = x + 0.03 * torch.randn(x.shape, generator=gen)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        models[name] = model.eval().requires_grad_(False)
+    return models
+
+
+def _portable_tokenizer_class(directory: Path) -> None:
+    """transformers 5 records its fast tokenizer as `TokenizersBackend`, a name transformers 4
+    does not know; `PreTrainedTokenizerFast` loads the same files in both."""
+    index_path = directory / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2))
+    config_path = directory / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+# ---------------------------------------------------------------- the whole build
+def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: bool = False) -> dict:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
+    size = QUICK if quick else FULL
+    torch.manual_seed(seed)  # module initialisers draw from the global generator
+    gen = torch.Generator().manual_seed(seed)
+    timings: dict[str, float] = {}
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    t0 = time.time()
+    _log(f"rendering {size.renders_per_pair} images for each of {len(world.STYLE_NAMES)}x{len(world.OBJECT_NAMES)} pairs", quiet)
+    images, style_labels, object_labels = render_dataset(size.renders_per_pair, seed_offset=0)
+    cls_images, cls_styles, cls_objects = render_dataset(max(2, size.renders_per_pair // 2), seed_offset=100_000)
+    timings["render"] = time.time() - t0
+
+    t0 = time.time()
+    tokenizer = build_tokenizer(tmp / "tokenizer")
+    text_model, text_loss = train_text_encoder(tokenizer, images, style_labels, object_labels, size, gen, quiet)
+    timings["text_encoder"] = time.time() - t0
+
+    t0 = time.time()
+    vae, vae_rec = train_vae(images, size, gen, quiet)
+    latents = encode_latents(vae, images)
+    timings["vae"] = time.time() - t0
+
+    t0 = time.time()
+    bank = caption_bank_for(tokenizer, text_model)
+    unet, unet_losses = train_unet(latents, style_labels, object_labels, bank, size, gen, quiet)
+    timings["unet"] = time.time() - t0
+
+    t0 = time.time()
+    classifiers = train_classifiers(cls_images, cls_styles, cls_objects, vae, size, gen, quiet)
+    timings["classifiers"] = time.time() - t0
+
+    scheduler = DPMSolverMultistepScheduler(**make_scheduler_config())
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    _portable_tokenizer_class(tmp)
+    save_classifiers(classifiers, tmp / "classifiers")
+    head = max(1, len(unet_losses) // 10)
+    info = {
+        "quick": quick, "seed": seed, "size": asdict(size), "timings_seconds": timings,
+        "build_seconds": sum(timings.values()), "text_contrastive_loss": text_loss, "vae_reconstruction_loss": vae_rec,
+        "unet_loss_first": float(np.mean(unet_losses[:head])), "unet_loss_last": float(np.mean(unet_losses[-head:])),
+        "parameters": {
+            "unet": sum(p.numel() for p in unet.parameters()), "vae": sum(p.numel() for p in vae.parameters()),
+            "text_encoder": sum(p.numel() for p in text_model.parameters()),
+            "style_classifier": sum(p.numel() for p in classifiers["style"].parameters()),
+            "object_classifier": sum(p.numel() for p in classifiers["object"].parameters()),
+        },
+        "image_size": world.IMAGE_SIZE, "latent_size": int(latents.shape[-1]), "torch": torch.__version__,
+        "catalog": world.catalog(),
+    }
+    (tmp / "minicanvas.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)  # the directory appears complete or not at all
+    _log(f"built in {info['build_seconds']:.0f} s -> {out}", quiet)
+    return info

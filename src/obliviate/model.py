@@ -1,0 +1,137 @@
+"""Load a diffusers Stable Diffusion pipeline directory; encode prompts; pick trainable tensors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+PARAM_GROUPS = ("kv-xattn", "xattn", "full")
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision only on CUDA: bf16 where supported, else fp16. CPU trains in float32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def check_pipeline_dir(path: str | os.PathLike) -> Path:
+    """A clear error, before any work, for a directory that is not a usable SD pipeline."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
+    index_path = path / "model_index.json"
+    if not index_path.exists():
+        raise ValueError(
+            f"{str(path)!r} is not a diffusers pipeline directory: model_index.json is missing "
+            "(expected a directory written by StableDiffusionPipeline.save_pretrained)"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index_path} is not valid JSON: {err}") from None
+    missing = [c for c in REQUIRED_COMPONENTS if not (isinstance(index.get(c), list) and index[c][0] and (path / c).is_dir())]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} lacks the pipeline components {missing}; a Stable Diffusion pipeline needs {list(REQUIRED_COMPONENTS)}"
+        )
+    if "xl" in str(index.get("_class_name", "")).lower():
+        raise ValueError(f"{str(path)!r} is an SDXL pipeline ({index['_class_name']}); SDXL is not supported yet")
+    return path
+
+
+def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None):
+    """Load a StableDiffusionPipeline offline, float32 weights, every part frozen."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    path = check_pipeline_dir(path)
+    dlogging.disable_progress_bar()
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(pick_device(device) if not isinstance(device, torch.device) else device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+    return pipe
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states, exactly as the pipeline computes them for generation."""
+    tok = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def is_cross_attention(name: str) -> bool:
+    # diffusers names cross-attention `attn2` in every transformer block; `attn1` is self-attention
+    return ".attn2." in name
+
+
+def select_parameters(unet: torch.nn.Module, group: str) -> dict[str, torch.nn.Parameter]:
+    """The tensors a request trains, by parameter group (iterating named_parameters once)."""
+    if group not in PARAM_GROUPS:
+        raise ValueError(f"unknown parameter group {group!r}; valid groups: {', '.join(PARAM_GROUPS)}")
+    chosen = {}
+    for name, param in unet.named_parameters():
+        if group == "full":
+            keep = True
+        elif group == "xattn":
+            keep = is_cross_attention(name)
+        else:
+            keep = is_cross_attention(name) and (name.endswith("to_k.weight") or name.endswith("to_v.weight"))
+        if keep:
+            chosen[name] = param
+    if not chosen:
+        raise ValueError(f"parameter group {group!r} matched no UNet tensor; is this a text-conditioned UNet?")
+    return chosen
+
+
+def layer_group(name: str) -> str:
+    """Coarse location of a tensor for per-group drift: down_blocks.N / mid_block / up_blocks.N / other."""
+    parts = name.split(".")
+    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def hash_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def model_hash(path: str | os.PathLike) -> str:
+    """Identity of a base model: its UNet and text-encoder weights and the pipeline index.
+
+    Hashing many GB takes seconds; the result is cached next to nothing on disk but memoised
+    per process, keyed by file sizes and modification times.
+    """
+    path = check_pipeline_dir(path)
+    files = [path / "model_index.json"]
+    for sub in ("unet", "text_encoder"):
+        files += [p for p in (path / sub).iterdir() if p.suffix in (".safetensors", ".bin", ".json")]
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files))
+    if key not in _HASH_MEMO:
+        _HASH_MEMO[key] = hash_files(files)
+    return _HASH_MEMO[key]
+
+
+_HASH_MEMO: dict[tuple, str] = {}

@@ -1,0 +1,150 @@
+"""Gradient projection orthogonal to the text-embedding subspace of protected concepts.
+
+C (embedding_dim x m) holds one column per auxiliary concept: the text encoder's output at
+the concept's token(s) after a neutral prefix ("an image in the style of X", "an image of a
+X"), averaged over the concept's tokens. Columns with cosine > `dedup` to a kept column are
+dropped. P projects onto the orthogonal complement of span(C); every key/value weight
+gradient G (d_out x d_text) becomes G P, so that dW c = 0 for every protected c to first
+order: the keys and values of protected concepts do not change.
+
+Auxiliary concepts (deterministic, never from a remote service): by default the catalog's
+other concepts of the request's domain (retained ones) plus every concept unlearned
+earlier (so later requests do not bring them back); or the prompts of a file.
+
+`solver=svd` (default) builds P = I - U U^T from an orthonormal basis U of span(C)
+(singular values below 1e-6 of the largest dropped): an exact, symmetric, idempotent
+projector, the eps -> 0 limit of the published formula. `solver=ridge` is the published
+P = I - C (C^T C + eps I)^-1 C^T with eps = max(1e-4, 1e-6 trace(C^T C) / m).
+
+`mode=grad` projects gradients (published). With AdamW the applied update is not -lr G P
+(moment normalisation, weight decay), so invariance is only approximate. `mode=update`
+projects the optimizer's actual update, W <- W_old + (W_new - W_old) P, which keeps
+dW C = 0 exactly under any optimizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..protocols import read_prompt_file
+from ..trainer import Context, Hook
+
+
+@dataclass
+class ProjectionSettings:
+    mode: Literal["grad", "update"] = "grad"
+    concepts: str | None = None  # '+'-separated concept names; default: catalog + unlearned earlier
+    prompts: str | None = None  # a file of auxiliary prompts, one per line (used as whole prompts)
+    dedup: float = 0.95
+    solver: Literal["svd", "ridge"] = "svd"
+    include_target: bool = False
+
+
+def concept_embedding(ctx: Context, concept: str, domain: str) -> torch.Tensor:
+    """Mean hidden state over the concept's tokens after the neutral prefix."""
+    text = ctx.catalog.single(concept, "object" if domain == "object" else "style")
+    prefix = text[: text.rindex(concept)].rstrip()
+    tok = ctx.pipe.tokenizer
+    full_ids = tok(text).input_ids
+    prefix_ids = tok(prefix).input_ids
+    start, end = len(prefix_ids) - 1, len(full_ids) - 1  # drop the end token of each
+    if end <= start:
+        raise ValueError(f"could not locate the tokens of {concept!r} in {text!r}")
+    hidden = ctx.encode([text])[0]
+    return hidden[start:end].mean(0)
+
+
+def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:
+    """A whole auxiliary prompt: mean over its tokens (start and end tokens excluded)."""
+    n = len(ctx.pipe.tokenizer(prompt).input_ids)
+    return ctx.encode([prompt])[0][1 : max(2, n - 1)].mean(0)
+
+
+def deduplicate(columns: list[torch.Tensor], threshold: float) -> list[int]:
+    kept: list[int] = []
+    for i, c in enumerate(columns):
+        if all(torch.nn.functional.cosine_similarity(c, columns[j], dim=0) <= threshold for j in kept):
+            kept.append(i)
+    return kept
+
+
+def projector(C: torch.Tensor, solver: str = "svd") -> torch.Tensor:
+    """P (d x d) onto the orthogonal complement of span(C), computed in float64."""
+    C = C.double()
+    d, m = C.shape
+    eye = torch.eye(d, dtype=torch.float64, device=C.device)
+    if solver == "ridge":
+        gram = C.T @ C
+        eps = max(1e-4, 1e-6 * float(torch.trace(gram)) / m)
+        a = gram + eps * torch.eye(m, dtype=torch.float64, device=C.device)
+        if torch.linalg.cond(a) < 1e12:
+            return eye - C @ torch.linalg.solve(a, C.T)
+        return eye - C @ torch.linalg.pinv(gram) @ C.T  # ill-conditioned: pseudo-inverse
+    u, s, _ = torch.linalg.svd(C, full_matrices=False)
+    basis = u[:, s > 1e-6 * s.max()]
+    return eye - basis @ basis.T
+
+
+class Projection(Hook):
+    name = "projection"
+    order = 10
+    Settings = ProjectionSettings
+
+    def __init__(self, settings: ProjectionSettings):
+        self.settings = settings
+        self.needs_update_transform = settings.mode == "update"
+
+    def auxiliary(self, ctx: Context) -> tuple[list[str], list[torch.Tensor]]:
+        s, req = self.settings, ctx.request
+        if s.prompts:
+            prompts = read_prompt_file(s.prompts)
+            return prompts, [prompt_embedding(ctx, p) for p in prompts]
+        domain = "object" if req.domain == "object" else "style"
+        if s.concepts:
+            names = [c for c in s.concepts.split("+") if c]
+        else:
+            names = [c for c in ctx.catalog.concepts(domain) if c != req.concept]
+            names += [c for c, _ in ctx.unlearned_before if c not in names and c != req.concept]
+        if s.include_target:
+            names.append(req.concept)
+        if not names:
+            raise ValueError(
+                "projection has no auxiliary concepts: this model has no concept catalog for the "
+                f"{req.domain!r} domain; pass projection:concepts=A+B or projection:prompts=FILE"
+            )
+        embeddings = []
+        for c in names:
+            d = dict(ctx.unlearned_before).get(c, ctx.catalog.domain_of(c) or domain)
+            embeddings.append(concept_embedding(ctx, c, d))
+        return names, embeddings
+
+    def setup(self, ctx: Context, method=None) -> None:
+        names, columns = self.auxiliary(ctx)
+        kept = deduplicate(columns, self.settings.dedup)
+        self.concepts = [names[i] for i in kept]
+        C = torch.stack([columns[i] for i in kept], dim=1).float()
+        self.C = C
+        P = projector(C, self.settings.solver).float()
+        width = C.shape[0]
+        # only the key/value weights read text embeddings (input dim = embedding width)
+        self.targets = [n for n, p in ctx.params.items()
+                        if ".attn2." in n and (n.endswith("to_k.weight") or n.endswith("to_v.weight")) and p.shape[1] == width]
+        self.P = P.to(ctx.device)
+        ctx.log(f"projection ({self.settings.mode}): {len(self.concepts)} auxiliary concepts, {len(self.targets)} tensors")
+
+    def transform_gradients(self, ctx: Context) -> None:
+        if self.settings.mode != "grad":
+            return
+        for n in self.targets:
+            g = ctx.params[n].grad
+            g.copy_(g @ self.P)
+
+    def transform_update(self, ctx: Context, before) -> None:
+        if self.settings.mode != "update":
+            return
+        with torch.no_grad():
+            for n in self.targets:
+                p = ctx.params[n]
+                p.copy_(before[n] + (p - before[n]) @ self.P)

@@ -1,0 +1,58 @@
+"""L1-SP and L2-SP: keep the trained tensors near a reference.
+
+`reference=request` anchors to the weights at the start of the current request (the
+published choice: it bounds per-request drift, not cumulative drift); `reference=pretrained`
+anchors to the base model and bounds cumulative drift. The penalty is a mean over all
+trained elements; SD 1.5 ConAbl reference weights are L1 50 and L2 25000 (the SD loss is
+about 4x a per-element MSE, so weights need recalibrating for other loss scales).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..trainer import Context, Hook
+
+SD15_REFERENCE = {"l1sp": {"weight": 50.0}, "l2sp": {"weight": 25000.0}}
+
+
+@dataclass
+class SPSettings:
+    weight: float = 1.0
+    reference: Literal["request", "pretrained"] = "request"
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
+class _SP(Hook):
+    Settings = SPSettings
+    power = 1
+
+    def __init__(self, settings: SPSettings):
+        self.settings = settings
+
+    def setup(self, ctx: Context, method=None) -> None:
+        # one dict keyed by the UNet's own unique parameter names: no colliding references
+        self.reference = ctx.start if self.settings.reference == "request" else ctx.pretrained
+
+    def loss(self, ctx: Context) -> torch.Tensor:
+        total, count = 0.0, 0
+        for name, p in ctx.params.items():
+            diff = p - self.reference[name]
+            total = total + (diff.abs() if self.power == 1 else diff * diff).sum()
+            count += p.numel()
+        return self.settings.weight * total / count
+
+
+class L1SP(_SP):
+    name = "l1sp"
+    power = 1
+
+
+class L2SP(_SP):
+    name = "l2sp"
+    power = 2

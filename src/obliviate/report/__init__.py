@@ -1,0 +1,129 @@
+"""Human-readable report (Markdown + self-contained HTML + PNG plots) of an experiment's summary.json."""
+from __future__ import annotations
+
+import base64
+import html
+import os
+import tempfile
+from pathlib import Path
+
+from . import plots
+
+DASH = "\u2013"  # rendered for missing (null) values
+COLUMNS = ("step", "concept", "UA", "RA-I", "RA-C", "drift_l2", "train_seconds", "eval_seconds")
+_KEYS = ("step", "concept", "UA", "RA_I", "RA_C", "drift_l2", "train_seconds", "eval_seconds")
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return DASH
+    if key == "drift_l2":
+        return f"{float(value):#.3g}"  # "#" keeps trailing zeros: 0.100, not 0.1
+    if key in ("UA", "RA_I", "RA_C", "train_seconds", "eval_seconds"):
+        return f"{float(value):.1f}"
+    return str(value)
+
+
+def _step_rows(steps: list[dict]) -> list[list[str]]:
+    return [[_fmt(k, s.get(k)) for k in _KEYS] for s in steps]
+
+
+def _last_rows(variants: dict[str, dict]) -> list[list[str]]:
+    rows = []
+    for name, v in variants.items():
+        steps = v.get("steps") or [{}]
+        rows.append([name] + [_fmt(k, steps[-1].get(k)) for k in _KEYS[:6]])
+    return rows
+
+
+def _meta(summary: dict) -> list[tuple[str, str]]:
+    return [(k, str(summary[k])) for k in ("protocol", "domain") if summary.get(k) is not None]
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask requires setting it; restored immediately
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # temp file in the same directory so os.replace is an atomic rename: readers never see a half-written file
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions of a new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _md_table(header, rows) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731 - a pipe would split the cell
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header, rows) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown(title, summary, variants, figures) -> str:
+    out = [f"# {title}", ""]
+    out += [f"- **{k}**: {v}" for k, v in _meta(summary)] + [""]
+    for name, v in variants.items():
+        out += [f"## {name}", "", f"setting: {v.get('setting', DASH)}", ""]
+        out += [_md_table(COLUMNS, _step_rows(v.get("steps", []))), ""]
+    out += ["## Last step", "", _md_table(("variant",) + COLUMNS[:6], _last_rows(variants)), ""]
+    out += ["## Figures", ""] + [f"![{name}](plots/{name}.png)\n" for name in figures]
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f2f2f2}img{max-width:100%}"""
+
+
+def _html(title, summary, variants, figures) -> str:
+    t = html.escape(title)
+    out = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{t}</title><style>{_CSS}</style></head><body>',
+           f"<h1>{t}</h1>"]
+    if meta := _meta(summary):
+        out.append("<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta) + "</ul>")
+    for name, v in variants.items():
+        out.append(f"<h2>{html.escape(name)}</h2><p>setting: {html.escape(str(v.get('setting', DASH)))}</p>")
+        out.append(_html_table(COLUMNS, _step_rows(v.get("steps", []))))
+    out += ["<h2>Last step</h2>", _html_table(("variant",) + COLUMNS[:6], _last_rows(variants)), "<h2>Figures</h2>"]
+    for name, png in figures.items():
+        # embedded as data URIs so the single HTML file can be mailed or archived on its own
+        b64 = base64.b64encode(png).decode("ascii")
+        out.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}"></figure>')
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(out_dir: str | Path, summary: dict, *, image_grid: dict | None = None,
+                 title: str = "obliviate report") -> dict[str, Path]:
+    """Write out_dir/report.md, a self-contained out_dir/report.html and PNG plots under out_dir/plots/.
+
+    Returns {"markdown": path, "html": path, "plots": [paths]}.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    variants = summary.get("variants", {})
+    figures = {"metrics": plots.metrics_png(variants), "drift": plots.drift_png(variants)}
+    if image_grid is not None:
+        figures["grid"] = plots.grid_png(image_grid)
+    plot_paths = []
+    for name, png in figures.items():
+        plot_paths.append(out_dir / "plots" / f"{name}.png")
+        _atomic_write(plot_paths[-1], png)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    _atomic_write(md, _markdown(title, summary, variants, figures).encode("utf-8"))
+    _atomic_write(page, _html(title, summary, variants, figures).encode("utf-8"))
+    return {"markdown": md, "html": page, "plots": plot_paths}
+
+
+__all__ = ["write_report"]

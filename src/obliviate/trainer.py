@@ -1,0 +1,307 @@
+"""The single training loop, the request it serves and the hook protocol that methods and
+regularizers share.
+
+One optimisation step reads top to bottom:
+
+    loss = method loss + every regularizer's extra loss term      (Hook.loss)
+    backward                                                      (Method.backward)
+    gradient transforms, in ascending `order`                     (Hook.transform_gradients)
+    clip the gradient norm
+    AdamW step
+    update transforms, in ascending `order`                       (Hook.transform_update)
+    end-of-step bookkeeping                                       (Hook.after_step)
+
+Order of transforms (SPEC 4, "combining with masks"): projection has order 10, masks
+(SelFT, SculpMem) order 90. So a mask is applied *after* the projection: the mask's
+sparsity is exact (masked elements never change) and the projection's invariance holds on
+the elements the mask leaves free; projecting after masking would spread the update to
+masked elements.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import autocast_dtype, encode_prompts
+from .protocols import DOMAINS, Catalog
+
+
+# ---------------------------------------------------------------- settings
+def parse_settings(cls, values: dict[str, Any] | None, where: str):
+    """Build a settings dataclass from strings or values, with errors that name the input."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; valid settings: {', '.join(fields) or '(none)'}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, raw in values.items():
+        kind = hints[key]
+        try:
+            out[key] = _coerce(raw, kind)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: setting {key}={raw!r} is not a valid {_type_name(kind)}") from None
+    try:
+        settings = cls(**out)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return settings
+
+
+def _type_name(kind) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def _coerce(raw, kind):
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        options = typing.get_args(kind)
+        if raw not in options:
+            raise ValueError
+        return raw
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "")):
+            return None
+        return _coerce(raw, args[0])
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if kind is int:
+        if isinstance(raw, float) and not raw.is_integer():
+            raise ValueError
+        return int(raw)
+    if kind is float:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    if kind is str:
+        return str(raw)
+    return raw
+
+
+# ---------------------------------------------------------------- the request
+@dataclass
+class Request:
+    """One removal request: what to forget, how, with which add-ons."""
+
+    concept: str
+    domain: str
+    method: str = "conabl"
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    regularizers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    seed: int = 0
+    param_group: str = "kv-xattn"
+
+    def __post_init__(self):
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain {self.domain!r} is not valid; valid domains: {', '.join(DOMAINS)}")
+        if not self.concept or not self.concept.strip():
+            raise ValueError("concept must be a non-empty name")
+        self.regularizers = [(str(n), dict(s)) for n, s in self.regularizers]
+
+    def to_dict(self) -> dict:
+        return {
+            "concept": self.concept, "domain": self.domain, "method": self.method,
+            "method_settings": dict(self.method_settings),
+            "regularizers": [{"name": n, "settings": dict(s)} for n, s in self.regularizers],
+            "seed": self.seed, "param_group": self.param_group,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Request":
+        regs = [(r["name"], r.get("settings", {})) for r in d.get("regularizers", [])]
+        return cls(concept=d["concept"], domain=d["domain"], method=d.get("method", "conabl"),
+                   method_settings=d.get("method_settings", {}), regularizers=regs, seed=d.get("seed", 0),
+                   param_group=d.get("param_group", "kv-xattn"))
+
+
+# ---------------------------------------------------------------- what hooks see
+@dataclass
+class Context:
+    pipe: Any
+    request: Request
+    params: dict[str, torch.nn.Parameter]  # the trained tensors, by UNet name
+    pretrained: dict[str, torch.Tensor]  # their values in the base model
+    start: dict[str, torch.Tensor]  # their values at the start of this request
+    catalog: Catalog
+    unlearned_before: list[tuple[str, str]]  # (concept, domain) of earlier requests, in order
+    cache_dir: Path
+    base_hash: str
+    restore_base: Any = None  # context manager: the base model's weights, temporarily
+    quiet: bool = False
+    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (the encoder is frozen, so each prompt is encoded once)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            for p, e in zip(missing, encode_prompts(self.pipe, missing)):
+                self._prompt_cache[p] = e
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def autocast(self):
+        dtype = autocast_dtype(self.device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[obliviate] {msg}", flush=True)
+
+
+class Hook:
+    """What methods and regularizers may plug into the loop. Every hook is optional."""
+
+    name = "hook"
+    order = 50
+
+    def setup(self, ctx: Context, method: "Method | None" = None) -> None:
+        """Called once per request before training, with the model at the request's start."""
+
+    def loss(self, ctx: Context) -> torch.Tensor | None:
+        return None
+
+    def transform_gradients(self, ctx: Context) -> None: ...
+
+    def transform_update(self, ctx: Context, before: dict[str, torch.Tensor]) -> None: ...
+
+    def after_step(self, ctx: Context, step: int, total_steps: int) -> None: ...
+
+    needs_update_transform = False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings every method has (its own defaults differ)."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 8
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+
+
+class Method(Hook):
+    """A base unlearning method: data preparation plus the loss of one batch."""
+
+    Settings = TrainSettings
+    order = 90  # its own transforms (e.g. SculpMem's mask) come after the projection
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(self, ctx: Context, gen: torch.Generator, extra_loss) -> float:
+        """Fill .grad of the trained tensors; return the method's loss for logging."""
+        with ctx.autocast():
+            loss = self.method_loss(ctx, gen).float()
+        extra = extra_loss()
+        (loss + extra if extra is not None else loss).backward()
+        return float(loss.detach())
+
+
+# ---------------------------------------------------------------- the loop
+def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_path: Path | None = None,
+          checkpoint_every: int = 25, stop_after: int | None = None) -> dict:
+    """Run one request's optimisation. Resumes from `checkpoint_path` when it exists.
+
+    `stop_after` ends the loop early after that many steps of this call (tests use it to
+    simulate an interruption).
+    """
+    s = method.settings
+    params = ctx.params
+    hooks = sorted([method, *regularizers], key=lambda h: h.order)
+    optimizer = torch.optim.AdamW(params.values(), lr=s.lr, weight_decay=s.weight_decay)
+    gen = torch.Generator().manual_seed(ctx.request.seed)
+    losses: list[float] = []
+    first_step, elapsed_before = 0, 0.0
+
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        for hook in hooks:
+            hook.load_state_dict(state["hooks"].get(hook.name, {}))
+        losses, first_step, elapsed_before = state["losses"], state["step"], state["elapsed"]
+        ctx.log(f"resuming {ctx.request.concept!r} at step {first_step}/{s.steps}")
+
+    def extra_loss():
+        terms = [t for t in (r.loss(ctx) for r in regularizers) if t is not None]
+        return sum(terms) if terms else None
+
+    def save_checkpoint(step: int) -> None:
+        if checkpoint_path is None:
+            return
+        state = {
+            "params": {n: p.detach().cpu().clone() for n, p in params.items()},
+            "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+            "hooks": {h.name: h.state_dict() for h in hooks}, "losses": losses, "step": step,
+            "elapsed": elapsed_before + time.time() - t0,
+        }
+        tmp = checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(checkpoint_path)
+
+    needs_before = any(h.needs_update_transform for h in hooks)
+    t0 = time.time()
+    bar = tqdm(range(first_step, s.steps), initial=first_step, total=s.steps, disable=ctx.quiet,
+               desc=f"{ctx.request.method} -{ctx.request.concept}", leave=False)
+    done_here = 0
+    for step in bar:
+        optimizer.zero_grad(set_to_none=False)
+        loss = method.backward(ctx, gen, extra_loss)
+        for hook in hooks:
+            hook.transform_gradients(ctx)
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params.values(), s.grad_clip)
+        before = {n: p.detach().clone() for n, p in params.items()} if needs_before else {}
+        optimizer.step()
+        for hook in hooks:
+            hook.transform_update(ctx, before)
+        for hook in hooks:
+            hook.after_step(ctx, step, s.steps)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        done_here += 1
+        if (step + 1) % checkpoint_every == 0 and step + 1 < s.steps:
+            save_checkpoint(step + 1)
+        if stop_after is not None and done_here >= stop_after:
+            save_checkpoint(step + 1)
+            return {"interrupted": True, "losses": losses}
+    return {"interrupted": False, "losses": losses, "train_seconds": elapsed_before + time.time() - t0}
