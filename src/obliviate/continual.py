@@ -177,7 +177,8 @@ class Run:
         return out
 
     # ------------------------------------------------------------ applying a request
-    def unlearn(self, request: Request, *, quiet: bool = False, device=None, stop_after: int | None = None) -> dict:
+    def unlearn(self, request: Request, *, quiet: bool = False, device=None, stop_after: int | None = None,
+                checkpoint_every: int = 25) -> dict:
         """Apply one request to the run's latest model; returns the step's metadata.
 
         If the same request already completed in this run, it is not redone: its step is
@@ -248,7 +249,8 @@ class Run:
         for reg in regs:
             reg.setup(ctx, method)
         setup_seconds = time.time() - t0
-        result = train(ctx, method, regs, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after)
+        result = train(ctx, method, regs, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
+                       checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
 

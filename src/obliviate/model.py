@@ -135,3 +135,16 @@ def model_hash(path: str | os.PathLike) -> str:
 
 
 _HASH_MEMO: dict[tuple, str] = {}
+
+
+@torch.no_grad()
+def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
+    """Mean text-encoder output over the tokens of `concept` inside `text` (which ends with it)."""
+    prefix = text[: text.rindex(concept)].rstrip()
+    full_ids = pipe.tokenizer(text).input_ids
+    prefix_ids = pipe.tokenizer(prefix).input_ids
+    start, end = len(prefix_ids) - 1, len(full_ids) - 1  # drop the end token of each
+    if end <= start:
+        raise ValueError(f"could not locate the tokens of {concept!r} in {text!r}")
+    hidden = encode_prompts(pipe, [text])[0]
+    return hidden[start:end].mean(0)

@@ -238,8 +238,8 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
           checkpoint_every: int = 25, stop_after: int | None = None) -> dict:
     """Run one request's optimisation. Resumes from `checkpoint_path` when it exists.
 
-    `stop_after` ends the loop early after that many steps of this call (tests use it to
-    simulate an interruption).
+    `stop_after` abandons the loop after that many steps of this call without saving, as a
+    kill would (tests use it to simulate an interruption).
     """
     s = method.settings
     params = ctx.params
@@ -302,6 +302,6 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         if (step + 1) % checkpoint_every == 0 and step + 1 < s.steps:
             save_checkpoint(step + 1)
         if stop_after is not None and done_here >= stop_after:
-            save_checkpoint(step + 1)
+            # like a kill: whatever came after the last periodic checkpoint is lost
             return {"interrupted": True, "losses": losses}
     return {"interrupted": False, "losses": losses, "train_seconds": elapsed_before + time.time() - t0}

@@ -65,6 +65,10 @@ class EraseDiff(Method):
             target = denoising_target(ctx, x0, noise, t)
         return F.mse_loss(pred, target.float())
 
+    def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
+        """The forget objective alone (what SelFT scores elements by)."""
+        return self._loss(ctx, self.forget, self.forget_prompts, gen, forget=True)
+
     def backward(self, ctx: Context, gen: torch.Generator, extra_loss) -> float:
         params = list(ctx.params.values())
         with ctx.autocast():

@@ -32,6 +32,7 @@ class ConceptClassifier(torch.nn.Module):
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         )
         self.head = torch.nn.Linear(4 * w, n_classes)
+        self.width = width
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -42,7 +43,8 @@ def save_classifiers(models: dict[str, ConceptClassifier], directory: Path) -> N
     labels = {"style": list(world.STYLE_NAMES), "object": list(world.OBJECT_NAMES)}
     for name, model in models.items():
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / f"{name}.safetensors"))
-    (directory / "config.json").write_text(json.dumps({"labels": labels, "input": "RGB in [-1, 1], 32x32"}, indent=2))
+    widths = {name: model.width for name, model in models.items()}
+    (directory / "config.json").write_text(json.dumps({"labels": labels, "width": widths, "input": "RGB in [-1, 1], 32x32"}, indent=2))
 
 
 class MiniCanvasJudge:
@@ -53,10 +55,11 @@ class MiniCanvasJudge:
         config_path = directory / "config.json"
         if not config_path.exists():
             raise FileNotFoundError(f"{directory} has no MiniCanvas classifiers (config.json missing)")
-        self.labels = json.loads(config_path.read_text())["labels"]
+        config = json.loads(config_path.read_text())
+        self.labels = config["labels"]
         self.models = {}
         for name, labels in self.labels.items():
-            model = ConceptClassifier(len(labels))
+            model = ConceptClassifier(len(labels), width=config.get("width", {}).get(name, 16))
             model.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
             self.models[name] = model.eval().requires_grad_(False).to(device)
         self.device = device

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from ..model import concept_token_embedding
 from ..protocols import read_prompt_file
 from ..trainer import Context, Hook
 
@@ -45,15 +46,7 @@ class ProjectionSettings:
 def concept_embedding(ctx: Context, concept: str, domain: str) -> torch.Tensor:
     """Mean hidden state over the concept's tokens after the neutral prefix."""
     text = ctx.catalog.single(concept, "object" if domain == "object" else "style")
-    prefix = text[: text.rindex(concept)].rstrip()
-    tok = ctx.pipe.tokenizer
-    full_ids = tok(text).input_ids
-    prefix_ids = tok(prefix).input_ids
-    start, end = len(prefix_ids) - 1, len(full_ids) - 1  # drop the end token of each
-    if end <= start:
-        raise ValueError(f"could not locate the tokens of {concept!r} in {text!r}")
-    hidden = ctx.encode([text])[0]
-    return hidden[start:end].mean(0)
+    return concept_token_embedding(ctx.pipe, text, concept)
 
 
 def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:

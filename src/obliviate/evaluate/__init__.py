@@ -1,0 +1,1 @@
+"""Evaluation: seeded sampling, classifiers, UnlearnCanvas-style metrics."""

@@ -1,0 +1,97 @@
+"""The engine's defining properties on the quick MiniCanvas model."""
+import math
+
+import pytest
+import torch
+
+from conftest import FAST_CONABL
+from obliviate.continual import Run
+from obliviate.delta import load_delta
+from obliviate.methods import METHODS
+from obliviate.model import concept_token_embedding, load_pipeline
+from obliviate.protocols import minicanvas_catalog
+from obliviate.regularizers.projection import projector
+from obliviate.trainer import Request
+
+
+def request(concept="fire", domain="style", method="conabl", regs=(), **settings):
+    merged = {**FAST_CONABL, **settings} if method in ("conabl", "sculpmem") else settings
+    return Request(concept=concept, domain=domain, method=method, method_settings=merged, regularizers=list(regs))
+
+
+def protected_ratio(pipe, meta):
+    """max over k/v tensors of ||dW C|| / (||dW|| ||C||) for the step's auxiliary concepts."""
+    cat = minicanvas_catalog()
+    C = torch.stack([concept_token_embedding(pipe, cat.single(c, cat.domain_of(c)), c) for c in meta["projection_concepts"]], 1)
+    delta = load_delta(f"{meta['dir']}/delta.safetensors")
+    ratios = [float((d @ C).norm() / (d.norm() * C.norm())) for n, d in delta.items() if d.norm() > 0]
+    return max(ratios)
+
+
+def test_projector_is_symmetric_idempotent_and_annihilates_C():
+    C = torch.randn(16, 5, dtype=torch.float64)
+    C[:, 4] = C[:, 0] + 1e-9 * torch.randn(16, dtype=torch.float64)  # near-duplicate column
+    for solver in ("svd", "ridge"):
+        P = projector(C, solver)
+        assert torch.allclose(P, P.T, atol=1e-12)
+        tol = 1e-10 if solver == "svd" else 1e-3
+        assert torch.allclose(P @ P, P, atol=tol)
+        # directions below the rank cutoff (the 1e-9 near-duplicate) may leave ~1e-10
+        assert (P @ C).norm() / C.norm() < max(tol, 1e-8)
+
+
+def test_projection_update_mode_is_exact_and_grad_mode_reduces_leakage(quick_model, tmp_path):
+    model, _ = quick_model
+    metas = {}
+    for mode in ("none", "grad", "update"):
+        regs = [] if mode == "none" else [("projection", {"mode": mode, "concepts": "ice+ocean+sunset+lava+forest"})]
+        run = Run.open_or_create(tmp_path / mode, model)
+        metas[mode] = run.unlearn(request(regs=regs), quiet=True)
+    pipe = load_pipeline(model, device="cpu")
+    metas["none"]["projection_concepts"] = metas["grad"]["projection_concepts"]
+    ratio = {m: protected_ratio(pipe, metas[m]) for m in metas}
+    assert ratio["update"] < 1e-5
+    assert ratio["grad"] < 0.5 * ratio["none"]
+    assert metas["update"]["drift"]["parent"]["l2"] > 0
+
+
+def test_selft_leaves_masked_elements_bit_identical(quick_model, tmp_path):
+    model, _ = quick_model
+    run = Run.open_or_create(tmp_path / "run", model)
+    # weight decay on: AdamW would move masked weights if the update were not undone
+    meta = run.unlearn(request(regs=[("selft", {"top_k": "0.1"}), ("projection", {"mode": "update"})], weight_decay="0.1"), quiet=True)
+    delta = load_delta(f"{meta['dir']}/delta.safetensors")
+    changed = sum(int((d != 0).sum()) for d in delta.values())
+    total = sum(d.numel() for d in delta.values())
+    assert 0 < changed <= math.ceil(0.1 * total) + 2  # exactly the top-k elements may move (ties aside)
+
+
+def test_l2sp_drift_shrinks_as_the_weight_grows(quick_model, tmp_path):
+    model, _ = quick_model
+    drifts = []
+    for weight in (0.0, 10.0, 100.0, 1000.0):
+        run = Run.open_or_create(tmp_path / f"w{weight}", model)
+        meta = run.unlearn(request(regs=[("l2sp", {"weight": str(weight)})]), quiet=True)
+        drifts.append(meta["drift"]["parent"]["l2"])
+    assert all(a > b for a, b in zip(drifts, drifts[1:])), drifts
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_alone_and_with_all_regularizers(quick_model, tmp_path, method):
+    model, _ = quick_model
+    fast = {"steps": "6", "batch_size": "2"}
+    if method in ("conabl", "sculpmem"):
+        fast.update(anchor_images="4", sampler_steps="3")
+    if method == "sculpmem":
+        fast.update(warmup="2", swap_every="2")
+    if method == "esd":
+        fast.update(ddim_steps="4")
+    if method == "erasediff":
+        fast.update(forget_images="4", remain_images="4", sampler_steps="3")
+    run = Run.open_or_create(tmp_path / "run", model)
+    alone = run.unlearn(Request("fire", "style", method, dict(fast)), quiet=True)
+    combo = run.unlearn(Request("ice", "style", method, dict(fast), [("l1sp", {"weight": "1"}), ("l2sp", {"weight": "10", "reference": "pretrained"}),
+                                                                      ("selft", {"top_k": "0.2"}), ("projection", {"mode": "grad"})]), quiet=True)
+    for meta in (alone, combo):
+        assert math.isfinite(meta["loss_last"]) and meta["drift"]["parent"]["l2"] > 0
+    assert combo["drift"]["pretrained"]["l2"] > 0 and len(run.steps()) == 2

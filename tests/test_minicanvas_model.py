@@ -1,0 +1,71 @@
+"""The bundled MiniCanvas model and the quick build."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from obliviate.minicanvas import world
+from obliviate.minicanvas.classifiers import MiniCanvasJudge
+
+
+def test_tokenizer_round_trip(bundled_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_model / "tokenizer")
+    text = world.prompt("galaxy", "arrow")
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text.lower()
+    assert len(tok(text, padding="max_length", max_length=tok.model_max_length).input_ids) == tok.model_max_length
+
+
+def test_bundled_pipeline_loads_with_plain_diffusers(bundled_model):
+    # a fresh interpreter that never imports obliviate
+    code = (
+        "import sys, torch; from diffusers import StableDiffusionPipeline;"
+        f"p = StableDiffusionPipeline.from_pretrained({str(bundled_model)!r}, local_files_only=True);"
+        "p.set_progress_bar_config(disable=True);"
+        "im = p('A star image in fire style', num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type='np').images;"
+        "print(tuple(im.shape))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "(1, 32, 32, 3)"
+
+
+def test_bundled_assets_are_small(bundled_model):
+    total = sum(p.stat().st_size for p in bundled_model.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20
+    assert not list(bundled_model.rglob("*.bin")) and list(bundled_model.rglob("*.safetensors"))
+
+
+def test_classifiers_beat_chance_on_fresh_renders(bundled_model):
+    judge = MiniCanvasJudge(bundled_model)
+    triples = [(s, o, 900_000 + i) for i, (s, o) in enumerate((s, o) for s in world.STYLE_NAMES for o in world.OBJECT_NAMES)]
+    pred = judge.predict(world.render_array(triples))
+    style_acc = np.mean([p == t[0] for p, t in zip(pred["style"], triples)])
+    object_acc = np.mean([p == t[1] for p, t in zip(pred["object"], triples)])
+    assert style_acc > 0.9 and object_acc > 0.9  # chance: 1/16 and 1/12
+
+
+def test_quick_build_runs_end_to_end_and_its_loss_falls(quick_model):
+    path, info = quick_model
+    for part in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "classifiers"):
+        assert (path / part).exists()
+    assert info["unet_loss_last"] < 0.8 * info["unet_loss_first"]
+    saved = json.loads((path / "minicanvas.json").read_text())
+    assert saved["catalog"]["styles"] == list(world.STYLE_NAMES)
+
+
+def test_build_refuses_a_non_empty_directory(tmp_path):
+    import pytest
+
+    from obliviate.minicanvas.build import build
+
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        build(tmp_path, quick=True, quiet=True)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
