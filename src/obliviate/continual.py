@@ -30,7 +30,7 @@ from .methods import get_method
 from .model import check_pipeline_dir, load_pipeline, model_hash, select_parameters
 from .protocols import Catalog, catalog_for_model, generic_catalog
 from .regularizers import get_regularizer
-from .trainer import Context, Request, parse_settings, train
+from .trainer import Context, Hook, Request, parse_settings, train
 
 
 def slug(text: str) -> str:
@@ -178,7 +178,7 @@ class Run:
 
     # ------------------------------------------------------------ applying a request
     def unlearn(self, request: Request, *, quiet: bool = False, device=None, stop_after: int | None = None,
-                checkpoint_every: int = 25) -> dict:
+                checkpoint_every: int = 25, choose=None, snapshots: int = 4) -> dict:
         """Apply one request to the run's latest model; returns the step's metadata.
 
         If the same request already completed in this run, it is not redone: its step is
@@ -249,10 +249,22 @@ class Run:
         for reg in regs:
             reg.setup(ctx, method)
         setup_seconds = time.time() - t0
-        result = train(ctx, method, regs, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
+        hooks = list(regs)
+        if choose is not None:  # early stopping: keep snapshots, let `choose` pick one
+            total = method.settings.steps
+            keeper = SnapshotKeeper(sorted({max(1, round(total * (i + 1) / snapshots)) for i in range(snapshots)}))
+            hooks.append(keeper)
+        result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
                        checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
+        early = None
+        if choose is not None:
+            chosen, info = choose(ctx, keeper.snapshots)
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(keeper.snapshots[chosen][n])
+            early = {"chosen_step": chosen, "candidates": sorted(keeper.snapshots), **info}
 
         delta = {n: (p.detach() - start[n]).cpu() for n, p in params.items()}
         cumulative = {n: v.clone() for n, v in previous.items()}
@@ -270,6 +282,8 @@ class Run:
             "obliviate": __version__, "torch": torch.__version__,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if early is not None:
+            meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
         if hasattr(method, "anchor") and method.anchor:
             meta["anchor"] = method.anchor
         if regs and any(r.name == "projection" for r in regs):
@@ -286,13 +300,37 @@ class Run:
         if catalog.name == "generic" or request.domain == "other":
             return
         known = catalog.concepts(request.domain)
-        if request.concept not in known:
-            where = catalog.domain_of(request.concept)
+        for concept in request.targets:
+            Run._check_one(concept, request.domain, catalog, known)
+
+    @staticmethod
+    def _check_one(concept, domain, catalog, known) -> None:
+        if concept not in known:
+            where = catalog.domain_of(concept)
             hint = f" (it is a {where})" if where else ""
             raise ValueError(
-                f"unknown {request.domain} {request.concept!r} for the {catalog.name} model{hint}; "
-                f"valid {request.domain}s: {', '.join(known)}"
+                f"unknown {domain} {concept!r} for the {catalog.name} model{hint}; valid {domain}s: {', '.join(known)}"
             )
+
+
+class SnapshotKeeper(Hook):
+    """Copies of the trained tensors at chosen steps (for early stopping)."""
+
+    name = "snapshots"
+    order = 100
+
+    def __init__(self, at_steps: list[int]):
+        self.at_steps, self.snapshots = set(at_steps), {}
+
+    def after_step(self, ctx, step, total_steps) -> None:
+        if step + 1 in self.at_steps:
+            self.snapshots[step + 1] = {n: p.detach().clone() for n, p in ctx.params.items()}
+
+    def state_dict(self) -> dict:
+        return {"snapshots": self.snapshots}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.snapshots = state.get("snapshots", {})
 
 
 def _portable_tokenizer(directory: Path) -> None:

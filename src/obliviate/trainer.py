@@ -108,6 +108,11 @@ class Request:
     regularizers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     seed: int = 0
     param_group: str = "kv-xattn"
+    also: list[str] = field(default_factory=list)  # concepts unlearned together with `concept` (simultaneous)
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.concept, *[c for c in self.also if c != self.concept]]
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
@@ -122,6 +127,7 @@ class Request:
             "method_settings": dict(self.method_settings),
             "regularizers": [{"name": n, "settings": dict(s)} for n, s in self.regularizers],
             "seed": self.seed, "param_group": self.param_group,
+            **({"also": list(self.also)} if self.also else {}),
         }
 
     @classmethod
@@ -129,7 +135,7 @@ class Request:
         regs = [(r["name"], r.get("settings", {})) for r in d.get("regularizers", [])]
         return cls(concept=d["concept"], domain=d["domain"], method=d.get("method", "conabl"),
                    method_settings=d.get("method_settings", {}), regularizers=regs, seed=d.get("seed", 0),
-                   param_group=d.get("param_group", "kv-xattn"))
+                   param_group=d.get("param_group", "kv-xattn"), also=list(d.get("also", [])))
 
 
 # ---------------------------------------------------------------- what hooks see

@@ -80,7 +80,7 @@ def base_model_latents(ctx: Context, prompts: list[str], seeds: list[int], steps
 
 def default_anchor_object(ctx: Context, concept: str) -> str:
     """First catalog object that is not the target, not unlearned, and not a designed neighbour."""
-    taken = {c for c, _ in ctx.unlearned_before} | {concept} | set(ctx.catalog.neighbours.get(concept, []))
+    taken = {c for c, _ in ctx.unlearned_before} | set(ctx.request.targets) | {concept} | set(ctx.catalog.neighbours.get(concept, []))
     for obj in ctx.catalog.objects:
         if obj not in taken:
             return obj

@@ -39,13 +39,20 @@ class ConAbl(Method):
     Settings = ConAblSettings
 
     def setup(self, ctx: Context, method=None) -> None:
-        s, concept, domain = self.settings, ctx.request.concept, ctx.request.domain
-        anchor_prompts, target_prompts = self.build_prompts(ctx, concept, domain, s.anchor_images)
+        s, domain = self.settings, ctx.request.domain
         steps, guidance = sampler_settings(ctx, s.sampler_steps, s.guidance)
-        seeds = [10_000 + i for i in range(len(anchor_prompts))]
-        self.latents = base_model_latents(ctx, anchor_prompts, seeds, steps, guidance, purpose="anchors")
+        latents, anchor_prompts, target_prompts, anchors = [], [], [], []
+        for concept in ctx.request.targets:  # several only when unlearning simultaneously
+            a, t = self.build_prompts(ctx, concept, domain, s.anchor_images)
+            seeds = [10_000 + i for i in range(len(a))]
+            latents.append(base_model_latents(ctx, a, seeds, steps, guidance, purpose="anchors"))
+            anchor_prompts += a
+            target_prompts += t
+            anchors.append(self.anchor)
+        self.latents = torch.cat(latents)
         self.anchor_prompts = anchor_prompts
         self.target_prompts = target_prompts  # per example: the phrasings to choose from
+        self.anchor = anchors[0] if len(anchors) == 1 else anchors
         ctx.encode(anchor_prompts + [p for options in target_prompts for p in options])
 
     def build_prompts(self, ctx: Context, concept: str, domain: str, n: int):

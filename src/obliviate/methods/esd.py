@@ -38,9 +38,9 @@ class ESD(Method):
     Settings = ESDSettings
 
     def setup(self, ctx: Context, method=None) -> None:
-        domain, concept = ctx.request.domain, ctx.request.concept
-        self.prompt = ctx.catalog.single(concept, "object" if domain == "object" else "style")
-        ctx.encode([self.prompt, ""])
+        domain = "object" if ctx.request.domain == "object" else "style"
+        self.prompts = [ctx.catalog.single(c, domain) for c in ctx.request.targets]
+        ctx.encode(self.prompts + [""])
 
     def frozen(self, ctx: Context, x, t, emb):
         return functional_call(ctx.unet, ctx.start, (x, t), {"encoder_hidden_states": emb}).sample
@@ -52,7 +52,8 @@ class ESD(Method):
         sched = DDIMScheduler.from_config(ctx.pipe.scheduler.config)
         sched.set_timesteps(s.ddim_steps)
         k = int(torch.randint(0, s.ddim_steps, (1,), generator=gen))
-        cond = ctx.encode([self.prompt] * s.batch_size)
+        which = torch.randint(0, len(self.prompts), (s.batch_size,), generator=gen).tolist()
+        cond = ctx.encode([self.prompts[i] for i in which])
         uncond = ctx.encode([""] * s.batch_size)
         unet = ctx.unet
         shape = (s.batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)

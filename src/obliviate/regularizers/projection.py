@@ -98,8 +98,8 @@ class Projection(Hook):
         if s.concepts:
             names = [c for c in s.concepts.split("+") if c]
         else:
-            names = [c for c in ctx.catalog.concepts(domain) if c != req.concept]
-            names += [c for c, _ in ctx.unlearned_before if c not in names and c != req.concept]
+            names = [c for c in ctx.catalog.concepts(domain) if c not in req.targets]
+            names += [c for c, _ in ctx.unlearned_before if c not in names and c not in req.targets]
         if s.include_target:
             names.append(req.concept)
         if not names:

@@ -1,0 +1,450 @@
+"""Experiment files: a model, a protocol, a concept sequence and variants, run end to end.
+
+`obliviate run FILE --out DIR` runs every variant, evaluates every step, resumes where it
+stopped (completed steps and evaluations are files; they are reused, never redone), and
+writes DIR/summary.json and DIR/report.{md,html}.
+
+Settings (SPEC 1): a setting is only a policy for which model a request starts from.
+- sequential: request t starts from the model after request t-1 (one run ledger);
+- simultaneous: request t retrains from the base model on concepts 1..t together, with
+  optional early stopping chosen on *probe* seeds, disjoint from the reported seeds;
+- independent+merge: each concept is unlearned alone from the base model; the model after t
+  requests merges task vectors 1..t (uniform / task_arithmetic / ties); lambda and top-k
+  are chosen on the probe seeds only.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .continual import Run, build_hooks, slug
+from .delta import apply_delta, atomic_write_json, drift, load_delta
+from .evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
+from .evaluate.sampler import SamplerConfig
+from .merge import MERGE_METHODS, merge_task_vectors
+from .model import load_pipeline, model_hash
+from .trainer import Request
+
+SETTINGS = ("sequential", "simultaneous", "independent+merge")
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass
+class Variant:
+    name: str
+    setting: str = "sequential"
+    method: str = "conabl"
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    regularizers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    early_stopping: bool = False  # simultaneous only
+    merge: dict[str, Any] = field(default_factory=dict)  # independent+merge only
+    param_group: str = "kv-xattn"
+
+
+@dataclass
+class Experiment:
+    name: str
+    model: str
+    protocol: str
+    domain: str
+    sequence: list[str]
+    retained: list[str] | None
+    partners: list[str] | None
+    seeds: list[int]
+    probe_seeds: list[int]
+    sampler: SamplerConfig
+    variants: list[Variant]
+    seed: int = 0
+    grid_variant: str | None = None
+    grid_prompts: int = 6
+    style_classifier: str | None = None
+    object_classifier: str | None = None
+    raw: dict = field(default_factory=dict)
+
+
+EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
+                   "grid", "classifiers"}
+VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group"}
+
+
+def _regs(items, where: str) -> list[tuple[str, dict]]:
+    out = []
+    for item in items or []:
+        if isinstance(item, str):
+            out.append((item, {}))
+        elif isinstance(item, dict) and "name" in item:
+            settings = {k: v for k, v in item.items() if k != "name"}
+            out.append((item["name"], settings))
+        else:
+            raise ValueError(f"{where}: a regularizer is a name or a mapping with 'name', got {item!r}")
+    return out
+
+
+def resolve_model(model: str | None) -> str:
+    if model in (None, "minicanvas", "bundled"):
+        from .minicanvas import bundled_path
+
+        return str(bundled_path())
+    return str(model)
+
+
+def load_experiment(path_or_dict) -> Experiment:
+    """Parse and validate an experiment file before any work starts."""
+    if isinstance(path_or_dict, dict):
+        raw, where = copy.deepcopy(path_or_dict), "experiment"
+    else:
+        path = Path(path_or_dict)
+        if not path.exists():
+            raise FileNotFoundError(f"experiment file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {err}") from None
+        where = str(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: an experiment file is a mapping")
+    unknown = set(raw) - EXPERIMENT_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(EXPERIMENT_KEYS))}")
+    for key in ("domain", "sequence", "variants"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    ev = raw.get("eval", {}) or {}
+    sampler = SamplerConfig(**ev.get("sampler", {})) if ev.get("sampler") else None
+    variants = []
+    for i, v in enumerate(raw["variants"]):
+        vw = f"{where}: variants[{i}]"
+        if not isinstance(v, dict) or "name" not in v:
+            raise ValueError(f"{vw}: each variant is a mapping with a 'name'")
+        bad = set(v) - VARIANT_KEYS
+        if bad:
+            raise ValueError(f"{vw} ({v['name']}): unknown keys {sorted(bad)}; valid keys: {', '.join(sorted(VARIANT_KEYS))}")
+        variant = Variant(name=str(v["name"]), setting=v.get("setting", "sequential"), method=v.get("method", "conabl"),
+                          method_settings=dict(v.get("method_settings", {}) or {}), regularizers=_regs(v.get("regularizers"), vw),
+                          early_stopping=bool(v.get("early_stopping", False)), merge=dict(v.get("merge", {}) or {}),
+                          param_group=v.get("param_group", "kv-xattn"))
+        if variant.setting not in SETTINGS:
+            raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
+        # every method / regularizer name and setting is checked now, not after an hour of work
+        build_hooks(Request("x", raw["domain"] if raw["domain"] in ("style", "object") else "other", variant.method,
+                            variant.method_settings, variant.regularizers))
+        if variant.setting == "independent+merge":
+            m = variant.merge.get("method", "ties")
+            if m not in MERGE_METHODS:
+                raise ValueError(f"{vw}: merge method {m!r} is not valid; valid: {', '.join(MERGE_METHODS)}")
+        variants.append(variant)
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: variant names must be unique, got {names}")
+    grid = raw.get("grid", {}) or {}
+    classifiers = raw.get("classifiers", {}) or {}
+    exp = Experiment(
+        name=str(raw.get("name", "experiment")), model=resolve_model(raw.get("model")), protocol=raw.get("protocol", "minicanvas"),
+        domain=raw["domain"], sequence=list(raw["sequence"]), retained=raw.get("retained"), partners=raw.get("partners"),
+        seeds=list(ev.get("seeds", [188, 288])), probe_seeds=list(ev.get("probe_seeds", [1, 2])), sampler=sampler,
+        variants=variants, seed=int(raw.get("seed", 0)), grid_variant=grid.get("variant"), grid_prompts=int(grid.get("prompts", 6)),
+        style_classifier=classifiers.get("style"), object_classifier=classifiers.get("object"), raw=raw,
+    )
+    if set(exp.seeds) & set(exp.probe_seeds):
+        raise ValueError(f"{where}: probe_seeds {exp.probe_seeds} must be disjoint from the reported seeds {exp.seeds}")
+    if exp.grid_variant and exp.grid_variant not in names:
+        raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
+    if len(set(exp.sequence)) != len(exp.sequence):
+        raise ValueError(f"{where}: the sequence repeats a concept")
+    return exp
+
+
+# ---------------------------------------------------------------- the runner
+class Runner:
+    def __init__(self, exp: Experiment, out: str | Path, *, quiet: bool = False):
+        self.exp, self.out, self.quiet = exp, Path(out), quiet
+        self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
+                                      object_classifier=exp.object_classifier)
+        self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained, exp.partners, exp.seeds, exp.sampler)
+        self.probe = EvalPlan(self.plan.domain, self.plan.sequence, self.plan.retained, self.plan.partners,
+                              exp.probe_seeds, self.plan.sampler)
+        self.base_hash = model_hash(exp.model)
+        self.cache = self.out / "cache" / "images"
+        self._base_pipe = None
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[obliviate] {msg}", flush=True)
+
+    # ------------------------------------------------------------ models
+    def pipe_with(self, delta: dict[str, torch.Tensor] | None):
+        """The base pipeline with `delta` applied (a fresh copy of the trained tensors each time)."""
+        if self._base_pipe is None:
+            self._base_pipe = load_pipeline(self.exp.model)
+            self._base_state = {n: p.detach().clone() for n, p in self._base_pipe.unet.named_parameters()}
+        pipe = self._base_pipe
+        with torch.no_grad():
+            params = dict(pipe.unet.named_parameters())
+            for n, v in self._base_state.items():
+                if not torch.equal(params[n], v):
+                    params[n].copy_(v)
+        if delta:
+            apply_delta(pipe.unet, delta)
+        return pipe
+
+    def evaluate(self, delta, unlearned, key, path: Path, plan: EvalPlan | None = None) -> dict:
+        """Cached per file: a finished evaluation is read back, never recomputed."""
+        if path.exists():
+            return json.loads(path.read_text())
+        plan = plan or self.plan
+        pipe = self.pipe_with(delta)
+        bar = tqdm(total=len(plan.grid()), desc=f"eval {path.parent.name}/{path.stem}", disable=self.quiet, leave=False)
+        result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
+        bar.close()
+        result["model_key"] = key
+        atomic_write_json(path, result)
+        return result
+
+    def request(self, variant: Variant, concept: str, also: list[str] | None = None, steps_scale: int = 1) -> Request:
+        settings = dict(variant.method_settings)
+        if steps_scale > 1:
+            method_cls = build_hooks(Request(concept, self.exp.domain, variant.method, settings))[0]
+            settings["steps"] = int(method_cls.settings.steps) * steps_scale
+        req = Request(concept, self.exp.domain, variant.method, settings, variant.regularizers, seed=self.exp.seed,
+                      param_group=variant.param_group)
+        req.also = list(also or [])
+        return req
+
+    # ------------------------------------------------------------ settings
+    def step0(self, vdir: Path) -> dict:
+        res = self.evaluate(None, [], model_key(self.base_hash), self.out / "eval" / "base.json")
+        return {"step": 0, "concept": None, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": 0.0,
+                "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"]}
+
+    def row(self, t, concept, res, drift_l2, train_seconds, **extra) -> dict:
+        return {"step": t, "concept": concept, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": drift_l2,
+                "train_seconds": train_seconds, "eval_seconds": res["eval_seconds"],
+                "per_concept_accuracy": res["per_concept_accuracy"], **extra}
+
+    def run_sequential(self, variant: Variant, vdir: Path) -> list[dict]:
+        run = Run.open_or_create(vdir / "run", self.exp.model)
+        rows = [self.step0(vdir)]
+        for t, concept in enumerate(self.exp.sequence, start=1):
+            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet)
+            hashes = [m["delta_hash"] for m in run.steps()[:t]]
+            res = self.evaluate(run.cumulative_delta(t), self.exp.sequence[:t], model_key(self.base_hash, *hashes),
+                                vdir / "eval" / f"step{t:03d}.json")
+            rows.append(self.row(t, concept, res, meta["drift"]["pretrained"]["l2"], meta["timings"]["train_seconds"]))
+            self.log(f"{variant.name} step {t} -{concept}: UA {res['UA']:.1f} RA-I {res['RA_I']:.1f} RA-C {res['RA_C']:.1f}")
+        return rows
+
+    def run_simultaneous(self, variant: Variant, vdir: Path) -> list[dict]:
+        rows = [self.step0(vdir)]
+        for t, concept in enumerate(self.exp.sequence, start=1):
+            run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model)
+            req = self.request(variant, concept, also=self.exp.sequence[: t - 1], steps_scale=t)
+            chooser = self.early_stop_chooser(variant, vdir, t) if variant.early_stopping else None
+            meta = run.unlearn(req, quiet=self.quiet, choose=chooser)
+            delta = run.cumulative_delta(1)
+            res = self.evaluate(delta, self.exp.sequence[:t], model_key(self.base_hash, meta["delta_hash"]),
+                                vdir / "eval" / f"step{t:03d}.json")
+            rows.append(self.row(t, concept, res, drift(delta)["l2"], meta["timings"]["train_seconds"],
+                                 chosen_step=meta.get("early_stopping", {}).get("chosen_step")))
+            self.log(f"{variant.name} step {t} (retrain on {t}): UA {res['UA']:.1f} RA-I {res['RA_I']:.1f} RA-C {res['RA_C']:.1f}")
+        return rows
+
+    def early_stop_chooser(self, variant, vdir: Path, t: int):
+        """Pick the training length with the best probe score: mean of UA, RA-I and RA-C on
+        the probe seeds (never the reported seeds)."""
+        def choose(ctx, snapshots: dict[int, dict[str, torch.Tensor]]) -> tuple[int, dict]:
+            scores = {}
+            for step, values in sorted(snapshots.items()):
+                delta = {n: values[n] - ctx.pretrained[n] for n in values}
+                key = model_key(self.base_hash, "simultaneous-probe", variant.name, t, step)
+                res = self.evaluate(delta, self.exp.sequence[:t], key, vdir / "probe" / f"step{t:03d}-at{step}.json", self.probe)
+                scores[step] = (res["UA"] + res["RA_I"] + res["RA_C"]) / 3
+            best = max(scores, key=lambda s: (scores[s], s))
+            return best, {"probe_scores": scores}
+        return choose
+
+    def run_merge(self, variant: Variant, vdir: Path) -> list[dict]:
+        rows = [self.step0(vdir)]
+        taus, hashes, train_seconds = [], [], []
+        merge = variant.merge
+        method = merge.get("method", "ties")
+        lams = merge.get("lam", [1.0])
+        tops = merge.get("top_k", [1.0])
+        lams = lams if isinstance(lams, list) else [lams]
+        tops = tops if isinstance(tops, list) else [tops]
+        for t, concept in enumerate(self.exp.sequence, start=1):
+            run = Run.open_or_create(vdir / "independent" / slug(concept), self.exp.model)
+            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet)
+            taus.append(run.cumulative_delta(1))
+            hashes.append(meta["delta_hash"])
+            train_seconds.append(meta["timings"]["train_seconds"])
+            candidates = list(itertools.product(lams, tops)) if method != "uniform" else [(1.0, 1.0)]
+            if len(candidates) > 1:  # hyperparameters chosen on probe seeds only
+                scores = {}
+                for lam, top in candidates:
+                    merged = merge_task_vectors(taus, method, lam=lam, top_k=top)
+                    key = model_key(self.base_hash, method, lam, top, *hashes)
+                    res = self.evaluate(merged, self.exp.sequence[:t], key, vdir / "probe" / f"step{t:03d}-l{lam}-k{top}.json", self.probe)
+                    scores[(lam, top)] = (res["UA"] + res["RA_I"] + res["RA_C"]) / 3
+                lam, top = max(scores, key=lambda c: scores[c])
+            else:
+                lam, top = candidates[0]
+            merged = merge_task_vectors(taus, method, lam=lam, top_k=top)
+            res = self.evaluate(merged, self.exp.sequence[:t], model_key(self.base_hash, method, lam, top, *hashes),
+                                vdir / "eval" / f"step{t:03d}.json")
+            rows.append(self.row(t, concept, res, drift(merged)["l2"], train_seconds[-1], merge={"method": method, "lam": lam, "top_k": top}))
+            self.log(f"{variant.name} step {t} (merge {method} lam={lam} top_k={top}): UA {res['UA']:.1f} RA-I {res['RA_I']:.1f} RA-C {res['RA_C']:.1f}")
+        return rows
+
+    # ------------------------------------------------------------ the whole experiment
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "experiment.json", self.exp.raw)
+        summary = {"name": self.exp.name, "protocol": self.exp.protocol, "domain": self.exp.domain,
+                   "sequence": self.exp.sequence, "retained": self.plan.retained, "partners": self.plan.partners,
+                   "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
+                   "variants": {}}
+        t0 = time.time()
+        for i, variant in enumerate(self.exp.variants, start=1):
+            self.log(f"variant {i}/{len(self.exp.variants)}: {variant.name} ({variant.setting})")
+            vdir = self.out / "variants" / slug(variant.name)
+            runner = {"sequential": self.run_sequential, "simultaneous": self.run_simultaneous,
+                      "independent+merge": self.run_merge}[variant.setting]
+            rows = runner(variant, vdir)
+            summary["variants"][variant.name] = {"setting": variant.setting, "method": variant.method,
+                                                 "regularizers": [n for n, _ in variant.regularizers], "steps": rows}
+            atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
+        summary["wall_seconds"] = time.time() - t0
+        atomic_write_json(self.out / "summary.json", summary)
+        self.write_report(summary)
+        return summary
+
+    def image_grid(self) -> dict | None:
+        """Fixed prompts (rows) across steps (columns) for one variant, from the eval cache."""
+        name = self.exp.grid_variant or self.exp.variants[-1].name
+        variant = next(v for v in self.exp.variants if v.name == name)
+        if variant.setting != "sequential":
+            return None
+        from .evaluate.sampler import generate
+
+        run = Run(self.out / "variants" / slug(name) / "run")
+        steps = run.steps()
+        concepts = self.exp.sequence[: max(1, self.exp.grid_prompts - 2)] + self.plan.retained[:2]
+        partner = self.plan.partners[0]
+        cells = [(c, partner) if self.exp.domain == "style" else (partner, c) for c in concepts]
+        prompts = [self.protocol.prompt(s, o) for s, o in cells]
+        seed = self.exp.seeds[0]
+        columns, images = [], [[] for _ in prompts]
+        for k in range(len(steps) + 1):
+            hashes = [m["delta_hash"] for m in steps[:k]]
+            key = model_key(self.base_hash, *hashes)
+            imgs = generate(self.pipe_with(run.cumulative_delta(k) if k else None), prompts, [seed] * len(prompts),
+                            self.plan.sampler, cache_dir=self.cache, model_key=key)
+            for r, img in enumerate(imgs):
+                images[r].append(img)
+            columns.append("step 0" if k == 0 else f"step {k} (-{steps[k - 1]['request']['concept']})")
+        marked = [[k > 0 and c in self.exp.sequence[:k] for k in range(len(steps) + 1)] for c in concepts]
+        return {"variant": name, "rows": prompts, "columns": columns, "images": images, "marked": marked}
+
+    def write_report(self, summary: dict) -> dict:
+        from .report import write_report
+
+        return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def short_table(summary: dict) -> str:
+    lines = [f"{'variant':28s} {'step':>4s} {'UA':>6s} {'RA-I':>6s} {'RA-C':>6s} {'drift':>7s}"]
+    for name, v in summary["variants"].items():
+        last = v["steps"][-1]
+        fmt = lambda x: f"{x:6.1f}" if x is not None else "     -"
+        lines.append(f"{name:28s} {last['step']:4d} {fmt(last['UA'])} {fmt(last['RA_I'])} {fmt(last['RA_C'])} {last['drift_l2']:7.3f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_run(args) -> int:
+    exp = load_experiment(args.file)
+    summary = Runner(exp, args.out, quiet=args.quiet).run()
+    print(short_table(summary))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    protocol = load_protocol(args.protocol, args.model, style_classifier=args.style_classifier, object_classifier=args.object_classifier)
+    unlearned = [c for c in (args.unlearned or "").split(",") if c]
+    domain = args.domain
+    if args.run:
+        run = Run(args.run)
+        steps = run.verify_chain(args.step)
+        unlearned = [m["request"]["concept"] for m in steps] + [a for m in steps for a in m["request"].get("also", [])]
+        domain = domain or (steps[0]["request"]["domain"] if steps else None)
+        model_dir = run.base_model
+        delta = run.cumulative_delta(args.step)
+        key = model_key(run.info["base_hash"], *[m["delta_hash"] for m in steps])
+    else:
+        model_dir, delta, key = args.model, None, None
+    if not model_dir:
+        raise ValueError("obliviate eval needs --model DIR or --run RUN")
+    domain = domain or "style"
+    sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    plan = make_plan(protocol, domain, sequence=sequence, seeds=seeds)
+    key = key or model_key(model_hash(model_dir))
+    pipe = load_pipeline(model_dir)
+    if delta:
+        apply_delta(pipe.unet, delta)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
+    result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds})
+    atomic_write_json(out / "metrics.json", result)
+    fmt = lambda x: "-" if x is None else f"{x:.1f}"
+    print(f"UA {fmt(result['UA'])}  RA-I {fmt(result['RA_I'])}  RA-C {fmt(result['RA_C'])}  -> {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from importlib import resources
+
+    text = resources.files("obliviate").joinpath("configs/demo.yaml").read_text()
+    exp = load_experiment(yaml.safe_load(text))
+    t0 = time.time()
+    summary = Runner(exp, args.out, quiet=args.quiet).run()
+    print()
+    print(short_table(summary))
+    print(f"\ndemo finished in {time.time() - t0:.0f} s")
+    print(f"report: {(Path(args.out) / 'report.html').resolve()}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a model (or a run's step) with a protocol")
+    ev.add_argument("--model", help="pipeline directory")
+    ev.add_argument("--run", help="a run directory: evaluate its model after --step requests")
+    ev.add_argument("--step", type=int)
+    ev.add_argument("--protocol", default="minicanvas", help="minicanvas or unlearncanvas")
+    ev.add_argument("--domain", choices=["style", "object"])
+    ev.add_argument("--unlearned", help="comma-separated concepts counted in UA (with --model)")
+    ev.add_argument("--seeds", help="comma-separated evaluation seeds")
+    ev.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint")
+    ev.add_argument("--object-classifier", help="unlearncanvas: object classifier checkpoint")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=cmd_eval)
+
+    rn = sub.add_parser("run", help="run an experiment file (every variant, every step, evaluated, with a report)")
+    rn.add_argument("file")
+    rn.add_argument("--out", required=True)
+    rn.set_defaults(func=cmd_run)
+
+    dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")
+    dm.add_argument("--out", default="runs/demo")
+    dm.set_defaults(func=cmd_demo)
