@@ -379,7 +379,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    protocol = load_protocol(args.protocol, args.model, style_classifier=args.style_classifier, object_classifier=args.object_classifier)
     unlearned = [c for c in (args.unlearned or "").split(",") if c]
     domain = args.domain
     if args.run:
@@ -394,6 +393,8 @@ def cmd_eval(args) -> int:
         model_dir, delta, key = args.model, None, None
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
+    protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
+                             object_classifier=args.object_classifier)
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None

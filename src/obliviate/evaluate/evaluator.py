@@ -76,11 +76,12 @@ def unlearncanvas_protocol(style_classifier, object_classifier, device="cpu", **
     )
 
 
-def load_protocol(name: str, model_dir=None, *, style_classifier=None, object_classifier=None) -> Protocol:
+def load_protocol(name: str, model_dir=None, *, style_classifier=None, object_classifier=None, **arch) -> Protocol:
+    """`arch` overrides the ViT-L/16 shape of the UnlearnCanvas classifiers (tests use tiny ones)."""
     if name == "minicanvas":
         return minicanvas_protocol(model_dir)
     if name == "unlearncanvas":
-        return unlearncanvas_protocol(style_classifier, object_classifier)
+        return unlearncanvas_protocol(style_classifier, object_classifier, **arch)
     raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(PROTOCOLS)}")
 
 
