@@ -307,7 +307,7 @@ class Runner:
     # ------------------------------------------------------------ the whole experiment
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "experiment.json", self.exp.raw)
+        atomic_write_json(self.out / "experiment.json", {**self.exp.raw, "seed": self.exp.seed})
         summary = {"name": self.exp.name, "protocol": self.exp.protocol, "domain": self.exp.domain,
                    "sequence": self.exp.sequence, "retained": self.plan.retained, "partners": self.plan.partners,
                    "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
@@ -372,6 +372,8 @@ def short_table(summary: dict) -> str:
 # ---------------------------------------------------------------- commands
 def cmd_run(args) -> int:
     exp = load_experiment(args.file)
+    if args.seed is not None:
+        exp.seed = args.seed
     summary = Runner(exp, args.out, quiet=args.quiet).run()
     print(short_table(summary))
     print(f"report: {Path(args.out) / 'report.html'}")
@@ -444,6 +446,7 @@ def add_commands(sub) -> None:
     rn = sub.add_parser("run", help="run an experiment file (every variant, every step, evaluated, with a report)")
     rn.add_argument("file")
     rn.add_argument("--out", required=True)
+    rn.add_argument("--seed", type=int, help="training seed (overrides the file's `seed`)")
     rn.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")

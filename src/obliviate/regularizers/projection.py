@@ -41,6 +41,7 @@ class ProjectionSettings:
     dedup: float = 0.95
     solver: Literal["svd", "ridge"] = "svd"
     include_target: bool = False
+    nearest: int = 0  # >0: keep only the retained concepts most similar to the target (+ all unlearned earlier)
 
 
 def concept_embedding(ctx: Context, concept: str, domain: str) -> torch.Tensor:
@@ -111,6 +112,16 @@ class Projection(Hook):
         for c in names:
             d = dict(ctx.unlearned_before).get(c, ctx.catalog.domain_of(c) or domain)
             embeddings.append(concept_embedding(ctx, c, d))
+        if s.nearest > 0 and not s.concepts:
+            # beyond the paper: protect the retained concepts the target is most likely to drag
+            # along (its nearest neighbours in embedding space) and leave the other directions
+            # free for unlearning; concepts unlearned earlier are always kept.
+            target = concept_embedding(ctx, req.concept, domain)
+            earlier = {c for c, _ in ctx.unlearned_before}
+            sims = {c: float(torch.nn.functional.cosine_similarity(e, target, dim=0)) for c, e in zip(names, embeddings)}
+            retained = sorted((c for c in names if c not in earlier), key=lambda c: -sims[c])[: s.nearest]
+            keep = [i for i, c in enumerate(names) if c in earlier or c in retained]
+            names, embeddings = [names[i] for i in keep], [embeddings[i] for i in keep]
         return names, embeddings
 
     def setup(self, ctx: Context, method=None) -> None:
