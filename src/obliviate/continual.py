@@ -178,7 +178,7 @@ class Run:
 
     # ------------------------------------------------------------ applying a request
     def unlearn(self, request: Request, *, quiet: bool = False, device=None, stop_after: int | None = None,
-                checkpoint_every: int = 25, choose=None, snapshots: int = 4) -> dict:
+                checkpoint_every: int = 25, choose=None, snapshots: int = 4, cache_dir: Path | None = None) -> dict:
         """Apply one request to the run's latest model; returns the step's metadata.
 
         If the same request already completed in this run, it is not redone: its step is
@@ -241,7 +241,7 @@ class Run:
         ctx = Context(
             pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
             unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
-            cache_dir=self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
+            cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
         )
         t0 = time.time()
         torch.manual_seed(request.seed)

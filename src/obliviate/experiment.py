@@ -174,6 +174,7 @@ class Runner:
                               exp.probe_seeds, self.plan.sampler)
         self.base_hash = model_hash(exp.model)
         self.cache = self.out / "cache" / "images"
+        self.anchors = self.out / "cache" / "base-model"  # anchor / forget / remain images, shared by variants
         self._base_pipe = None
 
     def log(self, msg: str) -> None:
@@ -234,7 +235,7 @@ class Runner:
         run = Run.open_or_create(vdir / "run", self.exp.model)
         rows = [self.step0(vdir)]
         for t, concept in enumerate(self.exp.sequence, start=1):
-            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet)
+            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors)
             hashes = [m["delta_hash"] for m in run.steps()[:t]]
             res = self.evaluate(run.cumulative_delta(t), self.exp.sequence[:t], model_key(self.base_hash, *hashes),
                                 vdir / "eval" / f"step{t:03d}.json")
@@ -248,7 +249,7 @@ class Runner:
             run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model)
             req = self.request(variant, concept, also=self.exp.sequence[: t - 1], steps_scale=t)
             chooser = self.early_stop_chooser(variant, vdir, t) if variant.early_stopping else None
-            meta = run.unlearn(req, quiet=self.quiet, choose=chooser)
+            meta = run.unlearn(req, quiet=self.quiet, choose=chooser, cache_dir=self.anchors)
             delta = run.cumulative_delta(1)
             res = self.evaluate(delta, self.exp.sequence[:t], model_key(self.base_hash, meta["delta_hash"]),
                                 vdir / "eval" / f"step{t:03d}.json")
@@ -282,7 +283,7 @@ class Runner:
         tops = tops if isinstance(tops, list) else [tops]
         for t, concept in enumerate(self.exp.sequence, start=1):
             run = Run.open_or_create(vdir / "independent" / slug(concept), self.exp.model)
-            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet)
+            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors)
             taus.append(run.cumulative_delta(1))
             hashes.append(meta["delta_hash"])
             train_seconds.append(meta["timings"]["train_seconds"])

@@ -12,6 +12,7 @@ takes a larger learning rate and fewer steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,16 @@ SD15_REFERENCE = {"lr": 8e-6, "batch_size": 4, "steps_style": 1000, "steps_objec
 @dataclass
 class ConAblSettings(TrainSettings):
     steps: int = 100
-    lr: float = 3e-3
+    lr: float = 5e-4
     batch_size: int = 8
     anchor_images: int = 48
     anchor: str | None = None  # object requests: the anchor object (default: chosen from the catalog)
     sampler_steps: int | None = None  # default: the model catalog's sampler
     guidance: float | None = None
+    # style requests: how the target prompt inserts the style into an anchor caption.
+    # "spec": "In X style, <caption>" or "<caption>, in X style" (SPEC 3); "catalog": the
+    # model's own prompt template with the anchor's object (MiniCanvas, UnlearnCanvas).
+    phrasing: Literal["spec", "catalog", "both"] = "catalog"
 
 
 class ConAbl(Method):
@@ -69,19 +74,25 @@ class ConAbl(Method):
             targets = [[replace_word(p, anchor, concept)] for p in anchors]
             self.anchor = anchor
         else:  # style (and "other": anything that can be inserted like a style)
+            phrasing = self.settings.phrasing if cat.objects else "spec"
             if cat.objects:
-                captions = [cat.object_only.format(object=cat.objects[i % len(cat.objects)]) for i in range(n)]
+                objects = [cat.objects[i % len(cat.objects)] for i in range(n)]
+                captions = [cat.object_only.format(object=o) for o in objects]
             else:
-                captions = [GENERIC_CAPTIONS[i % len(GENERIC_CAPTIONS)] for i in range(n)]
+                objects, captions = [None] * n, [GENERIC_CAPTIONS[i % len(GENERIC_CAPTIONS)] for i in range(n)]
             anchors = captions
-            targets = [[f"In {concept} style, {c}", f"{c}, in {concept} style"] for c in captions]
+            targets = []
+            for o, c in zip(objects, captions):
+                spec = [f"In {concept} style, {c}", f"{c}, in {concept} style"]
+                own = [cat.prompt(concept, o)] if o else []
+                targets.append({"spec": spec, "catalog": own, "both": spec + own}[phrasing])
             self.anchor = None
         return anchors, targets
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
         b = self.settings.batch_size
         idx = torch.randint(0, len(self.latents), (b,), generator=gen)
-        choice = torch.randint(0, 2, (b,), generator=gen)
+        choice = torch.randint(0, 6, (b,), generator=gen)  # 6: divisible by 1, 2 and 3 phrasings
         x_t, t, _ = noised(ctx, self.latents[idx], gen)
         anchor_emb = ctx.encode([self.anchor_prompts[i] for i in idx.tolist()])
         options = [self.target_prompts[i] for i in idx.tolist()]

@@ -26,7 +26,7 @@ SD15_REFERENCE = {"lr": 1e-5, "batch_size": 2, "epochs": 2, "images": 800}
 @dataclass
 class EraseDiffSettings(TrainSettings):
     steps: int = 80
-    lr: float = 2e-3
+    lr: float = 1e-4
     batch_size: int = 8
     forget_images: int = 32
     remain_images: int = 64

@@ -26,7 +26,7 @@ SD15_REFERENCE = {"lr": 1e-5, "steps": 1000, "ddim_steps": 50, "start_guidance":
 @dataclass
 class ESDSettings(TrainSettings):
     steps: int = 60
-    lr: float = 3e-3
+    lr: float = 5e-4
     batch_size: int = 8
     eta: float = 2.0
     ddim_steps: int = 20
@@ -38,8 +38,14 @@ class ESD(Method):
     Settings = ESDSettings
 
     def setup(self, ctx: Context, method=None) -> None:
-        domain = "object" if ctx.request.domain == "object" else "style"
-        self.prompts = [ctx.catalog.single(c, domain) for c in ctx.request.targets]
+        # the concept in the model's own prompt template when it has one (MiniCanvas), with
+        # every partner concept; else the concept after a neutral prefix
+        cat, domain = ctx.catalog, ("object" if ctx.request.domain == "object" else "style")
+        partners = cat.objects if domain == "style" else cat.styles
+        if partners:
+            self.prompts = [cat.prompt(c, p) if domain == "style" else cat.prompt(p, c) for c in ctx.request.targets for p in partners]
+        else:
+            self.prompts = [cat.single(c, domain) for c in ctx.request.targets]
         ctx.encode(self.prompts + [""])
 
     def frozen(self, ctx: Context, x, t, emb):
