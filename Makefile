@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The study behind docs/RESULTS.md (about 2 hours on 2 cores; every run resumes if interrupted).
+study: $(STAMP)
+	$(BIN)/obliviate --quiet run configs/sweep-styles.yaml --out runs/study/sweep-styles
+	$(BIN)/obliviate --quiet run configs/styles.yaml --out runs/study/styles-s0 --seed 0
+	$(BIN)/obliviate --quiet run configs/objects.yaml --out runs/study/objects-s0 --seed 0
+	$(BIN)/obliviate --quiet run configs/styles.yaml --out runs/study/styles-s1 --seed 1
+	$(BIN)/obliviate --quiet run configs/objects.yaml --out runs/study/objects-s1 --seed 1
+	$(BIN)/python scripts/results.py --study runs/study --out docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -55,8 +55,11 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlogging
 
+    from transformers.utils import logging as tlogging
+
     path = check_pipeline_dir(path)
     dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()  # "Loading weights" bars on every load
     pipe = StableDiffusionPipeline.from_pretrained(
         path, safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32, local_files_only=True
     )
