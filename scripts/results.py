@@ -49,11 +49,14 @@ def fmt(mean_sd, digits=1):
 
 
 def table(runs, variants, step) -> list[str]:
-    lines = ["| variant | setting | UA | RA-I | RA-C | drift L2 |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | setting | UA | RA-I | RA-C | mean | drift L2 | seeds |", "|---|---|---|---|---|---|---|---|"]
     any_run = next(iter(runs.values()))
     for v in variants:
         setting = any_run["variants"][v]["setting"]
-        cells = [fmt(stats(runs, v, step, k)) for k in METRICS] + [fmt(stats(runs, v, step, "drift_l2"), 3)]
+        n = sum(v in r["variants"] for r in runs.values())
+        means = [stats(runs, v, step, k)[0] for k in METRICS]
+        avg = f"{sum(means) / 3:.1f}" if None not in means else "–"
+        cells = [fmt(stats(runs, v, step, k)) for k in METRICS] + [avg, fmt(stats(runs, v, step, "drift_l2"), 3), str(n)]
         lines.append(f"| {v} | {setting} | " + " | ".join(cells) + " |")
     return lines
 
@@ -78,16 +81,22 @@ def curves(runs, variants, domain, out_dir: Path) -> list[str]:
 
 
 def cost_rows(runs, variants) -> list[str]:
-    lines = ["| variant | train s / request (mean) | train s: first -> last request | eval s / step |", "|---|---|---|---|"]
+    lines = ["| variant | train s / request (mean) | train s: first -> last request | growth (s per extra request, least squares) | eval s / step |",
+             "|---|---|---|---|---|"]
     for v in variants:
-        trains, evals, first, last = [], [], [], []
+        trains, evals, first, last, xs = [], [], [], [], []
         for s in runs.values():
+            if v not in s["variants"]:
+                continue
             steps = s["variants"][v]["steps"][1:]
+            xs += [x["step"] for x in steps]
             trains += [x["train_seconds"] for x in steps]
             evals += [x["eval_seconds"] for x in s["variants"][v]["steps"]]
             first.append(steps[0]["train_seconds"])
             last.append(steps[-1]["train_seconds"])
-        lines.append(f"| {v} | {statistics.mean(trains):.1f} | {statistics.mean(first):.1f} -> {statistics.mean(last):.1f} | "
+        mx, my = statistics.mean(xs), statistics.mean(trains)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, trains)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
+        lines.append(f"| {v} | {my:.1f} | {statistics.mean(first):.1f} -> {statistics.mean(last):.1f} | {slope:+.2f} | "
                      f"{statistics.mean(evals):.1f} |")
     return lines
 
@@ -112,7 +121,7 @@ def verdicts(runs, last, has) -> list[str]:
             less_drift = m(v, "drift_l2") < m("conabl", "drift_l2")
             better = m(v, "RA_I") > m("conabl", "RA_I") and m(v, "RA_C") >= m("conabl", "RA_C") - 1
             all_ok &= less_drift and better
-            parts.append(f"{v}: drift {m(v, 'drift_l2'):.3f} vs {m('conabl', 'drift_l2'):.3f}, RA-I {m(v, 'RA_I'):.1f} vs "
+            parts.append(f"{v}: drift {m(v, 'drift_l2'):.3f} vs {m('conabl', 'drift_l2'):.3f}, UA {m(v, 'UA'):.1f} vs {m('conabl', 'UA'):.1f}, RA-I {m(v, 'RA_I'):.1f} vs "
                          f"{m('conabl', 'RA_I'):.1f}, RA-C {m(v, 'RA_C'):.1f} vs {m('conabl', 'RA_C'):.1f} "
                          f"({'yes' if less_drift and better else 'no'})")
         out.append("- **(b) every add-on reduces drift and improves retention over the base** — rule: lower cumulative drift, "
@@ -137,6 +146,26 @@ def verdicts(runs, last, has) -> list[str]:
     return out
 
 
+def beyond(runs, last, variants) -> list[str]:
+    """Our idea against the best published variant (by the mean of UA, RA-I, RA-C)."""
+    m = lambda v, k: stats(runs, v, last, k)[0]
+    score = lambda v: sum(m(v, k) for k in METRICS) / 3
+    ours = [v for v in variants if v.startswith("ours")]
+    published = [v for v in variants if not v.startswith("ours") and all(m(v, k) is not None for k in METRICS)]
+    if not ours or not published:
+        return []
+    best = max(published, key=score)
+    lines = [f"Best published variant by mean(UA, RA-I, RA-C) after the last request: **{best}** ({score(best):.1f}: "
+             f"UA {m(best, 'UA'):.1f}, RA-I {m(best, 'RA_I'):.1f}, RA-C {m(best, 'RA_C'):.1f})."]
+    for v in ours:
+        if m(v, "UA") is None:
+            continue
+        verdict = "better" if score(v) > score(best) else "not better"
+        lines.append(f"{v}: {score(v):.1f} (UA {m(v, 'UA'):.1f}, RA-I {m(v, 'RA_I'):.1f}, RA-C {m(v, 'RA_C'):.1f}, drift "
+                     f"{m(v, 'drift_l2'):.3f}): **{verdict}** than {best}.")
+    return lines
+
+
 def sweep_section(study: Path) -> list[str]:
     lines = []
     for path in sorted(study.glob("sweep-*/summary.json")):
@@ -151,6 +180,12 @@ def sweep_section(study: Path) -> list[str]:
     return lines
 
 
+def compute_minutes(summary: dict) -> float:
+    """Measured train + evaluation seconds over every step of every variant (survives resumes)."""
+    total = sum(x["train_seconds"] + x["eval_seconds"] for v in summary["variants"].values() for x in v["steps"][1:])
+    return total / 60
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--study", default="runs/study")
@@ -162,6 +197,7 @@ def main() -> None:
            "Generated by `scripts/results.py` from the `summary.json` files of the runs listed at the end. "
            "Means ± standard deviation over training seeds; evaluation seeds differ from the probe seeds used for "
            "every choice (regularizer strength, merge hyperparameters, early stopping).", ""]
+    commands = []
     for domain in ("styles", "objects"):
         runs = load(study, domain)
         if not runs:
@@ -179,11 +215,21 @@ def main() -> None:
                 "### Curves", "", *curves(runs, variants, domain, out / "results"), "",
                 "### Verdicts on the published claims", "", *verdicts(runs, n, has), "",
                 "### Cost", "", *cost_rows(runs, variants), ""]
-        walls = {seed: s.get("wall_seconds") for seed, s in runs.items()}
-        doc += [f"Wall time per run: " + ", ".join(f"seed {k}: {v / 60:.1f} min" for k, v in walls.items() if v), ""]
+        doc += ["### Beyond the paper", "", *beyond(runs, n, variants), ""]
+        commands.append((domain, runs))
     sweeps = sweep_section(study)
     if sweeps:
         doc += ["## Regularizer strength sweeps (probe seeds only)", "", *sweeps]
+    doc += ["## Regenerate", "", "Each command resumes where it stopped. Wall times measured on this 2-core machine "
+            "(two runs at a time, one torch thread each); times count training and evaluation, not model loading.", "", "```bash"]
+    for path in sorted(study.glob("sweep-*/summary.json")):
+        doc.append(f"obliviate run configs/{path.parent.name}.yaml --out {path.parent}   "
+                   f"# {compute_minutes(json.loads(path.read_text())):.0f} min of training + evaluation")
+    for domain, runs in commands:
+        for seed, s_ in sorted(runs.items()):
+            done = f"# {compute_minutes(s_):.0f} min of training + evaluation" + ("" if s_.get("wall_seconds") else " (unfinished: some variants missing)")
+            doc.append(f"obliviate run configs/{domain}.yaml --out {study}/{domain}-s{seed} --seed {seed}   {done}")
+    doc += [f"python scripts/results.py --study {study} --out docs", "```", ""]
     (out / "RESULTS.md").write_text("\n".join(doc) + "\n")
     print(f"wrote {out / 'RESULTS.md'}")
 
