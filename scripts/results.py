@@ -177,6 +177,14 @@ def sweep_section(study: Path) -> list[str]:
             mean = sum(last[k] for k in METRICS) / 3
             lines.append(f"| {v} | {last['UA']:.1f} | {last['RA_I']:.1f} | {last['RA_C']:.1f} | {mean:.1f} |")
         lines.append("")
+        for family in ("l1sp", "l2sp", "selft"):
+            names = [v for v in s["variants"] if v.startswith(family)]
+            if names:
+                score = lambda v: sum(s["variants"][v]["steps"][-1][k] for k in METRICS) / 3
+                best = max(names, key=score)
+                edge = " (the strongest value swept: a stronger one might do better)" if best == names[-1] and len(names) > 1 else ""
+                lines.append(f"- {family}: best {best} by mean{edge}.")
+        lines.append("")
     return lines
 
 
