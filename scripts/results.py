@@ -65,10 +65,10 @@ def curves(runs, variants, domain, out_dir: Path) -> list[str]:
     n_steps = len(next(iter(runs.values()))["variants"][variants[0]]["steps"])
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.5))
     for ax, key in zip(axes, (*METRICS, "drift_l2")):
-        for v in variants:
+        for i, v in enumerate(variants):
             ys = [stats(runs, v, t, key)[0] for t in range(n_steps)]
             xs = [t for t, y in zip(range(n_steps), ys) if y is not None]
-            ax.plot(xs, [y for y in ys if y is not None], marker="o", ms=3, label=v)
+            ax.plot(xs, [y for y in ys if y is not None], marker="os^Dv"[i % 5], ms=3, label=v, color=plt.cm.tab20(i % 20))
         ax.set_title(f"{domain}: {key.replace('_', '-')}" + (" (cumulative)" if key == "drift_l2" else ""))
         ax.set_xlabel("requests")
         ax.grid(alpha=0.3)
