@@ -143,17 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_export)
 
-    _add_later_commands(sub)
-    return parser
+    from .experiment import add_commands  # eval, run, demo
 
-
-def _add_later_commands(sub) -> None:
-    """Evaluation, experiments and the demo (obliviate.experiment)."""
-    try:
-        from .experiment import add_commands
-    except ImportError:
-        return
     add_commands(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

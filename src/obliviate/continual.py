@@ -216,11 +216,14 @@ class Run:
             atomic_write_json(partial / "request.json", request.to_dict())
 
         parent_hash = "base" if not steps else steps[-1]["delta_hash"]
-        pipe = self.load(device=device)
+        if model_hash(self.base_model) != self.info["base_hash"]:
+            raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+        previous = self.cumulative_delta()
+        pipe = load_pipeline(self.base_model, device=device)
+        apply_delta(pipe.unet, previous)
         params = select_parameters(pipe.unet, request.param_group)
         for p in params.values():
             p.requires_grad_(True)
-        previous = self.cumulative_delta()
         start = {n: p.detach().clone() for n, p in params.items()}
         pretrained = {n: (start[n] - previous[n].to(start[n].device)) if n in previous else start[n].clone() for n in params}
 

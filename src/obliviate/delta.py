@@ -14,7 +14,12 @@ from safetensors.torch import load_file, save_file
 from .model import layer_group
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask requires setting it; restored immediately
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same directory + os.replace: readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,6 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

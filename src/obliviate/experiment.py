@@ -187,12 +187,13 @@ class Runner:
         if self._base_pipe is None:
             self._base_pipe = load_pipeline(self.exp.model)
             self._base_state = {n: p.detach().clone() for n, p in self._base_pipe.unet.named_parameters()}
+            self._touched: set[str] = set()
         pipe = self._base_pipe
         with torch.no_grad():
             params = dict(pipe.unet.named_parameters())
-            for n, v in self._base_state.items():
-                if not torch.equal(params[n], v):
-                    params[n].copy_(v)
+            for n in self._touched:
+                params[n].copy_(self._base_state[n])
+        self._touched = set(delta or {})
         if delta:
             apply_delta(pipe.unet, delta)
         return pipe
@@ -221,7 +222,7 @@ class Runner:
         return req
 
     # ------------------------------------------------------------ settings
-    def step0(self, vdir: Path) -> dict:
+    def step0(self) -> dict:
         res = self.evaluate(None, [], model_key(self.base_hash), self.out / "eval" / "base.json")
         return {"step": 0, "concept": None, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": 0.0,
                 "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"]}
@@ -233,7 +234,7 @@ class Runner:
 
     def run_sequential(self, variant: Variant, vdir: Path) -> list[dict]:
         run = Run.open_or_create(vdir / "run", self.exp.model)
-        rows = [self.step0(vdir)]
+        rows = [self.step0()]
         for t, concept in enumerate(self.exp.sequence, start=1):
             meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors)
             hashes = [m["delta_hash"] for m in run.steps()[:t]]
@@ -244,7 +245,7 @@ class Runner:
         return rows
 
     def run_simultaneous(self, variant: Variant, vdir: Path) -> list[dict]:
-        rows = [self.step0(vdir)]
+        rows = [self.step0()]
         for t, concept in enumerate(self.exp.sequence, start=1):
             run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model)
             req = self.request(variant, concept, also=self.exp.sequence[: t - 1], steps_scale=t)
@@ -273,7 +274,7 @@ class Runner:
         return choose
 
     def run_merge(self, variant: Variant, vdir: Path) -> list[dict]:
-        rows = [self.step0(vdir)]
+        rows = [self.step0()]
         taus, hashes, train_seconds = [], [], []
         merge = variant.merge
         method = merge.get("method", "ties")

@@ -124,8 +124,8 @@ def hash_files(paths: list[Path]) -> str:
 def model_hash(path: str | os.PathLike) -> str:
     """Identity of a base model: its UNet and text-encoder weights and the pipeline index.
 
-    Hashing many GB takes seconds; the result is cached next to nothing on disk but memoised
-    per process, keyed by file sizes and modification times.
+    Hashing many GB takes seconds, so the result is memoised per process, keyed by file
+    sizes and modification times.
     """
     path = check_pipeline_dir(path)
     files = [path / "model_index.json"]

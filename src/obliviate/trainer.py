@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,7 @@ def _coerce(raw, kind):
         if raw not in options:
             raise ValueError
         return raw
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "")):
             return None
@@ -153,6 +154,7 @@ class Context:
     restore_base: Any = None  # context manager: the base model's weights, temporarily
     quiet: bool = False
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    _training_scheduler: Any = None
 
     @property
     def unet(self):

@@ -21,9 +21,9 @@ GENERIC_CAPTIONS = (
 def training_scheduler(ctx: Context):
     from diffusers import DDPMScheduler
 
-    if not hasattr(ctx, "_ddpm"):
-        ctx._ddpm = DDPMScheduler.from_config(ctx.pipe.scheduler.config)
-    return ctx._ddpm
+    if ctx._training_scheduler is None:
+        ctx._training_scheduler = DDPMScheduler.from_config(ctx.pipe.scheduler.config)
+    return ctx._training_scheduler
 
 
 def noised(ctx: Context, x0: torch.Tensor, gen: torch.Generator):

@@ -47,16 +47,16 @@ class ESD(Method):
         else:
             self.prompts = [cat.single(c, domain) for c in ctx.request.targets]
         ctx.encode(self.prompts + [""])
+        from diffusers import DDIMScheduler
+
+        self.sched = DDIMScheduler.from_config(ctx.pipe.scheduler.config)
+        self.sched.set_timesteps(self.settings.ddim_steps)
 
     def frozen(self, ctx: Context, x, t, emb):
         return functional_call(ctx.unet, ctx.start, (x, t), {"encoder_hidden_states": emb}).sample
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
-        from diffusers import DDIMScheduler
-
-        s = self.settings
-        sched = DDIMScheduler.from_config(ctx.pipe.scheduler.config)
-        sched.set_timesteps(s.ddim_steps)
+        s, sched = self.settings, self.sched
         k = int(torch.randint(0, s.ddim_steps, (1,), generator=gen))
         which = torch.randint(0, len(self.prompts), (s.batch_size,), generator=gen).tolist()
         cond = ctx.encode([self.prompts[i] for i in which])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from pathlib import Path
+
+from ..delta import atomic_write_bytes
 
 from . import plots
 
@@ -38,23 +38,6 @@ def _last_rows(variants: dict[str, dict]) -> list[list[str]]:
 
 def _meta(summary: dict) -> list[tuple[str, str]]:
     return [(k, str(summary[k])) for k in ("protocol", "domain") if summary.get(k) is not None]
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask requires setting it; restored immediately
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # temp file in the same directory so os.replace is an atomic rename: readers never see a half-written file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _md_table(header, rows) -> str:
@@ -119,10 +102,10 @@ def write_report(out_dir: str | Path, summary: dict, *, image_grid: dict | None 
     plot_paths = []
     for name, png in figures.items():
         plot_paths.append(out_dir / "plots" / f"{name}.png")
-        _atomic_write(plot_paths[-1], png)
+        atomic_write_bytes(plot_paths[-1], png)
     md, page = out_dir / "report.md", out_dir / "report.html"
-    _atomic_write(md, _markdown(title, summary, variants, figures).encode("utf-8"))
-    _atomic_write(page, _html(title, summary, variants, figures).encode("utf-8"))
+    atomic_write_bytes(md, _markdown(title, summary, variants, figures).encode("utf-8"))
+    atomic_write_bytes(page, _html(title, summary, variants, figures).encode("utf-8"))
     return {"markdown": md, "html": page, "plots": plot_paths}
 
 
