@@ -177,12 +177,15 @@ def sweep_section(study: Path) -> list[str]:
             mean = sum(last[k] for k in METRICS) / 3
             lines.append(f"| {v} | {last['UA']:.1f} | {last['RA_I']:.1f} | {last['RA_C']:.1f} | {mean:.1f} |")
         lines.append("")
-        for family in ("l1sp", "l2sp", "selft"):
-            names = [v for v in s["variants"] if v.startswith(family)]
+        strength = lambda v: float(v.split("-", 1)[1])  # variant names are <regularizer>-<strength>
+        for family in ("l1sp", "l2sp", "selft", "replay"):
+            names = sorted((v for v in s["variants"] if v.startswith(family + "-")), key=strength)
             if names:
                 score = lambda v: sum(s["variants"][v]["steps"][-1][k] for k in METRICS) / 3
                 best = max(names, key=score)
-                edge = " (the strongest value swept: a stronger one might do better)" if best == names[-1] and len(names) > 1 else ""
+                edge = ""
+                if len(names) > 1 and best in (names[0], names[-1]):
+                    edge = f" (the {'largest' if best == names[-1] else 'smallest'} value swept: one beyond it might do better)"
                 lines.append(f"- {family}: best {best} by mean{edge}.")
         lines.append("")
     return lines
@@ -208,8 +211,7 @@ def main() -> None:
            "Scope, reduced to fit one session on 2 CPU cores (configs/styles.yaml, configs/objects.yaml): 8 requests per "
            "domain, 60 training steps per request (method default 100; ESD 40), one evaluation seed (188) over 4 partner "
            "concepts, probe seed 1; strengths from configs/sweep-styles.yaml (probe seeds 1, 2), applied to both domains. "
-           "The `seeds` column says how many training seeds a row averages: the second seed was stopped at the end of "
-           "the session, so ESD, SculpMem, simultaneous, TIES and our variant have one. With 32 (styles) or 16 "
+           "The `seeds` column says how many training seeds a row averages. With 32 (styles) or 16 "
            "(objects) images behind each RA-I, one image moves it by 3 to 6 points: read differences below ~10 "
            "points as noise. UA trades against retention throughout: a variant that keeps more usually forgets less, "
            "so compare the `mean` column too. Seconds were measured while two to five processes shared the two "

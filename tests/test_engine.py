@@ -8,7 +8,7 @@ from conftest import FAST_CONABL
 from obliviate.continual import Run
 from obliviate.delta import load_delta
 from obliviate.methods import METHODS
-from obliviate.model import concept_token_embedding, load_pipeline
+from obliviate.model import concept_token_embedding, encode_prompts, load_pipeline
 from obliviate.protocols import minicanvas_catalog
 from obliviate.regularizers.projection import projector
 from obliviate.trainer import Request
@@ -76,6 +76,37 @@ def test_l2sp_drift_shrinks_as_the_weight_grows(quick_model, tmp_path):
     assert all(a > b for a, b in zip(drifts, drifts[1:])), drifts
 
 
+def test_replay_keeps_protected_predictions_closer_to_the_start(quick_model, tmp_path):
+    model, _ = quick_model
+    protected = ["A circle image in ice style", "A ring image in ocean style"]
+    target = ["A circle image in fire style", "A ring image in fire style"]
+    pipe = load_pipeline(model, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    cfg = pipe.unet.config
+    x = torch.randn(len(protected), cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+    t = torch.tensor([300, 600])
+    emb, target_emb = encode_prompts(pipe, protected), encode_prompts(pipe, target)
+    with torch.no_grad():
+        base = pipe.unet(x, t, encoder_hidden_states=emb).sample
+        base_target = pipe.unet(x, t, encoder_hidden_states=target_emb).sample
+    change, target_change = {}, {}
+    for weight in ("0", "30"):
+        run = Run.open_or_create(tmp_path / f"w{weight}", model)
+        regs = [("replay", {"weight": weight, "concepts": "ice+ocean", "images_per_concept": "4", "batch_size": "4"})]
+        meta = run.unlearn(request(regs=regs, steps="30"), quiet=True)
+        delta = load_delta(f"{meta['dir']}/delta.safetensors")
+        unet = load_pipeline(model, device="cpu").unet
+        state = unet.state_dict()
+        with torch.no_grad():
+            for n, d in delta.items():
+                state[n] += d
+            change[weight] = float((unet(x, t, encoder_hidden_states=emb).sample - base).pow(2).mean())
+            target_change[weight] = float((unet(x, t, encoder_hidden_states=target_emb).sample - base_target).pow(2).mean())
+    assert change["30"] < 0.7 * change["0"], change
+    # and the target still moves: replay constrains the protected prompts, not everything
+    assert target_change["30"] > 5 * change["30"], (change, target_change)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_alone_and_with_all_regularizers(quick_model, tmp_path, method):
     model, _ = quick_model
@@ -91,7 +122,8 @@ def test_every_method_runs_alone_and_with_all_regularizers(quick_model, tmp_path
     run = Run.open_or_create(tmp_path / "run", model)
     alone = run.unlearn(Request("fire", "style", method, dict(fast)), quiet=True)
     combo = run.unlearn(Request("ice", "style", method, dict(fast), [("l1sp", {"weight": "1"}), ("l2sp", {"weight": "10", "reference": "pretrained"}),
-                                                                      ("selft", {"top_k": "0.2"}), ("projection", {"mode": "grad"})]), quiet=True)
+                                                                      ("selft", {"top_k": "0.2"}), ("projection", {"mode": "grad"}),
+                                                                      ("replay", {"images_per_concept": "1"})]), quiet=True)
     for meta in (alone, combo):
         assert math.isfinite(meta["loss_last"]) and meta["drift"]["parent"]["l2"] > 0
     assert combo["drift"]["pretrained"]["l2"] > 0 and len(run.steps()) == 2

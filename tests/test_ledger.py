@@ -12,8 +12,12 @@ from obliviate.delta import load_delta, save_delta
 from obliviate.trainer import Request
 
 
-def req(concept="fire", **extra):
-    return Request(concept, "style", "conabl", {**FAST_CONABL, "steps": "10", **extra}, [("l2sp", {"weight": "1"})], seed=3)
+def req(concept="fire", regs=(("l2sp", {"weight": "1"}),), **extra):
+    return Request(concept, "style", "conabl", {**FAST_CONABL, "steps": "10", **extra}, list(regs), seed=3)
+
+
+# replay draws its batches from its own generator: a resume must restore that too
+WITH_REPLAY = (("l2sp", {"weight": "1"}), ("replay", {"concepts": "ice+ocean", "images_per_concept": "2", "batch_size": "2"}))
 
 
 def test_delta_round_trip_is_exact(tmp_path):
@@ -52,11 +56,11 @@ def test_step_files_and_model_reconstruction(quick_model, tmp_path):
 
 def test_killed_request_resumes_to_the_same_delta(quick_model, tmp_path):
     model, _ = quick_model
-    straight = Run.open_or_create(tmp_path / "straight", model).unlearn(req(), quiet=True, checkpoint_every=4)
+    straight = Run.open_or_create(tmp_path / "straight", model).unlearn(req(regs=WITH_REPLAY), quiet=True, checkpoint_every=4)
     run = Run.open_or_create(tmp_path / "killed", model)
-    out = run.unlearn(req(), quiet=True, checkpoint_every=4, stop_after=7)  # dies after step 7; checkpoint at 4
+    out = run.unlearn(req(regs=WITH_REPLAY), quiet=True, checkpoint_every=4, stop_after=7)  # dies after step 7; checkpoint at 4
     assert out["interrupted"] and run.steps() == []
-    resumed = run.unlearn(req(), quiet=True, checkpoint_every=4)
+    resumed = run.unlearn(req(regs=WITH_REPLAY), quiet=True, checkpoint_every=4)
     a = load_delta(f"{straight['dir']}/delta.safetensors")
     b = load_delta(f"{resumed['dir']}/delta.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -44,6 +44,29 @@ class ProjectionSettings:
     nearest: int = 0  # >0: keep only the retained concepts most similar to the target (+ all unlearned earlier)
 
 
+def protected_concepts(ctx: Context, concepts: str | None, hook: str) -> list[str]:
+    """The concepts a request must not disturb: `concepts` ('+'-separated) when given, else the
+    catalog's other concepts of the request's domain plus every concept unlearned earlier."""
+    req = ctx.request
+    if concepts:
+        names = [c for c in concepts.split("+") if c]
+    else:
+        domain = "object" if req.domain == "object" else "style"
+        names = [c for c in ctx.catalog.concepts(domain) if c not in req.targets]
+        names += [c for c, _ in ctx.unlearned_before if c not in names and c not in req.targets]
+    if not names:
+        raise ValueError(
+            f"{hook} has no auxiliary concepts: this model has no concept catalog for the "
+            f"{req.domain!r} domain; pass {hook}:concepts=A+B" + (" or projection:prompts=FILE" if hook == "projection" else "")
+        )
+    return names
+
+
+def concept_domain(ctx: Context, concept: str) -> str:
+    fallback = "object" if ctx.request.domain == "object" else "style"
+    return dict(ctx.unlearned_before).get(concept, ctx.catalog.domain_of(concept) or fallback)
+
+
 def concept_embedding(ctx: Context, concept: str, domain: str) -> torch.Tensor:
     """Mean hidden state over the concept's tokens after the neutral prefix."""
     text = ctx.catalog.single(concept, "object" if domain == "object" else "style")
@@ -96,22 +119,10 @@ class Projection(Hook):
             prompts = read_prompt_file(s.prompts)
             return prompts, [prompt_embedding(ctx, p) for p in prompts]
         domain = "object" if req.domain == "object" else "style"
-        if s.concepts:
-            names = [c for c in s.concepts.split("+") if c]
-        else:
-            names = [c for c in ctx.catalog.concepts(domain) if c not in req.targets]
-            names += [c for c, _ in ctx.unlearned_before if c not in names and c not in req.targets]
+        names = protected_concepts(ctx, s.concepts, "projection")
         if s.include_target:
             names.append(req.concept)
-        if not names:
-            raise ValueError(
-                "projection has no auxiliary concepts: this model has no concept catalog for the "
-                f"{req.domain!r} domain; pass projection:concepts=A+B or projection:prompts=FILE"
-            )
-        embeddings = []
-        for c in names:
-            d = dict(ctx.unlearned_before).get(c, ctx.catalog.domain_of(c) or domain)
-            embeddings.append(concept_embedding(ctx, c, d))
+        embeddings = [concept_embedding(ctx, c, concept_domain(ctx, c)) for c in names]
         if s.nearest > 0 and not s.concepts:
             # beyond the paper: protect the retained concepts the target is most likely to drag
             # along (its nearest neighbours in embedding space) and leave the other directions

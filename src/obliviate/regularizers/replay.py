@@ -1,0 +1,99 @@
+"""Output replay (beyond the paper): keep the model's *predictions* for protected prompts.
+
+L1/L2-SP protect the weights and projection protects the keys/values of one token per
+concept, to first order. On MiniCanvas neither stops the retained concepts from degrading
+over a long sequence: the causal text encoder carries a concept into the template and
+padding tokens too, which the projection's subspace does not cover. Replay protects what
+is evaluated, the denoiser's output, with distillation from the request's starting model:
+
+    weight * || eps_theta(x_t, t, c) - eps_start(x_t, t, c) ||^2
+
+for prompts c of the protected concepts (default: the catalog's other concepts of the
+request's domain plus every concept unlearned earlier, as the projection uses), each in
+the model's prompt template with the catalog's partner concepts, or after the neutral
+prefix when there is no template. Distilling from the *request's start* (not the base
+model) keeps earlier unlearned concepts unlearned as well as retained ones retained.
+x_t comes from images the base model generated once for these prompts (cached, seeds
+20000+i, disjoint from the evaluation and probe seeds). The frozen teacher costs no memory:
+the same UNet is called with the starting tensors (torch.func.functional_call), as in ESD.
+
+Note for reading results: on MiniCanvas the default protected set is the catalog, so the
+evaluated retained concepts are among the protected ones (as for the projection); the
+evaluation seeds and the partner images' noise are not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..methods.common import base_model_latents, noised, sampler_settings
+from ..trainer import Context, Hook
+from .projection import concept_domain, protected_concepts
+
+
+@dataclass
+class ReplaySettings:
+    weight: float = 1.0
+    concepts: str | None = None  # '+'-separated; default: catalog + unlearned earlier
+    images_per_concept: int = 4
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        if self.images_per_concept < 1 or self.batch_size < 1:
+            raise ValueError("images_per_concept and batch_size must be >= 1")
+
+
+class Replay(Hook):
+    name = "replay"
+    order = 50
+    Settings = ReplaySettings
+
+    def __init__(self, settings: ReplaySettings):
+        self.settings = settings
+
+    def prompts(self, ctx: Context) -> list[str]:
+        cat, n = ctx.catalog, self.settings.images_per_concept
+        out = []
+        for c in protected_concepts(ctx, self.settings.concepts, "replay"):
+            domain = concept_domain(ctx, c)
+            partners = cat.objects if domain == "style" else cat.styles
+            for i in range(n):
+                if partners:  # cycle through partners, offset per concept so all get used
+                    p = partners[(i + len(out)) % len(partners)]
+                    out.append(cat.prompt(c, p) if domain == "style" else cat.prompt(p, c))
+                else:
+                    out.append(cat.single(c, domain))
+        return out
+
+    def setup(self, ctx: Context, method=None) -> None:
+        self.replay_prompts = self.prompts(ctx)
+        steps, guidance = sampler_settings(ctx, None, None)
+        seeds = [20_000 + i for i in range(len(self.replay_prompts))]
+        self.latents = base_model_latents(ctx, self.replay_prompts, seeds, steps, guidance, purpose="replay")
+        ctx.encode(self.replay_prompts)
+        # its own generator: the method's draws stay exactly what they are without replay
+        self.gen = torch.Generator().manual_seed(ctx.request.seed + 104729)
+        ctx.log(f"replay: {len(self.replay_prompts)} prompts of protected concepts")
+
+    def loss(self, ctx: Context) -> torch.Tensor:
+        b = self.settings.batch_size
+        idx = torch.randint(0, len(self.latents), (b,), generator=self.gen)
+        x_t, t, _ = noised(ctx, self.latents[idx], self.gen)
+        emb = ctx.encode([self.replay_prompts[i] for i in idx.tolist()])
+        with ctx.autocast():
+            with torch.no_grad():
+                teacher = functional_call(ctx.unet, ctx.start, (x_t, t), {"encoder_hidden_states": emb}).sample
+            student = ctx.unet(x_t, t, encoder_hidden_states=emb).sample
+        return self.settings.weight * F.mse_loss(student.float(), teacher.float())
+
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.get_state()}  # resume draws the same batches
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.gen.set_state(state["generator"])
