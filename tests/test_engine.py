@@ -55,6 +55,26 @@ def test_projection_update_mode_is_exact_and_grad_mode_reduces_leakage(quick_mod
     assert metas["update"]["drift"]["parent"]["l2"] > 0
 
 
+def test_template_context_protects_the_states_generation_uses(quick_model, tmp_path):
+    """context=template annihilates each protected concept's state inside the prompt template
+    (averaged over partners); the published neutral-prefix columns do not."""
+    model, _ = quick_model
+    pipe = load_pipeline(model, device="cpu")
+    cat = minicanvas_catalog()
+    concepts = ["ice", "ocean", "lava"]
+    C = torch.stack([torch.stack([concept_token_embedding(pipe, cat.prompt(c, o), c) for o in cat.objects]).mean(0)
+                     for c in concepts], 1)
+    ratio = {}
+    for context in ("neutral", "template"):
+        run = Run.open_or_create(tmp_path / context, model)
+        regs = [("projection", {"mode": "update", "concepts": "+".join(concepts), "context": context})]
+        meta = run.unlearn(request(regs=regs), quiet=True)
+        delta = load_delta(f"{meta['dir']}/delta.safetensors")
+        ratio[context] = max(float((d @ C).norm() / (d.norm() * C.norm())) for d in delta.values() if d.norm() > 0)
+    assert ratio["template"] < 1e-5
+    assert ratio["neutral"] > 100 * ratio["template"], ratio
+
+
 def test_selft_leaves_masked_elements_bit_identical(quick_model, tmp_path):
     model, _ = quick_model
     run = Run.open_or_create(tmp_path / "run", model)

@@ -142,12 +142,12 @@ _HASH_MEMO: dict[tuple, str] = {}
 
 @torch.no_grad()
 def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
-    """Mean text-encoder output over the tokens of `concept` inside `text` (which ends with it)."""
-    prefix = text[: text.rindex(concept)].rstrip()
-    full_ids = pipe.tokenizer(text).input_ids
-    prefix_ids = pipe.tokenizer(prefix).input_ids
-    start, end = len(prefix_ids) - 1, len(full_ids) - 1  # drop the end token of each
+    """Mean text-encoder output over the tokens of the last occurrence of `concept` in `text`."""
+    at = text.rindex(concept)
+    prefix_ids = pipe.tokenizer(text[:at].rstrip()).input_ids
+    upto_ids = pipe.tokenizer(text[: at + len(concept)]).input_ids
+    start, end = len(prefix_ids) - 1, len(upto_ids) - 1  # drop the end token of each
     if end <= start:
         raise ValueError(f"could not locate the tokens of {concept!r} in {text!r}")
-    hidden = encode_prompts(pipe, [text])[0]
+    hidden = encode_prompts(pipe, [text])[0]  # the states of the whole text, as generation sees them
     return hidden[start:end].mean(0)

@@ -60,6 +60,8 @@ def parse_settings(cls, values: dict[str, Any] | None, where: str):
 
 
 def _type_name(kind) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "choice; valid: " + ", ".join(map(str, typing.get_args(kind)))
     return getattr(kind, "__name__", str(kind))
 
 

@@ -2,7 +2,8 @@
 
 C (embedding_dim x m) holds one column per auxiliary concept: the text encoder's output at
 the concept's token(s) after a neutral prefix ("an image in the style of X", "an image of a
-X"), averaged over the concept's tokens. Columns with cosine > `dedup` to a kept column are
+X"), averaged over the concept's tokens; with `context=template` (ours) the state in the
+model's own prompt template instead, averaged over the partner concepts. Columns with cosine > `dedup` to a kept column are
 dropped. P projects onto the orthogonal complement of span(C); every key/value weight
 gradient G (d_out x d_text) becomes G P, so that dW c = 0 for every protected c to first
 order: the keys and values of protected concepts do not change.
@@ -42,6 +43,9 @@ class ProjectionSettings:
     solver: Literal["svd", "ridge"] = "svd"
     include_target: bool = False
     nearest: int = 0  # >0: keep only the retained concepts most similar to the target (+ all unlearned earlier)
+    # where a concept's state is taken: "neutral" = after the neutral prefix (published);
+    # "template" = in the model's prompt template, averaged over the partner concepts (ours)
+    context: Literal["neutral", "template"] = "neutral"
 
 
 def protected_concepts(ctx: Context, concepts: str | None, hook: str) -> list[str]:
@@ -67,10 +71,19 @@ def concept_domain(ctx: Context, concept: str) -> str:
     return dict(ctx.unlearned_before).get(concept, ctx.catalog.domain_of(concept) or fallback)
 
 
-def concept_embedding(ctx: Context, concept: str, domain: str) -> torch.Tensor:
-    """Mean hidden state over the concept's tokens after the neutral prefix."""
-    text = ctx.catalog.single(concept, "object" if domain == "object" else "style")
-    return concept_token_embedding(ctx.pipe, text, concept)
+def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "neutral") -> torch.Tensor:
+    """Mean hidden state over the concept's tokens after the neutral prefix, or (context=template)
+    inside the catalog's prompt template, averaged over every partner concept of the other domain.
+
+    Why the template: the text encoder is causal, so a word's state depends on what precedes
+    it; generation and evaluation use the template, and on MiniCanvas the neutral-prefix state
+    of a style has cosine ~0.4 to its state in the template (docs/RESULTS.md)."""
+    cat, domain = ctx.catalog, ("object" if domain == "object" else "style")
+    partners = cat.objects if domain == "style" else cat.styles
+    if context == "template" and partners:
+        texts = [cat.prompt(concept, p) if domain == "style" else cat.prompt(p, concept) for p in partners]
+        return torch.stack([concept_token_embedding(ctx.pipe, t, concept) for t in texts]).mean(0)
+    return concept_token_embedding(ctx.pipe, cat.single(concept, domain), concept)
 
 
 def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:
@@ -122,12 +135,12 @@ class Projection(Hook):
         names = protected_concepts(ctx, s.concepts, "projection")
         if s.include_target:
             names.append(req.concept)
-        embeddings = [concept_embedding(ctx, c, concept_domain(ctx, c)) for c in names]
+        embeddings = [concept_embedding(ctx, c, concept_domain(ctx, c), s.context) for c in names]
         if s.nearest > 0 and not s.concepts:
             # beyond the paper: protect the retained concepts the target is most likely to drag
             # along (its nearest neighbours in embedding space) and leave the other directions
             # free for unlearning; concepts unlearned earlier are always kept.
-            target = concept_embedding(ctx, req.concept, domain)
+            target = concept_embedding(ctx, req.concept, domain, s.context)
             earlier = {c for c, _ in ctx.unlearned_before}
             sims = {c: float(torch.nn.functional.cosine_similarity(e, target, dim=0)) for c, e in zip(names, embeddings)}
             retained = sorted((c for c in names if c not in earlier), key=lambda c: -sims[c])[: s.nearest]

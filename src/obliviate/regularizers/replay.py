@@ -19,7 +19,8 @@ the same UNet is called with the starting tensors (torch.func.functional_call), 
 
 Note for reading results: on MiniCanvas the default protected set is the catalog, so the
 evaluated retained concepts are among the protected ones (as for the projection); the
-evaluation seeds and the partner images' noise are not.
+evaluation seeds are not. `exclude=A+B` leaves concepts out, to measure how much of the
+retention carries over to concepts that were never replayed.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .projection import concept_domain, protected_concepts
 class ReplaySettings:
     weight: float = 1.0
     concepts: str | None = None  # '+'-separated; default: catalog + unlearned earlier
+    exclude: str | None = None  # '+'-separated concepts left out of the protected set (held-out checks)
     images_per_concept: int = 4
     batch_size: int = 8
 
@@ -58,8 +60,11 @@ class Replay(Hook):
 
     def prompts(self, ctx: Context) -> list[str]:
         cat, n = ctx.catalog, self.settings.images_per_concept
+        excluded = set((self.settings.exclude or "").split("+"))
         out = []
         for c in protected_concepts(ctx, self.settings.concepts, "replay"):
+            if c in excluded:
+                continue
             domain = concept_domain(ctx, c)
             partners = cat.objects if domain == "style" else cat.styles
             for i in range(n):
@@ -72,6 +77,8 @@ class Replay(Hook):
 
     def setup(self, ctx: Context, method=None) -> None:
         self.replay_prompts = self.prompts(ctx)
+        if not self.replay_prompts:
+            raise ValueError("replay: every protected concept is excluded; nothing to replay")
         steps, guidance = sampler_settings(ctx, None, None)
         seeds = [20_000 + i for i in range(len(self.replay_prompts))]
         self.latents = base_model_latents(ctx, self.replay_prompts, seeds, steps, guidance, purpose="replay")
