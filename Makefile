@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# The study behind docs/RESULTS.md (about 2.5 hours on 2 cores; every run resumes if interrupted).
+# The study behind docs/RESULTS.md (about 2.2 hours on 2 cores; every run resumes if interrupted).
 # Two runs at a time with one torch thread each: on 2 cores that beats one 2-thread run after another.
 study: $(STAMP)
 	$(BIN)/obliviate --quiet run configs/sweep-styles.yaml --out runs/study/sweep-styles
