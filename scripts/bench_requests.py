@@ -25,19 +25,8 @@ from pathlib import Path
 
 import torch
 
-from obliviate.continual import Run, build_hooks
-from obliviate.experiment import load_experiment, resolve_model
-from obliviate.trainer import Request
-
-
-def request(exp, variant, concept, also=(), scale=1) -> Request:
-    settings = dict(variant.method_settings)
-    if scale > 1:
-        method = build_hooks(Request(concept, exp.domain, variant.method, settings))[0]
-        settings["steps"] = int(method.settings.steps) * scale
-    req = Request(concept, exp.domain, variant.method, settings, variant.regularizers, seed=0, param_group=variant.param_group)
-    req.also = list(also)
-    return req
+from obliviate.continual import Run
+from obliviate.experiment import Runner, load_experiment, resolve_model
 
 
 def main() -> int:
@@ -53,9 +42,11 @@ def main() -> int:
     concepts = exp.sequence[: args.requests]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="obliviate-bench-") as tmp:
+        runner = Runner(exp, Path(tmp) / "runner", quiet=True)  # builds requests exactly as `obliviate run` does
+        request = runner.request
         # untimed warm-up: the process's first request pays one-off library and allocator costs
         Run.open_or_create(Path(tmp) / "warmup", model).unlearn(
-            request(exp, exp.variants[0], concepts[0]), quiet=True, cache_dir=Path(tmp) / "warmup-cache")
+            request(exp.variants[0], concepts[0]), quiet=True, cache_dir=Path(tmp) / "warmup-cache")
         for i, v in enumerate(exp.variants):
             if v.setting == "independent+merge":
                 continue
@@ -63,10 +54,10 @@ def main() -> int:
             for t, concept in enumerate(concepts, start=1):
                 if v.setting == "simultaneous":
                     run = Run.open_or_create(Path(tmp) / f"v{i}-t{t}", model)
-                    req = request(exp, v, concept, also=concepts[: t - 1], scale=t)
+                    req = request(v, concept, also=concepts[: t - 1], steps_scale=t)
                 else:
                     run = Run.open_or_create(Path(tmp) / f"v{i}", model)
-                    req = request(exp, v, concept)
+                    req = request(v, concept)
                 start = time.perf_counter()
                 meta = run.unlearn(req, quiet=True, cache_dir=Path(tmp) / f"cache{i}")
                 seconds.append(time.perf_counter() - start)

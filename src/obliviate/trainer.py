@@ -191,6 +191,9 @@ class Hook:
     name = "hook"
     order = 50
 
+    def __init__(self, settings=None):
+        self.settings = settings  # an instance of the hook's Settings dataclass
+
     def setup(self, ctx: Context, method: "Method | None" = None) -> None:
         """Called once per request before training, with the model at the request's start."""
 
@@ -227,9 +230,6 @@ class Method(Hook):
 
     Settings = TrainSettings
     order = 90  # its own transforms (e.g. SculpMem's mask) come after the projection
-
-    def __init__(self, settings):
-        self.settings = settings
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError

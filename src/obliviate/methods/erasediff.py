@@ -46,11 +46,11 @@ class EraseDiff(Method):
             raise ValueError("erasediff needs a concept catalog (retained data); this model has none")
         gone = set(targets) | {x for x, _ in ctx.unlearned_before}
         others = [c for c in cat.concepts(domain) if c not in gone]
-        partners = cat.objects if domain == "style" else cat.styles
-        make = (lambda c, p: cat.prompt(c, p)) if domain == "style" else (lambda c, p: cat.prompt(p, c))
-        self.forget_prompts = [make(targets[i % len(targets)], partners[(i // len(targets)) % len(partners)])
+        partners = cat.partners(domain)
+        self.forget_prompts = [cat.prompt_with(targets[i % len(targets)], domain, partners[(i // len(targets)) % len(partners)])
                                for i in range(s.forget_images * len(targets))]
-        self.remain_prompts = [make(others[i % len(others)], partners[(i * 7) % len(partners)]) for i in range(s.remain_images)]
+        self.remain_prompts = [cat.prompt_with(others[i % len(others)], domain, partners[(i * 7) % len(partners)])
+                               for i in range(s.remain_images)]
         steps, guidance = sampler_settings(ctx, s.sampler_steps, s.guidance)
         self.forget = base_model_latents(ctx, self.forget_prompts, [20_000 + i for i in range(len(self.forget_prompts))], steps, guidance, "forget")
         self.remain = base_model_latents(ctx, self.remain_prompts, [30_000 + i for i in range(s.remain_images)], steps, guidance, "remain")

@@ -41,9 +41,9 @@ class ESD(Method):
         # the concept in the model's own prompt template when it has one (MiniCanvas), with
         # every partner concept; else the concept after a neutral prefix
         cat, domain = ctx.catalog, ("object" if ctx.request.domain == "object" else "style")
-        partners = cat.objects if domain == "style" else cat.styles
+        partners = cat.partners(domain)
         if partners:
-            self.prompts = [cat.prompt(c, p) if domain == "style" else cat.prompt(p, c) for c in ctx.request.targets for p in partners]
+            self.prompts = [cat.prompt_with(c, domain, p) for c in ctx.request.targets for p in partners]
         else:
             self.prompts = [cat.single(c, domain) for c in ctx.request.targets]
         ctx.encode(self.prompts + [""])

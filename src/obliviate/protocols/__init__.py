@@ -35,6 +35,14 @@ class Catalog:
     def prompt(self, style: str, obj: str) -> str:
         return self.template.format(style=style, object=obj)
 
+    def partners(self, domain: str) -> list[str]:
+        """The concepts a `domain` concept is paired with in the template (the other domain)."""
+        return self.objects if domain == "style" else self.styles
+
+    def prompt_with(self, concept: str, domain: str, partner: str) -> str:
+        """`concept` of `domain` in the template, paired with `partner` of the other domain."""
+        return self.prompt(concept, partner) if domain == "style" else self.prompt(partner, concept)
+
     def single(self, concept: str, domain: str) -> str:
         """The concept alone after a neutral prefix, as the projection's auxiliary prompts use it."""
         if domain == "style":

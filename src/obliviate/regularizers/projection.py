@@ -79,9 +79,9 @@ def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "n
     it; generation and evaluation use the template, and on MiniCanvas the neutral-prefix state
     of a style has cosine ~0.4 to its state in the template (docs/RESULTS.md)."""
     cat, domain = ctx.catalog, ("object" if domain == "object" else "style")
-    partners = cat.objects if domain == "style" else cat.styles
+    partners = cat.partners(domain)
     if context == "template" and partners:
-        texts = [cat.prompt(concept, p) if domain == "style" else cat.prompt(p, concept) for p in partners]
+        texts = [cat.prompt_with(concept, domain, p) for p in partners]
         return torch.stack([concept_token_embedding(ctx.pipe, t, concept) for t in texts]).mean(0)
     return concept_token_embedding(ctx.pipe, cat.single(concept, domain), concept)
 
@@ -123,7 +123,7 @@ class Projection(Hook):
     Settings = ProjectionSettings
 
     def __init__(self, settings: ProjectionSettings):
-        self.settings = settings
+        super().__init__(settings)
         self.needs_update_transform = settings.mode == "update"
 
     def auxiliary(self, ctx: Context) -> tuple[list[str], list[torch.Tensor]]:

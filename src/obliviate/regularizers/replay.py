@@ -55,9 +55,6 @@ class Replay(Hook):
     order = 50
     Settings = ReplaySettings
 
-    def __init__(self, settings: ReplaySettings):
-        self.settings = settings
-
     def prompts(self, ctx: Context) -> list[str]:
         cat, n = ctx.catalog, self.settings.images_per_concept
         excluded = set((self.settings.exclude or "").split("+"))
@@ -66,11 +63,10 @@ class Replay(Hook):
             if c in excluded:
                 continue
             domain = concept_domain(ctx, c)
-            partners = cat.objects if domain == "style" else cat.styles
+            partners = cat.partners(domain)
             for i in range(n):
                 if partners:  # cycle through partners, offset per concept so all get used
-                    p = partners[(i + len(out)) % len(partners)]
-                    out.append(cat.prompt(c, p) if domain == "style" else cat.prompt(p, c))
+                    out.append(cat.prompt_with(c, domain, partners[(i + len(out)) % len(partners)]))
                 else:
                     out.append(cat.single(c, domain))
         return out

@@ -31,9 +31,6 @@ class SelFT(Hook):
     Settings = SelFTSettings
     needs_update_transform = True
 
-    def __init__(self, settings: SelFTSettings):
-        self.settings = settings
-
     def setup(self, ctx: Context, method=None) -> None:
         if method is None:
             raise ValueError("selft needs the base method's loss to score elements")

@@ -32,9 +32,6 @@ class _SP(Hook):
     Settings = SPSettings
     power = 1
 
-    def __init__(self, settings: SPSettings):
-        self.settings = settings
-
     def setup(self, ctx: Context, method=None) -> None:
         # one dict keyed by the UNet's own unique parameter names: no colliding references
         self.reference = ctx.start if self.settings.reference == "request" else ctx.pretrained
