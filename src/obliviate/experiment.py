@@ -403,6 +403,8 @@ class Runner:
         summary = {"name": self.exp.name, "protocol": self.exp.protocol, "domain": self.exp.domain,
                    "sequence": self.exp.sequence, "retained": self.plan.retained, "partners": self.plan.partners,
                    "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
+                   "base_model": {"path": str(self.exp.model), "hash": self.base_hash},
+                   "images_per_evaluation": len(self.plan.grid()), "images_per_probe": len(self.probe.grid()),
                    "variants": {}}
         t0 = time.time()
         for i, variant in enumerate(self.exp.variants, start=1):
@@ -411,8 +413,14 @@ class Runner:
             runner = {"sequential": self.run_sequential, "simultaneous": self.run_simultaneous,
                       "independent+merge": self.run_merge}[variant.setting]
             rows = runner(variant, vdir)
-            summary["variants"][variant.name] = {"setting": variant.setting, "method": variant.method,
-                                                 "regularizers": [n for n, _ in variant.regularizers], "steps": rows}
+            from .continual import resolved_config
+
+            summary["variants"][variant.name] = {
+                "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
+                # every setting as run, defaults included, for the report
+                "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
+                "param_group": variant.param_group, "early_stopping": variant.early_stopping,
+                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
