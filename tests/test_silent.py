@@ -265,3 +265,52 @@ def test_the_same_request_with_typed_settings_is_not_refused(quick_model, tmp_pa
     assert meta["step"] == 1 and len(Run(run_dir).steps()) == 1
     with pytest.raises(ValueError, match="other settings"):  # a real difference is still refused
         Run(run_dir).unlearn(Request("fire", "style", "conabl", {**typed, "steps": 4}), quiet=True)
+
+
+# the report a person reads: the command line ------------------------------------------
+def test_every_argument_has_help_and_version_and_quiet_after_the_command(capsys):
+    import argparse
+
+    from obliviate import __version__
+    from obliviate.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.help, f"obliviate {name} {action.dest} has no help text"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"obliviate {__version__}"
+    assert parser.parse_args(["export", "r", "--out", "o", "--quiet"]).quiet
+    assert parser.parse_args(["--quiet", "export", "r", "--out", "o"]).quiet
+    assert not parser.parse_args(["export", "r", "--out", "o"]).quiet
+    eval_help = sub.choices["eval"].format_help()
+    assert "188,288" in eval_help and "--partners" in eval_help
+
+
+def test_library_warnings_are_not_all_hidden():
+    import warnings
+
+    from obliviate.cli import _quiet_libraries
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quiet_libraries()
+        warnings.warn("`torch_dtype` is deprecated and will be removed", FutureWarning)
+        warnings.warn("`resume_download` is deprecated", FutureWarning)
+    assert [str(w.message) for w in caught] == ["`torch_dtype` is deprecated and will be removed"]
+
+
+def test_thread_count_is_chosen_unless_the_user_chose(monkeypatch):
+    from obliviate.cli import pick_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert pick_threads() is None
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        n = pick_threads()
+        assert 1 <= n <= 4 and torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
