@@ -172,7 +172,7 @@ def test_a_damaged_anchor_cache_is_regenerated(quick_model, tmp_path):
     request = Request("fire", "style", "conabl", TINY, seed=1)
     first = Run.open_or_create(tmp_path / "a", model).unlearn(request, quiet=True, cache_dir=cache)
     expected = load_delta(Path(first["dir"]) / "delta.safetensors")
-    [anchor] = list(cache.glob("anchor-*.safetensors"))
+    [anchor] = list(cache.glob("anchors-*.safetensors"))
     good = anchor.read_bytes()
     flipped = bytearray(good)
     flipped[-7] ^= 0x7F  # a flipped byte inside the latents
