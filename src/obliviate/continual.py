@@ -194,11 +194,11 @@ class Run:
         config = resolved_config(method, regs)
         catalog = self.catalog()
         self._check_concept(request, catalog)
-        if method.closed_form:  # settings the model cannot read are refused before any work
+        steps = self.steps()
+        if method.closed_form:  # settings the model or the run cannot serve are refused before any work
             if choose is not None:
                 raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
-            method.check_model(_load_tokenizer(self.base_model))
-        steps = self.steps()
+            method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
         for meta in steps:
             if meta["request"]["concept"] == request.concept:
                 if meta["request"] == request.to_dict():

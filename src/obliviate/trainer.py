@@ -235,6 +235,9 @@ class Method(Hook):
     # `train`, and records the step's delta against the previous step like any other.
     closed_form = False
 
+    def check(self, tokenizer, earlier_requests: list[dict]) -> None:
+        """Closed-form methods: refuse what the model's tokenizer or the run cannot serve, before any work."""
+
     def solve(self, ctx: Context) -> dict[str, torch.Tensor]:
         """Closed-form methods: the new values of the trained tensors (by name)."""
         raise NotImplementedError

@@ -40,7 +40,7 @@ lam/scales come from the current request. `previous`: W0 = the weights at the st
 request (the published repeated application), kept for comparison.
 
 Defaults (positions=after, guide per domain, lam 0.5, erase/preserve scale 1, preserve
-others+empty+erased-partners) were chosen on MiniCanvas probe seeds 1, 2 (docs/RESULTS.md).
+others+empty) were chosen on MiniCanvas probe seeds 1, 2 (docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ import torch
 
 from ..model import concept_token_span
 from ..protocols import read_prompt_file
-from ..trainer import Context, Method
+from ..trainer import Context, Method, parse_settings
 from .common import replace_word
 
 POSITIONS = ("concept", "after")
@@ -69,7 +69,7 @@ class UCESettings:
     rows: str = "template+neutral"  # '+'-separated subset of ROW_SOURCES
     row_prompts: str | None = None  # file of prompts for rows=...+file
     after_weight: float = 1.0  # weight of the rows after the concept's tokens (positions=after)
-    preserve: str = "others+empty+erased-partners"  # '+'-separated subset of PRESERVE_SOURCES, or "none"
+    preserve: str = "others+empty"  # '+'-separated subset of PRESERVE_SOURCES, or "none"
     preserve_prompts: str | None = None  # file of prompts for preserve=...+file
     lam: float = 0.5
     erase_scale: float = 1.0
@@ -245,26 +245,31 @@ class UCE(Method):
     Settings = UCESettings
     closed_form = True
 
-    def check_model(self, tokenizer) -> None:
-        """Refuse settings the model cannot read, before any work (needs only the tokenizer)."""
+    def check(self, tokenizer, earlier_requests: list[dict]) -> None:
+        """Refuse what the model's tokenizer or the run cannot serve, before any work."""
         if self.settings.guide:
             check_words(tokenizer, self.settings.guide, "uce guide")
+        self.earlier(earlier_requests)
+
+    def earlier(self, earlier_requests: list[dict]) -> list[tuple[str, str, UCESettings]]:
+        """anchor=base: (concept, domain, settings) of every earlier request of the run."""
+        if self.settings.anchor != "base":
+            return []
+        out = []
+        for req in earlier_requests:
+            settings = dict(req.get("method_settings", {}))
+            if req.get("method") != "uce" or str(settings.get("anchor", "base")) != "base":
+                used = f"uce anchor={settings.get('anchor')}" if req.get("method") == "uce" else f"method {req.get('method')!r}"
+                raise ValueError(
+                    f"uce anchor=base re-solves from the base weights with every earlier request of the run, but the "
+                    f"earlier request {req['concept']!r} used {used}; use uce anchor=previous in this run, or a new run")
+            s = parse_settings(UCESettings, settings, f"earlier request {req['concept']!r}")
+            out += [(c, req["domain"], s) for c in [req["concept"], *req.get("also", [])]]
+        return out
 
     def erase_set(self, ctx: Context) -> list[tuple[str, str, UCESettings]]:
         """(concept, domain, settings of its request), sorted by concept: order-independent."""
-        items = [(c, ctx.request.domain, self.settings) for c in ctx.request.targets]
-        if self.settings.anchor == "base":
-            for req in ctx.earlier_requests:
-                settings = {**req.get("method_settings", {})}
-                if req.get("method") != "uce" or str(settings.get("anchor", "base")) != "base":
-                    raise ValueError(
-                        f"uce anchor=base re-solves from the base weights with every earlier request, but the earlier "
-                        f"request {req['concept']!r} used method {req.get('method')!r} "
-                        f"{'anchor=previous' if req.get('method') == 'uce' else ''}; use uce anchor=previous in this run")
-                from ..trainer import parse_settings
-
-                s = parse_settings(UCESettings, settings, f"earlier request {req['concept']!r}")
-                items += [(c, req["domain"], s) for c in [req["concept"], *req.get("also", [])]]
+        items = [(c, ctx.request.domain, self.settings) for c in ctx.request.targets] + self.earlier(ctx.earlier_requests)
         seen, out = set(), []
         for c, d, s in sorted(items, key=lambda x: x[0]):
             if c not in seen:
@@ -273,7 +278,7 @@ class UCE(Method):
         return out
 
     def setup(self, ctx: Context, method=None) -> None:
-        self.check_model(ctx.pipe.tokenizer)
+        self.check(ctx.pipe.tokenizer, ctx.earlier_requests)
         for c in ctx.request.targets:
             check_words(ctx.pipe.tokenizer, c, "uce concept")
 
