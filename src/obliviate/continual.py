@@ -50,6 +50,12 @@ def build_hooks(request: Request):
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
         regs.append(cls(parse_settings(cls.Settings, settings, f"--reg {name}")))
+    if method.closed_form and regs:
+        raise ValueError(
+            f"method {method.name!r} is closed form (one linear solve, no training loop), so the regularizer(s) "
+            f"{', '.join(r.name for r in regs)} cannot apply: they act on a loss, gradients or optimizer updates. "
+            f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
+        )
     return method, regs
 
 
@@ -224,6 +230,10 @@ class Run:
         catalog = self.catalog()
         self._check_concept(request, catalog)
         steps = self.steps()
+        if method.closed_form:  # settings the model or the run cannot serve are refused before any work
+            if choose is not None:
+                raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+            method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
         for meta in steps:
             if meta["request"]["concept"] == request.concept:
                 if same_request(meta["request"], request):
@@ -259,12 +269,13 @@ class Run:
         self.check_base()
         previous = self.cumulative_delta()
         pipe = load_pipeline(self.base_model, device=device)
-        apply_delta(pipe.unet, previous)
         params = select_parameters(pipe.unet, request.param_group)
+        # the base values exactly (not start - previous, which float rounding perturbs)
+        pretrained = {n: p.detach().clone() for n, p in params.items()}
+        apply_delta(pipe.unet, previous)
         for p in params.values():
             p.requires_grad_(True)
         start = {n: p.detach().clone() for n, p in params.items()}
-        pretrained = {n: (start[n] - previous[n].to(start[n].device)) if n in previous else start[n].clone() for n in params}
 
         @contextlib.contextmanager
         def restore_base():
@@ -284,6 +295,7 @@ class Run:
             pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
             unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
             cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
+            earlier_requests=[m["request"] for m in steps],
         )
         t0 = time.time()
         torch.manual_seed(request.seed)
@@ -292,12 +304,22 @@ class Run:
             reg.setup(ctx, method)
         setup_seconds = time.time() - t0
         hooks = list(regs)
-        if choose is not None:  # early stopping: keep snapshots, let `choose` pick one
+        if method.closed_form:  # ---- closed form (UCE): one solve instead of the training loop
+            t1 = time.time()
+            solved = method.solve(ctx)
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(solved[n])
+            result = {"interrupted": stop_after is not None, "losses": [], "train_seconds": time.time() - t1}
+            if result["interrupted"]:  # tests: a kill during the solve leaves no step behind
+                return {"interrupted": True, "partial": str(partial)}
+        elif choose is not None:  # early stopping: keep snapshots, let `choose` pick one
             total = method.settings.steps
             keeper = SnapshotKeeper(sorted({max(1, round(total * (i + 1) / snapshots)) for i in range(snapshots)}))
             hooks.append(keeper)
-        result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
-                       checkpoint_every=checkpoint_every)
+        if not method.closed_form:
+            result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
+                           checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
         early = None
@@ -326,6 +348,8 @@ class Run:
         }
         if early is not None:
             meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
+        if getattr(method, "info", None):
+            meta["closed_form"] = method.info
         if hasattr(method, "anchor") and method.anchor:
             meta["anchor"] = method.anchor
         if regs and any(r.name == "projection" for r in regs):
@@ -380,6 +404,12 @@ def _recorded_same(partial: Path, request: Request) -> bool:
         return same_request(json.loads((partial / "request.json").read_text()), request)
     except (OSError, ValueError):  # missing or half-written request.json
         return False
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(model_dir) / "tokenizer", local_files_only=True)
 
 
 def _portable_tokenizer(directory: Path) -> None:

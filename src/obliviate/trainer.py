@@ -190,6 +190,7 @@ class Context:
     base_hash: str
     restore_base: Any = None  # context manager: the base model's weights, temporarily
     quiet: bool = False
+    earlier_requests: list[dict] = field(default_factory=list)  # the run's earlier Request.to_dict(), in order
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     _training_scheduler: Any = None
 
@@ -265,6 +266,16 @@ class Method(Hook):
 
     Settings = TrainSettings
     order = 90  # its own transforms (e.g. SculpMem's mask) come after the projection
+    # A closed-form method (UCE) has no training loop: Run.unlearn calls `solve` instead of
+    # `train`, and records the step's delta against the previous step like any other.
+    closed_form = False
+
+    def check(self, tokenizer, earlier_requests: list[dict]) -> None:
+        """Closed-form methods: refuse what the model's tokenizer or the run cannot serve, before any work."""
+
+    def solve(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """Closed-form methods: the new values of the trained tensors (by name)."""
+        raise NotImplementedError
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
