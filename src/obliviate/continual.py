@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .locking import exclusive
 from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
 from .methods import get_method
 from .model import check_pipeline_dir, load_pipeline, model_hash, select_parameters
@@ -59,6 +60,21 @@ def resolved_config(method, regs) -> dict:
     }
 
 
+def same_request(recorded: dict, request: Request) -> bool:
+    """Whether a recorded request (step.json / request.json) asks for the same work as
+    `request`: settings compare after parsing, so `steps="3"` from the command line equals
+    `steps: 3` from Python or YAML, and a setting spelled out at its default equals leaving
+    it out."""
+    if recorded == request.to_dict():
+        return True
+    try:
+        old = Request.from_dict(recorded)
+        same_fields = all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
+        return same_fields and resolved_config(*build_hooks(old)) == resolved_config(*build_hooks(request))
+    except (ValueError, KeyError, TypeError):  # a recorded request this version cannot parse is not the same
+        return False
+
+
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -71,6 +87,8 @@ class Run:
     @classmethod
     def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None) -> "Run":
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"run directory {path} is a file, not a directory")
         if (path / "run.json").exists():
             run = cls(path)
             if model_dir is not None and Path(model_dir).resolve() != Path(run.info["base_model"]).resolve():
@@ -146,10 +164,14 @@ class Run:
                 total[name] = total[name] + value if name in total else value.clone()
         return total
 
-    def load(self, step: int | None = None, device=None):
-        """The pipeline after `step` requests (default: all); checks the base hash first."""
+    def check_base(self) -> None:
+        """Refuse to apply deltas to a base model other than the one the run was made on."""
         if model_hash(self.base_model) != self.info["base_hash"]:
             raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+
+    def load(self, step: int | None = None, device=None):
+        """The pipeline after `step` requests (default: all); checks the base hash first."""
+        self.check_base()
         delta = self.cumulative_delta(step)
         pipe = load_pipeline(self.base_model, device=device)
         apply_delta(pipe.unet, delta)
@@ -158,19 +180,26 @@ class Run:
     def export(self, out: str | Path, step: int | None = None) -> Path:
         """A full pipeline directory that plain diffusers loads."""
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a directory")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
-        pipe = self.load(step, device="cpu")
         tmp = out.with_name(f".{out.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
-            src = self.base_model / extra
-            if src.is_dir():
-                shutil.copytree(src, tmp / extra)
-            elif src.exists():
-                shutil.copy2(src, tmp / extra)
-        _portable_tokenizer(tmp)
+        tmp.mkdir(parents=True)  # an unwritable destination fails now, not after loading the model
+        try:
+            pipe = self.load(step, device="cpu")
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
+                src = self.base_model / extra
+                if src.is_dir():
+                    shutil.copytree(src, tmp / extra)
+                elif src.exists():
+                    shutil.copy2(src, tmp / extra)
+            _portable_tokenizer(tmp)
+        except BaseException:  # e.g. a full disk: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -182,8 +211,14 @@ class Run:
         """Apply one request to the run's latest model; returns the step's metadata.
 
         If the same request already completed in this run, it is not redone: its step is
-        returned. An unfinished request of the same configuration resumes.
+        returned. An unfinished request of the same configuration resumes. The run is locked
+        for the whole request: a second process gets a BusyError at once.
         """
+        with exclusive(self.path, "run"):
+            return self._unlearn(request, quiet=quiet, device=device, stop_after=stop_after,
+                                 checkpoint_every=checkpoint_every, choose=choose, snapshots=snapshots, cache_dir=cache_dir)
+
+    def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir) -> dict:
         method, regs = build_hooks(request)
         config = resolved_config(method, regs)
         catalog = self.catalog()
@@ -191,7 +226,7 @@ class Run:
         steps = self.steps()
         for meta in steps:
             if meta["request"]["concept"] == request.concept:
-                if meta["request"] == request.to_dict():
+                if same_request(meta["request"], request):
                     if not quiet:
                         print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
                     return meta
@@ -202,12 +237,17 @@ class Run:
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
         partial = self.path / "steps" / f".{final_dir.name}.partial"
-        for other in (self.path / "steps").glob(".*.partial"):
-            if other != partial:
+        # An unfinished request that never wrote a checkpoint has no training to lose (it
+        # failed in setup, or was killed before its first checkpoint): a corrected request
+        # replaces it. One with a checkpoint must be resumed or deleted by the user.
+        for other in sorted((self.path / "steps").glob(".*.partial")):
+            if not (other / "checkpoint.pt").exists():
+                if other != partial or not _recorded_same(other, request):
+                    shutil.rmtree(other)
+            elif other != partial:
                 raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
         if partial.exists():
-            previous = json.loads((partial / "request.json").read_text())
-            if previous != request.to_dict():
+            if not _recorded_same(partial, request):
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
                 )
@@ -216,8 +256,7 @@ class Run:
             atomic_write_json(partial / "request.json", request.to_dict())
 
         parent_hash = "base" if not steps else steps[-1]["delta_hash"]
-        if model_hash(self.base_model) != self.info["base_hash"]:
-            raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+        self.check_base()
         previous = self.cumulative_delta()
         pipe = load_pipeline(self.base_model, device=device)
         apply_delta(pipe.unet, previous)
@@ -334,6 +373,13 @@ class SnapshotKeeper(Hook):
 
     def load_state_dict(self, state: dict) -> None:
         self.snapshots = state.get("snapshots", {})
+
+
+def _recorded_same(partial: Path, request: Request) -> bool:
+    try:
+        return same_request(json.loads((partial / "request.json").read_text()), request)
+    except (OSError, ValueError):  # missing or half-written request.json
+        return False
 
 
 def _portable_tokenizer(directory: Path) -> None:
