@@ -108,17 +108,16 @@ def base_model_images(ctx: Context, prompts: list[str], seeds: list[int], steps:
     latents = base_model_latents(ctx, prompts, seeds, steps, guidance, purpose, scheduler)
     key = hashlib.sha256(json.dumps([ctx.base_hash, prompts, seeds, steps, guidance, scheduler, "uint8"]).encode()).hexdigest()[:20]
     path = ctx.cache_dir / f"{purpose}-images-{key}.safetensors"
-    if path.exists():
-        return load_file(str(path))["images"]
+    cached = load_verified_tensor(path)  # None when missing or damaged: decoded again
+    if cached is not None:
+        return cached
     vae = ctx.pipe.vae
     out = []
     for i in range(0, len(latents), 16):
         x = vae.decode(latents[i : i + 16].to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
         out.append(((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     images = torch.cat(out)
-    tmp = path.with_suffix(".tmp")
-    save_file({"images": images.contiguous()}, str(tmp))
-    tmp.replace(path)
+    save_verified_tensor(path, images)
     return images
 
 
