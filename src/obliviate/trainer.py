@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .model import autocast_dtype, encode_prompts
 from .protocols import DOMAINS, Catalog
+from .start_token import start_token_detached
 
 
 # ---------------------------------------------------------------- settings
@@ -259,6 +260,9 @@ class TrainSettings:
     batch_size: int = 8
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
+    # stop the gradient through cross-attention k/v at token 0 (start_token.py); the reference
+    # does it in ConAbl and SculpMem (their default: on), not in ESD or EraseDiff
+    detach_start: bool = False
 
 
 class Method(Hook):
@@ -345,7 +349,8 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
     done_here = 0
     for step in bar:
         optimizer.zero_grad(set_to_none=False)
-        loss = method.backward(ctx, gen, extra_loss)
+        with start_token_detached(ctx.unet, s.detach_start):
+            loss = method.backward(ctx, gen, extra_loss)
         for hook in hooks:
             hook.transform_gradients(ctx)
         if s.grad_clip > 0:
