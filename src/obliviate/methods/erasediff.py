@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..model import predict
 from ..trainer import Context, Method, TrainSettings
 from .common import base_model_latents, denoising_target, noised, sampler_settings
 
@@ -60,7 +61,7 @@ class EraseDiff(Method):
         x0 = latents[idx]
         x_t, t, noise = noised(ctx, x0, gen)
         emb = ctx.encode([prompts[i] for i in idx.tolist()])
-        pred = ctx.unet(x_t, t, encoder_hidden_states=emb).sample.float()
+        pred = predict(ctx.unet, x_t, t, emb).float()
         if forget:
             target = torch.randn(x0.shape, generator=gen).to(x0.device)  # an unrelated direction
         else:

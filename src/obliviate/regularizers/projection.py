@@ -89,7 +89,7 @@ def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "n
 def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:
     """A whole auxiliary prompt: mean over its tokens (start and end tokens excluded)."""
     n = len(ctx.pipe.tokenizer(prompt).input_ids)
-    return ctx.encode([prompt])[0][1 : max(2, n - 1)].mean(0)
+    return ctx.encode([prompt]).hidden[0][1 : max(2, n - 1)].mean(0)
 
 
 def deduplicate(columns: list[torch.Tensor], threshold: float) -> list[int]:
