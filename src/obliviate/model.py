@@ -256,14 +256,23 @@ def model_hash(path: str | os.PathLike) -> str:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
+def concept_token_span(tokenizer, text: str, concept: str) -> tuple[int, int]:
+    """Token positions [start, end) of the last occurrence of `concept` in `text` (a name of
+    several BPE tokens, "Van Gogh" -> van</w> gogh</w>, spans several positions). CLIP's
+    tokenizer splits at word boundaries, so the tokens of the text before the concept are a
+    prefix of the text's tokens."""
+    at = text.rindex(concept)
+    prefix_ids = tokenizer(text[:at].rstrip()).input_ids
+    upto_ids = tokenizer(text[: at + len(concept)]).input_ids
+    start, end = len(prefix_ids) - 1, len(upto_ids) - 1  # drop the end token of each
+    if end <= start or end > tokenizer.model_max_length - 1:
+        raise ValueError(f"could not locate the tokens of {concept!r} in {text!r} (within {tokenizer.model_max_length} tokens)")
+    return start, end
+
+
 @torch.no_grad()
 def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
-    """Mean text-encoder output over the tokens of the last occurrence of `concept` in `text`."""
-    at = text.rindex(concept)
-    prefix_ids = pipe.tokenizer(text[:at].rstrip()).input_ids
-    upto_ids = pipe.tokenizer(text[: at + len(concept)]).input_ids
-    start, end = len(prefix_ids) - 1, len(upto_ids) - 1  # drop the end token of each
-    if end <= start:
-        raise ValueError(f"could not locate the tokens of {concept!r} in {text!r}")
+    """Mean cross-attention state over the tokens of the last occurrence of `concept` in `text`."""
+    start, end = concept_token_span(pipe.tokenizer, text, concept)
     hidden = encode_prompts(pipe, [text])[0]  # the states of the whole text, as generation sees them
     return hidden[start:end].mean(0)
