@@ -47,6 +47,9 @@ class EraseDiff(Method):
             raise ValueError("erasediff needs a concept catalog (retained data); this model has none")
         gone = set(targets) | {x for x, _ in ctx.unlearned_before}
         others = [c for c in cat.concepts(domain) if c not in gone]
+        if not others:
+            raise ValueError(f"erasediff needs retained {domain}s for its remain objective; every {domain} of the "
+                             f"{cat.name} catalog is unlearned or a target")
         partners = cat.partners(domain)
         self.forget_prompts = [cat.prompt_with(targets[i % len(targets)], domain, partners[(i // len(targets)) % len(partners)])
                                for i in range(s.forget_images * len(targets))]
