@@ -190,6 +190,24 @@ def test_model_directories_as_users_have_them(families, tmp_path):
     assert torch.equal(w, w_ref.half().float())
 
 
+@pytest.mark.parametrize("family", ["sdxl"])
+def test_command_line_on_a_user_model(families, family, tmp_path, capsys):
+    """`obliviate unlearn` / `export` on a model with no catalog (the generic prompts), no code change."""
+    from obliviate.cli import main
+
+    run = str(tmp_path / "run")
+    code = main(["--quiet", "unlearn", "--run", run, "--model", str(families[family]), "--concept", "Van Gogh",
+                 "--domain", "style", "--method", "esd", "--steps", "1", "--method-setting", "ddim_steps=2",
+                 "--method-setting", "batch_size=1"])
+    assert code == 0, capsys.readouterr().err
+    assert main(["--quiet", "export", run, "--out", str(tmp_path / "exported")]) == 0
+    index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    code = main(["--quiet", "unlearn", "--run", str(tmp_path / "r2"), "--model", "runwayml/stable-diffusion-v1-5",
+                 "--concept", "x", "--domain", "other"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass that local directory" in err and not (tmp_path / "r2").exists()
+
 # ---------------------------------------------------------------- real size (marked)
 @pytest.mark.fullsize
 @pytest.mark.parametrize("family", ["sd15", "sd21"])
