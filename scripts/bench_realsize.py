@@ -83,6 +83,7 @@ def one(family: str, method_name: str, steps: int, batch_size: int) -> dict:
         "seconds_per_step": round(sum(later) / len(later), 2), "step_seconds": [round(s, 2) for s in per_step],
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "torch_threads": torch.get_num_threads(),
+        "load_average_after": [round(x, 1) for x in os.getloadavg()],  # other work on the machine slows the figures
     }
 
 

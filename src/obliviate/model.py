@@ -87,9 +87,8 @@ def is_sdxl(path_or_pipe) -> bool:
 def weight_variant(path: Path) -> str | None:
     """"fp16" when the UNet ships only fp16 variant files (diffusion_pytorch_model.fp16.safetensors):
     diffusers loads those only when asked for the variant; they are upcast to float32 on load."""
-    names = [p.name for p in (path / "unet").iterdir()]
-    plain = [n for n in names if n.startswith("diffusion_pytorch_model") and n.count(".") == 1]
-    if not plain and any(".fp16." in n for n in names):
+    names = [p.name for p in (path / "unet").iterdir() if p.suffix in (".safetensors", ".bin")]
+    if names and all(".fp16" in n for n in names):  # also sharded: ...model.fp16-00001-of-00002.safetensors
         return "fp16"
     return None
 
