@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean study
+.PHONY: demo test test-fullsize setup clean study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# random-weight SD 1.5 and SD 2.1 at real size: one step of each method (not part of `make test`)
+test-fullsize: $(STAMP)
+	$(BIN)/python -m pytest tests -m fullsize
 
 # The study behind docs/RESULTS.md (about 2.2 hours on 2 cores; every run resumes if interrupted).
 # Two runs at a time with one torch thread each: on 2 cores that beats one 2-thread run after another.
