@@ -101,25 +101,23 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(*args.one, args.steps, args.batch_size)))
         return
+    import torch
+
+    from obliviate.delta import atomic_write_json
+
     rows = []
+    result = {"device": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "results": rows}
     for family in args.families:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--one", family, method, "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    import torch
-
-    result = {"device": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "results": rows}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        from obliviate.delta import atomic_write_json
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, result)
-    print(text)
-
+            if args.out:  # after every measurement: a long benchmark keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
 
 if __name__ == "__main__":
     main()
