@@ -57,10 +57,11 @@ def one(family: str, method_name: str, steps: int, batch_size: int) -> dict:
 
         def __init__(self):
             super().__init__()
-            self.times = [time.time()]
+            self.times, self.cpu = [time.time()], [time.process_time()]
 
         def after_step(self, ctx, step, total_steps):
             self.times.append(time.time())
+            self.cpu.append(time.process_time())
 
     with tempfile.TemporaryDirectory() as cache:
         ctx = Context(pipe=pipe, request=request, params=params, pretrained=start, start=start, catalog=generic_catalog(),
@@ -73,6 +74,8 @@ def one(family: str, method_name: str, steps: int, batch_size: int) -> dict:
         train(ctx, method, [clock])
     per_step = [b - a for a, b in zip(clock.times, clock.times[1:])]
     later = per_step[1:] or per_step
+    cpu = [b - a for a, b in zip(clock.cpu, clock.cpu[1:])]
+    cpu_later = cpu[1:] or cpu
     return {
         "family": family, "method": method_name, "param_group": request.param_group, "batch_size": batch_size,
         "trained_tensors": len(params), "trained_parameters": sum(p.numel() for p in params.values()),
@@ -81,6 +84,8 @@ def one(family: str, method_name: str, steps: int, batch_size: int) -> dict:
         "prediction_type": pipe.scheduler.config.prediction_type,
         "build_seconds": round(build_seconds, 2), "setup_seconds": round(setup_seconds, 2),
         "seconds_per_step": round(sum(later) / len(later), 2), "step_seconds": [round(s, 2) for s in per_step],
+        # CPU seconds of this process: less sensitive than wall time to other work on the machine
+        "cpu_seconds_per_step": round(sum(cpu_later) / len(cpu_later), 2),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "torch_threads": torch.get_num_threads(),
         "load_average_after": [round(x, 1) for x in os.getloadavg()],  # other work on the machine slows the figures
@@ -106,10 +111,15 @@ def main() -> None:
     from obliviate.delta import atomic_write_json
 
     rows = []
+    if args.out and args.out.exists():  # rerunning measures only what the file lacks
+        rows = [r for r in json.loads(args.out.read_text())["results"] if r["family"] in args.families]
+    done = {(r["family"], r["method"]) for r in rows}
     result = {"device": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "results": rows}
     for family in args.families:
         for method in args.methods:
+            if (family, method) in done:
+                continue
             cmd = [sys.executable, __file__, "--one", family, method, "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
