@@ -190,6 +190,13 @@ def test_model_directories_as_users_have_them(families, tmp_path):
     assert torch.equal(w, w_ref.half().float())
 
 
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_uce_closed_form_with_multi_token_names(families, family, tmp_path, catalog_run):
+    run = Run.open_or_create(tmp_path / "run", families[family])
+    meta = run.unlearn(Request("Van Gogh", "style", "uce"), quiet=True)
+    assert meta["drift"]["parent"]["l2"] > 0
+    assert run.unlearn(Request("Pop Art", "style", "uce"), quiet=True)["step"] == 2
+
 @pytest.mark.parametrize("family", ["sdxl"])
 def test_command_line_on_a_user_model(families, family, tmp_path, capsys):
     """`obliviate unlearn` / `export` on a model with no catalog (the generic prompts), no code change."""

@@ -259,8 +259,8 @@ def concept_token_span(tokenizer, text: str, concept: str) -> tuple[int, int]:
     """Token positions [start, end) of the last occurrence of `concept` in `text` (a name of
     several BPE tokens, "Van Gogh" -> van</w> gogh</w>, spans several positions). CLIP's
     tokenizer splits at word boundaries, so the tokens of the text before the concept are a
-    prefix of the text's tokens."""
-    at = text.rindex(concept)
+    prefix of the text's tokens. The match ignores case, as CLIP's tokenizer does."""
+    at = text.lower().rindex(concept.lower())
     prefix_ids = tokenizer(text[:at].rstrip()).input_ids
     upto_ids = tokenizer(text[: at + len(concept)]).input_ids
     start, end = len(prefix_ids) - 1, len(upto_ids) - 1  # drop the end token of each
