@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import autocast_dtype, encode_prompts
+from .model import Cond, autocast_dtype, encode, predict  # noqa: F401  (predict: for hooks)
 from .protocols import DOMAINS, Catalog
 from .start_token import start_token_detached
 
@@ -192,7 +192,7 @@ class Context:
     restore_base: Any = None  # context manager: the base model's weights, temporarily
     quiet: bool = False
     earlier_requests: list[dict] = field(default_factory=list)  # the run's earlier Request.to_dict(), in order
-    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    _prompt_cache: dict[str, Cond] = field(default_factory=dict)
     _training_scheduler: Any = None
 
     @property
@@ -203,13 +203,16 @@ class Context:
     def device(self) -> torch.device:
         return self.pipe.unet.device
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings (the encoder is frozen, so each prompt is encoded once)."""
+    def encode(self, prompts: list[str]) -> Cond:
+        """The UNet's conditioning for `prompts` (model.Cond; `.hidden` is the cross-attention
+        input). Call the UNet with model.predict(unet, x_t, t, cond). The encoder is frozen,
+        so each prompt is encoded once."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
-            for p, e in zip(missing, encode_prompts(self.pipe, missing)):
-                self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+            cond = encode(self.pipe, missing)
+            for i, p in enumerate(missing):
+                self._prompt_cache[p] = cond[i]
+        return Cond.cat([self._prompt_cache[p] for p in prompts])
 
     def autocast(self):
         dtype = autocast_dtype(self.device)

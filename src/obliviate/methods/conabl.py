@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..model import predict
 from ..trainer import Context, Method, TrainSettings
 from .common import (GENERIC_CAPTIONS, base_model_images, base_model_latents, default_anchor_object, encode_images,
                      noised, replace_word, sampler_settings)
@@ -184,6 +185,6 @@ class ConAbl(Method):
         options = [self.target_prompts[i] for i in idx.tolist()]
         target_emb = ctx.encode([o[c % len(o)] for o, c in zip(options, choice.tolist())])
         with torch.no_grad():
-            reference = ctx.unet(x_t, t, encoder_hidden_states=anchor_emb).sample
-        prediction = ctx.unet(x_t, t, encoder_hidden_states=target_emb).sample
+            reference = predict(ctx.unet, x_t, t, anchor_emb)
+        prediction = predict(ctx.unet, x_t, t, target_emb)
         return self.loss_between(prediction, reference)

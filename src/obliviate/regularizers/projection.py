@@ -118,7 +118,7 @@ def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:
     """Ours (obliviate's old `prompts=FILE`): mean over all of a prompt's tokens (start and end
     tokens excluded)."""
     n = len(ctx.pipe.tokenizer(prompt).input_ids)
-    return ctx.encode([prompt])[0][1 : max(2, n - 1)].mean(0)
+    return ctx.encode([prompt]).hidden[0][1 : max(2, n - 1)].mean(0)
 
 
 def concept_positions(tokenizer, prompt: str) -> list[int]:
@@ -148,13 +148,13 @@ def after_prefix_embedding(ctx: Context, prompt: str) -> tuple[torch.Tensor, str
     positions = concept_positions(ctx.pipe.tokenizer, prompt)
     ids = ctx.pipe.tokenizer(prompt, truncation=True, max_length=ctx.pipe.tokenizer.model_max_length).input_ids
     word = ctx.pipe.tokenizer.decode([ids[i] for i in positions]).strip()
-    return ctx.encode([prompt])[0][positions].mean(0), word
+    return ctx.encode([prompt]).hidden[0][positions].mean(0), word
 
 
 def start_token_state(ctx: Context) -> torch.Tensor:
     """The text encoder's output at position 0. The encoder is causal, so it is the same for
     every prompt; every cross-attention layer reads its key and value."""
-    return ctx.encode([""])[0][0]
+    return ctx.encode([""]).hidden[0][0]
 
 
 def deduplicate(columns: list[torch.Tensor], threshold: float) -> list[int]:
