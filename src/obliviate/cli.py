@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiment import add_commands  # eval, run, demo
 
     add_commands(sub)
+    from .attacks.runner import add_command as add_attack_command  # attack
+
+    add_attack_command(sub)
     return parser
 
 

@@ -69,10 +69,11 @@ class Experiment:
     style_classifier: str | None = None
     object_classifier: str | None = None
     raw: dict = field(default_factory=dict)
+    attacks: list[dict] = field(default_factory=list)  # see attacks/runner.py
 
 
 EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
-                   "grid", "classifiers"}
+                   "grid", "classifiers", "attacks"}
 VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group"}
 
 
@@ -160,6 +161,10 @@ def load_experiment(path_or_dict) -> Experiment:
         raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
     if len(set(exp.sequence)) != len(exp.sequence):
         raise ValueError(f"{where}: the sequence repeats a concept")
+    # attacks on erased concepts (attacks/runner.py): checked now, run after each variant
+    from .attacks.runner import parse_attacks_section
+
+    exp.attacks = parse_attacks_section(raw.get("attacks"), where)
     return exp
 
 
@@ -323,6 +328,10 @@ class Runner:
             rows = runner(variant, vdir)
             summary["variants"][variant.name] = {"setting": variant.setting, "method": variant.method,
                                                  "regularizers": [n for n, _ in variant.regularizers], "steps": rows}
+            if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
+                from .attacks.runner import attack_variant
+
+                summary["variants"][variant.name]["attacks"] = attack_variant(self, variant, vdir, rows)
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
