@@ -5,6 +5,7 @@
     {"attack", "settings", "domain", "unlearned", "partners", "seeds",
      "concepts": {c: {"asr", "steps", ...}},      deterministic given the seed
      "mean_asr", "robust_UA",                      Robust UA = 100 - mean ASR
+     "clean_UA",                                   100 - mean accuracy of the plain template, same grid
      "timings": {"total_seconds", "per_concept_seconds"}}   the only wall-clock fields
 """
 from __future__ import annotations
@@ -55,7 +56,10 @@ def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **
     for concept in target.unlearned:
         timer = Timer()
         with target.private_text_side():
-            concepts[concept] = attack.attack_concept(target, concept)
+            entry = attack.attack_concept(target, concept)
+        # the unattacked template prompt on the same grid: clean UA from the same images' seeds
+        entry["clean_accuracy"] = target.concept_accuracy(concept)
+        concepts[concept] = entry
         seconds[concept] = timer.seconds()
         target.log(f"{attack.name} on {concept}: ASR {concepts[concept]['asr']:.1f}% in {seconds[concept]:.1f} s")
     asrs = [c["asr"] for c in concepts.values()]
@@ -65,6 +69,7 @@ def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **
         "domain": target.domain, "unlearned": list(target.unlearned), "partners": list(target.partners),
         "seeds": list(target.seeds), "sampler": dict(target.sampler.__dict__),
         "concepts": concepts, "mean_asr": mean_asr,
+        "clean_UA": 100.0 - sum(c["clean_accuracy"] for c in concepts.values()) / len(concepts),
         "robust_UA": 100.0 - mean_asr if attack.counts_in_robust_ua else None,
         "timings": {"total_seconds": total.seconds(), "per_concept_seconds": seconds},
     }

@@ -41,6 +41,7 @@ def cmd_attack(args) -> int:
         extra = f", steps-to-revival {entry['steps_to_revival']}, yardstick {entry.get('yardstick_steps')}" if name == "relearn" else ""
         print(f"{concept}: ASR {entry['asr']:.1f}%{extra} ({result['timings']['per_concept_seconds'][concept]:.1f} s)")
     ua = result["robust_UA"]
+    print(f"clean UA {result['clean_UA']:.1f} (plain template, same grid)")
     print(f"{name}: mean ASR {result['mean_asr']:.1f}%" + (f", robust UA {ua:.1f}" if ua is not None else "")
           + f" -> {Path(args.out) / 'attack.json'}")
     return 0
@@ -123,6 +124,7 @@ def attack_variant(runner, variant, vdir: Path, rows: list[dict]) -> dict:
             results[f"{spec['name']}@{t}"] = {
                 "attack": spec["name"], "step": t, "settings": result["settings"], "mean_asr": result["mean_asr"],
                 "robust_UA": result["robust_UA"], "clean_UA": rows[t]["UA"],
+                "clean_UA_attack_grid": result["clean_UA"],
                 "per_concept_asr": {c: e["asr"] for c, e in result["concepts"].items()},
                 **({"steps_to_revival": {c: e["steps_to_revival"] for c, e in result["concepts"].items()},
                     "yardstick_steps": {c: e.get("yardstick_steps") for c, e in result["concepts"].items()}}
