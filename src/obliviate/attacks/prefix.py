@@ -8,8 +8,8 @@ would. One prefix per concept, shared over partners (the images cycle through th
 not one per prompt: cheaper, and a stronger claim when it works.
 
 Defaults (MiniCanvas): k 3, K 16 images, 100 steps, batch 8, Adam lr 1e-2, rows initialised
-from k vocabulary words drawn with the seed. UnlearnDiffAtk uses 40 iterations at lr 0.01
-against one target image and projects the soft tokens to real tokens; `project=true` does
+from k vocabulary words drawn with the seed (never a concept name). UnlearnDiffAtk uses 40
+iterations at lr 0.01 against one target image and projects the soft tokens to real tokens; `project=true` does
 that projection (nearest vocabulary row by cosine) after optimising; the default keeps the
 soft rows (a stronger, white-box attacker).
 """
@@ -50,8 +50,12 @@ class Prefix(Attack):
         pipe = target.pipe
         names = [f"<adv{i}>" for i in range(s.tokens)]
         table = pipe.text_encoder.get_input_embeddings().weight
+        # start from ordinary words, never from a concept name (a prefix that starts as
+        # "forest" would recover forest by its initialisation, not by the attack)
+        concepts = set(target.protocol.styles) | set(target.protocol.objects)
         special = set(pipe.tokenizer.all_special_ids)
-        words = [i for i in range(table.shape[0]) if i not in special]
+        vocab = pipe.tokenizer.convert_ids_to_tokens(list(range(table.shape[0])))
+        words = [i for i, w in enumerate(vocab) if i not in special and w not in concepts]
         gen = torch.Generator(device="cpu").manual_seed(s.seed)
         start = [words[i] for i in torch.randint(0, len(words), (s.tokens,), generator=gen).tolist()]
         tokens = NewTokens(pipe, names, table[start].detach().clone())
