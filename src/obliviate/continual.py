@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .locking import exclusive
 from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
 from .methods import get_method
 from .model import check_pipeline_dir, load_pipeline, model_hash, select_parameters
@@ -49,6 +50,12 @@ def build_hooks(request: Request):
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
         regs.append(cls(parse_settings(cls.Settings, settings, f"--reg {name}")))
+    if method.closed_form and regs:
+        raise ValueError(
+            f"method {method.name!r} is closed form (one linear solve, no training loop), so the regularizer(s) "
+            f"{', '.join(r.name for r in regs)} cannot apply: they act on a loss, gradients or optimizer updates. "
+            f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
+        )
     return method, regs
 
 
@@ -57,6 +64,21 @@ def resolved_config(method, regs) -> dict:
         "method": {"name": method.name, **dataclasses.asdict(method.settings)},
         "regularizers": [{"name": r.name, **dataclasses.asdict(r.settings)} for r in regs],
     }
+
+
+def same_request(recorded: dict, request: Request) -> bool:
+    """Whether a recorded request (step.json / request.json) asks for the same work as
+    `request`: settings compare after parsing, so `steps="3"` from the command line equals
+    `steps: 3` from Python or YAML, and a setting spelled out at its default equals leaving
+    it out."""
+    if recorded == request.to_dict():
+        return True
+    try:
+        old = Request.from_dict(recorded)
+        same_fields = all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
+        return same_fields and resolved_config(*build_hooks(old)) == resolved_config(*build_hooks(request))
+    except (ValueError, KeyError, TypeError):  # a recorded request this version cannot parse is not the same
+        return False
 
 
 class Run:
@@ -71,6 +93,8 @@ class Run:
     @classmethod
     def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None) -> "Run":
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"run directory {path} is a file, not a directory")
         if (path / "run.json").exists():
             run = cls(path)
             if model_dir is not None and Path(model_dir).resolve() != Path(run.info["base_model"]).resolve():
@@ -146,10 +170,14 @@ class Run:
                 total[name] = total[name] + value if name in total else value.clone()
         return total
 
-    def load(self, step: int | None = None, device=None):
-        """The pipeline after `step` requests (default: all); checks the base hash first."""
+    def check_base(self) -> None:
+        """Refuse to apply deltas to a base model other than the one the run was made on."""
         if model_hash(self.base_model) != self.info["base_hash"]:
             raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+
+    def load(self, step: int | None = None, device=None):
+        """The pipeline after `step` requests (default: all); checks the base hash first."""
+        self.check_base()
         delta = self.cumulative_delta(step)
         pipe = load_pipeline(self.base_model, device=device)
         apply_delta(pipe.unet, delta)
@@ -158,19 +186,26 @@ class Run:
     def export(self, out: str | Path, step: int | None = None) -> Path:
         """A full pipeline directory that plain diffusers loads."""
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a directory")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
-        pipe = self.load(step, device="cpu")
         tmp = out.with_name(f".{out.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
-            src = self.base_model / extra
-            if src.is_dir():
-                shutil.copytree(src, tmp / extra)
-            elif src.exists():
-                shutil.copy2(src, tmp / extra)
-        _portable_tokenizer(tmp)
+        tmp.mkdir(parents=True)  # an unwritable destination fails now, not after loading the model
+        try:
+            pipe = self.load(step, device="cpu")
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
+                src = self.base_model / extra
+                if src.is_dir():
+                    shutil.copytree(src, tmp / extra)
+                elif src.exists():
+                    shutil.copy2(src, tmp / extra)
+            _portable_tokenizer(tmp)
+        except BaseException:  # e.g. a full disk: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -182,16 +217,26 @@ class Run:
         """Apply one request to the run's latest model; returns the step's metadata.
 
         If the same request already completed in this run, it is not redone: its step is
-        returned. An unfinished request of the same configuration resumes.
+        returned. An unfinished request of the same configuration resumes. The run is locked
+        for the whole request: a second process gets a BusyError at once.
         """
+        with exclusive(self.path, "run"):
+            return self._unlearn(request, quiet=quiet, device=device, stop_after=stop_after,
+                                 checkpoint_every=checkpoint_every, choose=choose, snapshots=snapshots, cache_dir=cache_dir)
+
+    def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir) -> dict:
         method, regs = build_hooks(request)
         config = resolved_config(method, regs)
         catalog = self.catalog()
         self._check_concept(request, catalog)
         steps = self.steps()
+        if method.closed_form:  # settings the model or the run cannot serve are refused before any work
+            if choose is not None:
+                raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+            method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
         for meta in steps:
             if meta["request"]["concept"] == request.concept:
-                if meta["request"] == request.to_dict():
+                if same_request(meta["request"], request):
                     if not quiet:
                         print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
                     return meta
@@ -202,12 +247,17 @@ class Run:
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
         partial = self.path / "steps" / f".{final_dir.name}.partial"
-        for other in (self.path / "steps").glob(".*.partial"):
-            if other != partial:
+        # An unfinished request that never wrote a checkpoint has no training to lose (it
+        # failed in setup, or was killed before its first checkpoint): a corrected request
+        # replaces it. One with a checkpoint must be resumed or deleted by the user.
+        for other in sorted((self.path / "steps").glob(".*.partial")):
+            if not (other / "checkpoint.pt").exists():
+                if other != partial or not _recorded_same(other, request):
+                    shutil.rmtree(other)
+            elif other != partial:
                 raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
         if partial.exists():
-            previous = json.loads((partial / "request.json").read_text())
-            if previous != request.to_dict():
+            if not _recorded_same(partial, request):
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
                 )
@@ -216,16 +266,16 @@ class Run:
             atomic_write_json(partial / "request.json", request.to_dict())
 
         parent_hash = "base" if not steps else steps[-1]["delta_hash"]
-        if model_hash(self.base_model) != self.info["base_hash"]:
-            raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+        self.check_base()
         previous = self.cumulative_delta()
         pipe = load_pipeline(self.base_model, device=device)
-        apply_delta(pipe.unet, previous)
         params = select_parameters(pipe.unet, request.param_group)
+        # the base values exactly (not start - previous, which float rounding perturbs)
+        pretrained = {n: p.detach().clone() for n, p in params.items()}
+        apply_delta(pipe.unet, previous)
         for p in params.values():
             p.requires_grad_(True)
         start = {n: p.detach().clone() for n, p in params.items()}
-        pretrained = {n: (start[n] - previous[n].to(start[n].device)) if n in previous else start[n].clone() for n in params}
 
         @contextlib.contextmanager
         def restore_base():
@@ -245,6 +295,7 @@ class Run:
             pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
             unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
             cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
+            earlier_requests=[m["request"] for m in steps],
         )
         t0 = time.time()
         torch.manual_seed(request.seed)
@@ -253,12 +304,22 @@ class Run:
             reg.setup(ctx, method)
         setup_seconds = time.time() - t0
         hooks = list(regs)
-        if choose is not None:  # early stopping: keep snapshots, let `choose` pick one
+        if method.closed_form:  # ---- closed form (UCE): one solve instead of the training loop
+            t1 = time.time()
+            solved = method.solve(ctx)
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(solved[n])
+            result = {"interrupted": stop_after is not None, "losses": [], "train_seconds": time.time() - t1}
+            if result["interrupted"]:  # tests: a kill during the solve leaves no step behind
+                return {"interrupted": True, "partial": str(partial)}
+        elif choose is not None:  # early stopping: keep snapshots, let `choose` pick one
             total = method.settings.steps
             keeper = SnapshotKeeper(sorted({max(1, round(total * (i + 1) / snapshots)) for i in range(snapshots)}))
             hooks.append(keeper)
-        result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
-                       checkpoint_every=checkpoint_every)
+        if not method.closed_form:
+            result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
+                           checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
         early = None
@@ -287,6 +348,8 @@ class Run:
         }
         if early is not None:
             meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
+        if getattr(method, "info", None):
+            meta["closed_form"] = method.info
         if hasattr(method, "anchor") and method.anchor:
             meta["anchor"] = method.anchor
         if regs and any(r.name == "projection" for r in regs):
@@ -334,6 +397,19 @@ class SnapshotKeeper(Hook):
 
     def load_state_dict(self, state: dict) -> None:
         self.snapshots = state.get("snapshots", {})
+
+
+def _recorded_same(partial: Path, request: Request) -> bool:
+    try:
+        return same_request(json.loads((partial / "request.json").read_text()), request)
+    except (OSError, ValueError):  # missing or half-written request.json
+        return False
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(model_dir) / "tokenizer", local_files_only=True)
 
 
 def _portable_tokenizer(directory: Path) -> None:
