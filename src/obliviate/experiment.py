@@ -114,7 +114,7 @@ _TYPES = {
 }
 _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
                      "retained": "list[str]", "partners": "list[str]", "eval": "mapping", "variants": "list", "seed": "int",
-                     "grid": "mapping", "classifiers": "mapping"}
+                     "grid": "mapping", "classifiers": "mapping", "attacks": "list"}
 _EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
 _CLASSIFIER_TYPES = {"style": "str", "object": "str"}
