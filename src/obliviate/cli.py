@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiment import add_commands  # eval, run, demo
 
     add_commands(sub)
+    from .attacks.runner import add_command as add_attack_command  # attack
+
+    add_attack_command(sub)
     for command in sub.choices.values():  # `obliviate unlearn ... --quiet` works as well as `obliviate --quiet unlearn ...`
         command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
     return parser

@@ -70,10 +70,11 @@ class Experiment:
     style_classifier: str | None = None
     object_classifier: str | None = None
     raw: dict = field(default_factory=dict)
+    attacks: list[dict] = field(default_factory=list)  # see attacks/runner.py
 
 
 EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
-                   "grid", "classifiers"}
+                   "grid", "classifiers", "attacks"}
 VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group"}
 
 
@@ -113,7 +114,7 @@ _TYPES = {
 }
 _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
                      "retained": "list[str]", "partners": "list[str]", "eval": "mapping", "variants": "list", "seed": "int",
-                     "grid": "mapping", "classifiers": "mapping"}
+                     "grid": "mapping", "classifiers": "mapping", "attacks": "list"}
 _EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
 _CLASSIFIER_TYPES = {"style": "str", "object": "str"}
@@ -226,6 +227,10 @@ def load_experiment(path_or_dict) -> Experiment:
         raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
     if len(set(exp.sequence)) != len(exp.sequence):
         raise ValueError(f"{where}: the sequence repeats a concept")
+    # attacks on erased concepts (attacks/runner.py): checked now, run after each variant
+    from .attacks.runner import parse_attacks_section
+
+    exp.attacks = parse_attacks_section(raw.get("attacks"), where)
     return exp
 
 
@@ -421,6 +426,10 @@ class Runner:
                 "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
                 "param_group": variant.param_group, "early_stopping": variant.early_stopping,
                 **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
+            if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
+                from .attacks.runner import attack_variant
+
+                summary["variants"][variant.name]["attacks"] = attack_variant(self, variant, vdir, rows)
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
