@@ -78,11 +78,7 @@ def cmd_unlearn(args) -> int:
         concept=args.concept, domain=args.domain, method=args.method, method_settings=method_settings,
         regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
     )
-    build_hooks(request)  # every name and setting checked before anything is created
-    from .model import PARAM_GROUPS
-
-    if args.param_group not in PARAM_GROUPS:
-        raise ValueError(f"--param-group {args.param_group!r} is not valid; valid groups: {', '.join(PARAM_GROUPS)}")
+    build_hooks(request)  # every name and setting (parameter group included) checked before anything is created
     if not (Path(args.run) / "run.json").exists():
         from .protocols import catalog_for_model, generic_catalog
         from .minicanvas import bundled_path
@@ -101,7 +97,14 @@ def cmd_unlearn(args) -> int:
 def cmd_export(args) -> int:
     from .continual import Run
 
-    out = Run(args.run).export(args.out, step=args.step)
+    run = Run(args.run)
+    if args.format == "lora":
+        from .lora import export_lora
+
+        out = export_lora(run, args.out, step=args.step)
+        print(f"wrote LoRA {out} (load with pipe.load_lora_weights)")
+        return 0
+    out = run.export(args.out, step=args.step)
     print(f"wrote pipeline {out}")
     return 0
 
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--model", help="base pipeline directory for a new run (default: bundled MiniCanvas)")
     un.add_argument("--steps", type=int, help="training steps (default: the method's)")
     un.add_argument("--seed", type=int, default=0)
-    un.add_argument("--param-group", default="kv-xattn", help="kv-xattn (default), xattn or full")
+    un.add_argument("--param-group", default="kv-xattn",
+                    help="kv-xattn (default), xattn, full, or a LoRA adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
     un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     un.set_defaults(func=cmd_unlearn)
 
@@ -141,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run")
     ex.add_argument("--step", type=int, help="after this many requests (default: all)")
     ex.add_argument("--out", required=True)
+    ex.add_argument("--format", choices=["pipeline", "lora"], default="pipeline",
+                    help="pipeline: the merged model as a full diffusers pipeline; lora: the run's LoRA adapters "
+                         "as one LoRA directory for pipe.load_lora_weights (runs trained with --param-group lora:...)")
     ex.set_defaults(func=cmd_export)
 
     from .experiment import add_commands  # eval, run, demo

@@ -27,7 +27,8 @@ import torch
 from . import __version__
 from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
 from .methods import get_method
-from .model import check_pipeline_dir, load_pipeline, model_hash, select_parameters
+from . import lora
+from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
 from .protocols import Catalog, catalog_for_model, generic_catalog
 from .regularizers import get_regularizer
 from .trainer import Context, Hook, Request, parse_settings, train
@@ -49,6 +50,9 @@ def build_hooks(request: Request):
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
         regs.append(cls(parse_settings(cls.Settings, settings, f"--reg {name}")))
+    check_param_group(request.param_group)
+    if lora.is_lora(request.param_group):  # regularizers on A and B, or a clear refusal
+        method, regs = lora.adapt_hooks(method, regs, request.param_group)
     return method, regs
 
 
@@ -142,7 +146,7 @@ class Run:
     def cumulative_delta(self, upto: int | None = None) -> dict[str, torch.Tensor]:
         total: dict[str, torch.Tensor] = {}
         for meta in self.verify_chain(upto):
-            for name, value in load_delta(Path(meta["dir"]) / "delta.safetensors").items():
+            for name, value in lora.dense_step(Path(meta["dir"]) / "delta.safetensors").items():
                 total[name] = total[name] + value if name in total else value.clone()
         return total
 
@@ -221,7 +225,9 @@ class Run:
         previous = self.cumulative_delta()
         pipe = load_pipeline(self.base_model, device=device)
         apply_delta(pipe.unet, previous)
-        params = select_parameters(pipe.unet, request.param_group)
+        # by object, before a LoRA adapter renames the adapted weights to `base_layer`
+        base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+        params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
         for p in params.values():
             p.requires_grad_(True)
         start = {n: p.detach().clone() for n, p in params.items()}
@@ -229,7 +235,7 @@ class Run:
 
         @contextlib.contextmanager
         def restore_base():
-            touched = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+            touched = base_params
             saved = {n: p.detach().clone() for n, p in touched.items()}
             with torch.no_grad():
                 for n, p in touched.items():
@@ -269,11 +275,17 @@ class Run:
                     p.copy_(keeper.snapshots[chosen][n])
             early = {"chosen_step": chosen, "candidates": sorted(keeper.snapshots), **info}
 
-        delta = {n: (p.detach() - start[n]).cpu() for n, p in params.items()}
+        file_meta = {"base_hash": self.info["base_hash"], "step": str(index)}
+        if lora.is_lora(request.param_group):  # the ledger keeps the adapter; drift is of its weight change
+            stored = lora.adapter_tensors(params)
+            file_meta.update(lora.metadata(request.param_group))
+            delta = lora.densify(stored, lora.parse_group(request.param_group).scale)
+        else:
+            stored = delta = {n: (p.detach() - start[n]).cpu() for n, p in params.items()}
         cumulative = {n: v.clone() for n, v in previous.items()}
         for n, v in delta.items():
             cumulative[n] = cumulative[n] + v if n in cumulative else v.clone()
-        save_delta(partial / "delta.safetensors", delta, metadata={"base_hash": self.info["base_hash"], "step": str(index)})
+        save_delta(partial / "delta.safetensors", stored, metadata=file_meta)
         losses = result["losses"]
         meta = {
             "step": index, "request": request.to_dict(), "config": config,
@@ -285,6 +297,8 @@ class Run:
             "obliviate": __version__, "torch": torch.__version__,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if lora.is_lora(request.param_group):
+            meta["adapter"] = {**lora.metadata(request.param_group), **lora.size_report(stored, delta, partial / "delta.safetensors")}
         if early is not None:
             meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
         if hasattr(method, "anchor") and method.anchor:
