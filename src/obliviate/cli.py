@@ -79,6 +79,10 @@ def cmd_unlearn(args) -> int:
         regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
     )
     build_hooks(request)  # every name and setting (parameter group included) checked before anything is created
+    from .distributed import autocast_dtype, validate_device
+
+    validate_device(args.device)
+    autocast_dtype(__import__("torch").device("cpu"), args.precision)
     if not (Path(args.run) / "run.json").exists():
         from .protocols import catalog_for_model, generic_catalog
         from .minicanvas import bundled_path
@@ -86,7 +90,8 @@ def cmd_unlearn(args) -> int:
         catalog = catalog_for_model(args.model or bundled_path()) or generic_catalog()
         Run._check_concept(request, catalog)
     run = Run.open_or_create(args.run, args.model)
-    meta = run.unlearn(request, quiet=args.quiet, device=args.device)
+    meta = run.unlearn(request, quiet=args.quiet, device=args.device, precision=args.precision,
+                       gradient_checkpointing=args.gradient_checkpointing)
     d = meta["drift"]
     print(f"step {meta['step']}: -{request.concept} ({request.method}) in {meta['timings']['train_seconds']:.1f} s; "
           f"loss {meta['loss_first']:.4f} -> {meta['loss_last']:.4f}; drift L2 {d['parent']['l2']:.4f} "
@@ -97,6 +102,9 @@ def cmd_unlearn(args) -> int:
 def cmd_export(args) -> int:
     from .continual import Run
 
+    from .distributed import validate_device
+
+    validate_device(args.device)
     run = Run(args.run)
     if args.format == "lora":
         from .lora import export_lora
@@ -104,7 +112,7 @@ def cmd_export(args) -> int:
         out = export_lora(run, args.out, step=args.step)
         print(f"wrote LoRA {out} (load with pipe.load_lora_weights)")
         return 0
-    out = run.export(args.out, step=args.step)
+    out = run.export(args.out, step=args.step, device=args.device)
     print(f"wrote pipeline {out}")
     return 0
 
@@ -138,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--seed", type=int, default=0)
     un.add_argument("--param-group", default="kv-xattn",
                     help="kv-xattn (default), xattn, full, or a LoRA adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
-    un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under accelerate launch: one GPU per process)")
+    un.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="autocast dtype for training; masters stay float32 (auto: bf16 on CUDA, fp32 on CPU)")
+    un.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward (less memory)")
     un.set_defaults(func=cmd_unlearn)
 
     ex = sub.add_parser("export", help="write the model of a run as a full diffusers pipeline directory")
     ex.add_argument("run")
     ex.add_argument("--step", type=int, help="after this many requests (default: all)")
     ex.add_argument("--out", required=True)
+    ex.add_argument("--device", help="where the merged model is built (default: cpu)")
     ex.add_argument("--format", choices=["pipeline", "lora"], default="pipeline",
                     help="pipeline: the merged model as a full diffusers pipeline; lora: the run's LoRA adapters "
                          "as one LoRA directory for pipe.load_lora_weights (runs trained with --param-group lora:...)")

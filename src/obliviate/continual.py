@@ -27,7 +27,7 @@ import torch
 from . import __version__
 from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
 from .methods import get_method
-from . import lora
+from . import distributed, lora
 from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
 from .protocols import Catalog, catalog_for_model, generic_catalog
 from .regularizers import get_regularizer
@@ -159,12 +159,13 @@ class Run:
         apply_delta(pipe.unet, delta)
         return pipe
 
-    def export(self, out: str | Path, step: int | None = None) -> Path:
+    def export(self, out: str | Path, step: int | None = None, device=None) -> Path:
         """A full pipeline directory that plain diffusers loads."""
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
-        pipe = self.load(step, device="cpu")
+        pipe = self.load(step, device=device or "cpu")
+        pipe.to("cpu")
         tmp = out.with_name(f".{out.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -182,14 +183,27 @@ class Run:
 
     # ------------------------------------------------------------ applying a request
     def unlearn(self, request: Request, *, quiet: bool = False, device=None, stop_after: int | None = None,
-                checkpoint_every: int = 25, choose=None, snapshots: int = 4, cache_dir: Path | None = None) -> dict:
+                checkpoint_every: int = 25, choose=None, snapshots: int = 4, cache_dir: Path | None = None,
+                precision: str = "auto", gradient_checkpointing: bool = False) -> dict:
         """Apply one request to the run's latest model; returns the step's metadata.
+
+        Under `accelerate launch` the request's batch is split across the processes (see
+        distributed.py); only the main process writes.
 
         If the same request already completed in this run, it is not redone: its step is
         returned. An unfinished request of the same configuration resumes.
         """
         method, regs = build_hooks(request)
         config = resolved_config(method, regs)
+        dist = distributed.current()
+        if dist is not None:
+            dist.check(method, regs)
+            if device is not None and torch.device(device) != dist.device:
+                raise ValueError(f"--device {device} conflicts with accelerate launch, which gives process {dist.rank} "
+                                 f"{dist.device}; leave --device out")
+            device = dist.device
+        distributed.validate_device(str(device) if device is not None else None)
+        distributed.autocast_dtype(torch.device("cpu"), precision)  # validates the name
         catalog = self.catalog()
         self._check_concept(request, catalog)
         steps = self.steps()
@@ -215,9 +229,11 @@ class Run:
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
                 )
-        else:
+        elif dist is None or dist.is_main:
             partial.mkdir(parents=True)
             atomic_write_json(partial / "request.json", request.to_dict())
+        if dist is not None:
+            dist.barrier()
 
         parent_hash = "base" if not steps else steps[-1]["delta_hash"]
         if model_hash(self.base_model) != self.info["base_hash"]:
@@ -230,6 +246,8 @@ class Run:
         params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
         for p in params.values():
             p.requires_grad_(True)
+        if gradient_checkpointing:
+            distributed.enable_gradient_checkpointing(pipe.unet)
         start = {n: p.detach().clone() for n, p in params.items()}
         pretrained = {n: (start[n] - previous[n].to(start[n].device)) if n in previous else start[n].clone() for n in params}
 
@@ -251,12 +269,14 @@ class Run:
             pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
             unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
             cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
+            precision=precision, dist=dist,
         )
         t0 = time.time()
         torch.manual_seed(request.seed)
-        method.setup(ctx)
-        for reg in regs:
-            reg.setup(ctx, method)
+        with dist.main_first() if dist is not None else contextlib.nullcontext():  # the main process writes caches
+            method.setup(ctx)
+            for reg in regs:
+                reg.setup(ctx, method)
         setup_seconds = time.time() - t0
         hooks = list(regs)
         if choose is not None:  # early stopping: keep snapshots, let `choose` pick one
@@ -267,6 +287,9 @@ class Run:
                        checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
+        if dist is not None and not dist.is_main:  # the main process writes the (identical) step
+            dist.barrier()
+            return {**json.loads((final_dir / "step.json").read_text()), "dir": str(final_dir)}
         early = None
         if choose is not None:
             chosen, info = choose(ctx, keeper.snapshots)
@@ -310,6 +333,8 @@ class Run:
         (partial / "request.json").unlink(missing_ok=True)
         partial.rename(final_dir)
         meta["dir"] = str(final_dir)
+        if dist is not None:
+            dist.barrier()
         return meta
 
     @staticmethod

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import autocast_dtype, encode_prompts
+from .model import encode_prompts
 from .protocols import DOMAINS, Catalog
 
 
@@ -155,6 +155,9 @@ class Context:
     base_hash: str
     restore_base: Any = None  # context manager: the base model's weights, temporarily
     quiet: bool = False
+    precision: str = "auto"  # distributed.PRECISIONS; masters stay float32
+    dist: Any = None  # distributed.Distributed when several processes share the request
+    grad_scaler: Any = None  # fp16 only
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     _training_scheduler: Any = None
 
@@ -175,10 +178,19 @@ class Context:
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
     def autocast(self):
-        dtype = autocast_dtype(self.device)
+        from .distributed import autocast_dtype
+
+        dtype = autocast_dtype(self.device, self.precision)
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def local(self, *tensors):
+        """This process's slice of a batch (the whole batch in one process); see distributed.py."""
+        return tensors if self.dist is None else self.dist.local(tensors)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -239,7 +251,7 @@ class Method(Hook):
         with ctx.autocast():
             loss = self.method_loss(ctx, gen).float()
         extra = extra_loss()
-        (loss + extra if extra is not None else loss).backward()
+        ctx.backward(loss + extra if extra is not None else loss)
         return float(loss.detach())
 
 
@@ -276,7 +288,7 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         return sum(terms) if terms else None
 
     def save_checkpoint(step: int) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or (ctx.dist is not None and not ctx.dist.is_main):
             return
         state = {
             "params": {n: p.detach().cpu().clone() for n, p in params.items()},
@@ -289,6 +301,12 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         tmp.replace(checkpoint_path)
 
     needs_before = any(h.needs_update_transform for h in hooks)
+    from .distributed import autocast_dtype
+
+    if autocast_dtype(ctx.device, ctx.precision) == torch.float16:  # fp16 gradients underflow without loss scaling
+        ctx.grad_scaler = torch.amp.GradScaler(ctx.device.type)
+    if ctx.dist is not None:
+        ctx.dist.active = True
     t0 = time.time()
     bar = tqdm(range(first_step, s.steps), initial=first_step, total=s.steps, disable=ctx.quiet,
                desc=f"{ctx.request.method} -{ctx.request.concept}", leave=False)
@@ -296,12 +314,20 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
     for step in bar:
         optimizer.zero_grad(set_to_none=False)
         loss = method.backward(ctx, gen, extra_loss)
+        if ctx.dist is not None:
+            ctx.dist.average_gradients(params.values())
+        if ctx.grad_scaler is not None:
+            ctx.grad_scaler.unscale_(optimizer)
         for hook in hooks:
             hook.transform_gradients(ctx)
         if s.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), s.grad_clip)
         before = {n: p.detach().clone() for n, p in params.items()} if needs_before else {}
-        optimizer.step()
+        if ctx.grad_scaler is not None:
+            ctx.grad_scaler.step(optimizer)  # skips the step when a gradient overflowed
+            ctx.grad_scaler.update()
+        else:
+            optimizer.step()
         for hook in hooks:
             hook.transform_update(ctx, before)
         for hook in hooks:
@@ -314,4 +340,6 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         if stop_after is not None and done_here >= stop_after:
             # like a kill: whatever came after the last periodic checkpoint is lost
             return {"interrupted": True, "losses": losses}
+    if ctx.dist is not None:
+        ctx.dist.active = False
     return {"interrupted": False, "losses": losses, "train_seconds": elapsed_before + time.time() - t0}
