@@ -73,7 +73,8 @@ class Run:
 
     # ------------------------------------------------------------ creation and listing
     @classmethod
-    def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None) -> "Run":
+    def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None, catalog: str | None = None) -> "Run":
+        """`catalog` names the concept catalog of a model that carries none (e.g. "unlearncanvas")."""
         path = Path(path)
         if (path / "run.json").exists():
             run = cls(path)
@@ -92,8 +93,13 @@ class Run:
             raise FileExistsError(f"{path} exists, is not empty and is not an obliviate run")
         path.mkdir(parents=True, exist_ok=True)
         (path / "steps").mkdir(exist_ok=True)
+        from .protocols import CATALOGS
+
+        if catalog is not None and catalog not in CATALOGS:
+            raise ValueError(f"unknown catalog {catalog!r}; valid catalogs: {', '.join(CATALOGS)}")
         atomic_write_json(path / "run.json", {
             "base_model": str(Path(model_dir).resolve()), "base_hash": model_hash(model_dir),
+            **({"catalog": catalog} if catalog else {}),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "obliviate": __version__,
         })
         return cls(path)
@@ -121,6 +127,10 @@ class Run:
         return out
 
     def catalog(self) -> Catalog:
+        from .protocols import CATALOGS
+
+        if self.info.get("catalog"):
+            return CATALOGS[self.info["catalog"]]()
         return catalog_for_model(self.base_model) or generic_catalog()
 
     # ------------------------------------------------------------ loading models

@@ -136,7 +136,7 @@ def load_experiment(path_or_dict) -> Experiment:
             raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
         # every method / regularizer name and setting is checked now, not after an hour of work
         build_hooks(Request("x", raw["domain"] if raw["domain"] in ("style", "object") else "other", variant.method,
-                            variant.method_settings, variant.regularizers))
+                            variant.method_settings, variant.regularizers, param_group=variant.param_group))
         if variant.setting == "independent+merge":
             m = variant.merge.get("method", "ties")
             if m not in MERGE_METHODS:
@@ -168,6 +168,7 @@ class Runner:
     def __init__(self, exp: Experiment, out: str | Path, *, quiet: bool = False, device: str | None = None,
                  precision: str = "auto", gradient_checkpointing: bool = False):
         self.exp, self.out, self.quiet = exp, Path(out), quiet
+        self.catalog = {"catalog": "unlearncanvas"} if exp.protocol == "unlearncanvas" else {}
         self.device, self.train_options = device, {"device": device, "precision": precision,
                                                    "gradient_checkpointing": gradient_checkpointing}
         self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
@@ -236,7 +237,7 @@ class Runner:
                 "per_concept_accuracy": res["per_concept_accuracy"], **extra}
 
     def run_sequential(self, variant: Variant, vdir: Path) -> list[dict]:
-        run = Run.open_or_create(vdir / "run", self.exp.model)
+        run = Run.open_or_create(vdir / "run", self.exp.model, **self.catalog)
         rows = [self.step0()]
         for t, concept in enumerate(self.exp.sequence, start=1):
             meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors, **self.train_options)
@@ -250,7 +251,7 @@ class Runner:
     def run_simultaneous(self, variant: Variant, vdir: Path) -> list[dict]:
         rows = [self.step0()]
         for t, concept in enumerate(self.exp.sequence, start=1):
-            run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model)
+            run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model, **self.catalog)
             req = self.request(variant, concept, also=self.exp.sequence[: t - 1], steps_scale=t)
             chooser = self.early_stop_chooser(variant, vdir, t) if variant.early_stopping else None
             meta = run.unlearn(req, quiet=self.quiet, choose=chooser, cache_dir=self.anchors, **self.train_options)
@@ -286,7 +287,7 @@ class Runner:
         lams = lams if isinstance(lams, list) else [lams]
         tops = tops if isinstance(tops, list) else [tops]
         for t, concept in enumerate(self.exp.sequence, start=1):
-            run = Run.open_or_create(vdir / "independent" / slug(concept), self.exp.model)
+            run = Run.open_or_create(vdir / "independent" / slug(concept), self.exp.model, **self.catalog)
             meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors, **self.train_options)
             taus.append(run.cumulative_delta(1))
             hashes.append(meta["delta_hash"])

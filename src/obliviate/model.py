@@ -160,6 +160,8 @@ _HASH_MEMO: dict[tuple, str] = {}
 @torch.no_grad()
 def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
     """Mean text-encoder output over the tokens of the last occurrence of `concept` in `text`."""
+    if concept not in text and concept.replace("_", " ") in text:  # UnlearnCanvas labels: "Van_Gogh" reads "Van Gogh"
+        concept = concept.replace("_", " ")
     at = text.rindex(concept)
     prefix_ids = pipe.tokenizer(text[:at].rstrip()).input_ids
     upto_ids = pipe.tokenizer(text[: at + len(concept)]).input_ids
