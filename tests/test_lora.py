@@ -119,3 +119,28 @@ def test_export_lora_refuses_full_delta_runs(quick_model, tmp_path, capsys):
     assert main(["--quiet", "export", str(tmp_path / "run"), "--format", "lora", "--out", str(tmp_path / "x")]) == 2
     assert "stores a full delta" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_keep_training_one_adapter_telescopes_and_exports_the_last(quick_model, tmp_path):
+    """The measured alternative (continual=keep): each step stores the adapter it ended with and
+    the one it started from; the model is base + s B_T A_T, and export writes that one adapter."""
+    model, _ = quick_model
+    keep = "lora:r=2,targets=kv-xattn,continual=keep"
+    with pytest.raises(ValueError, match="continual=stack"):
+        build_hooks(request(group=keep, regs=[("projection", {})]))
+    run = Run.open_or_create(tmp_path / "run", model)
+    run.unlearn(request("fire", group=keep), quiet=True)
+    m2 = run.unlearn(request("ice", group=keep), quiet=True)
+    tensors, _ = read_step(f"{m2['dir']}/delta.safetensors")
+    last = {n: v for n, v in tensors.items() if not n.startswith("previous.")}
+    assert m2["adapter"]["adapter_parameters"] == sum(v.numel() for v in last.values())
+    total = run.cumulative_delta()
+    from obliviate.lora import densify
+
+    for name, w in densify(last, 1.0).items():  # telescoping: steps 1 + 2 = the last adapter alone
+        assert torch.allclose(total[name], w, atol=1e-6)
+    assert main(["--quiet", "export", str(tmp_path / "run"), "--format", "lora", "--out", str(tmp_path / "lora")]) == 0
+    from safetensors.torch import load_file
+
+    exported = load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    assert {v.shape[0] for k, v in exported.items() if "lora_A" in k or "lora.down" in k} == {2}

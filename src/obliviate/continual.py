@@ -254,6 +254,7 @@ class Run:
         # by object, before a LoRA adapter renames the adapted weights to `base_layer`
         base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
         params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
+        started_from = lora.continue_adapter(pipe.unet, params, request.param_group, steps) if lora.is_lora(request.param_group) else None
         for p in params.values():
             p.requires_grad_(True)
         if gradient_checkpointing:
@@ -311,6 +312,7 @@ class Run:
         file_meta = {"base_hash": self.info["base_hash"], "step": str(index)}
         if lora.is_lora(request.param_group):  # the ledger keeps the adapter; drift is of its weight change
             stored = lora.adapter_tensors(params)
+            stored.update({lora.PREVIOUS + n: v for n, v in (started_from or {}).items()})
             file_meta.update(lora.metadata(request.param_group))
             delta = lora.densify(stored, lora.parse_group(request.param_group).scale)
         else:

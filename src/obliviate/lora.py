@@ -16,7 +16,11 @@ Continual policy: **one adapter per request, stacked** (not one adapter kept in 
 - one adapter kept in training would have to re-use its r directions for every new concept,
   so a later request can only unlearn by overwriting what earlier ones wrote, and its rank
   never grows to fit a stream of requests.
-Cost: the stored rank grows by r per request (still far below the full delta for any
+The alternative is available as `lora:...,continual=keep` (each step then stores the adapter
+it ended with and the one it started from) so that the choice can be measured (docs/LORA.md);
+the projection is refused there, because B's update multiplies the earlier A, whose rows are not
+orthogonal to the protected concepts, so dW c = 0 cannot hold.
+Cost of stacking: the stored rank grows by r per request (still far below the full delta for any
 realistic stream: 12 SD 1.5 style requests at r=4 are 2.4 M numbers vs 5.9 M per full delta).
 
 Regularizers on A and B (decided here, see `adapt_hooks`):
@@ -63,6 +67,9 @@ class LoraSettings:
     r: int = 4
     alpha: float | None = None  # default: r (scale 1)
     targets: Literal["kv-xattn", "xattn"] = "kv-xattn"
+    # stack: a fresh adapter per request (default); keep: continue training the previous
+    # request's adapter (the alternative, kept for measuring it: docs/LORA.md)
+    continual: Literal["stack", "keep"] = "stack"
 
     def __post_init__(self):
         if self.r < 1:
@@ -124,19 +131,50 @@ def adapter_tensors(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def metadata(group: str) -> dict[str, str]:
     s = parse_group(group)
-    return {"format": FORMAT, "rank": str(s.r), "alpha": str(s.r * s.scale), "targets": s.targets}
+    return {"format": FORMAT, "rank": str(s.r), "alpha": str(s.r * s.scale), "targets": s.targets, "continual": s.continual}
+
+
+PREVIOUS = "previous."  # continual=keep: the adapter this request started from, stored with it
 
 
 def densify(adapter: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
-    """The weight change an adapter makes: {`<module>.weight`: scale * B @ A}."""
+    """The weight change a step made: {`<module>.weight`: scale * (B A - B_start A_start)}
+    (B_start A_start only for continual=keep; a stacked adapter starts at B = 0)."""
     dense = {}
     for name, a in adapter.items():
-        if not name.endswith(".lora_A.weight"):
+        if not name.endswith(".lora_A.weight") or name.startswith(PREVIOUS):
             continue
         module = name[: -len(".lora_A.weight")]
-        b = adapter[f"{module}.lora_B.weight"]
-        dense[f"{module}.weight"] = scale * (b.double() @ a.double()).float()
+        w = adapter[f"{module}.lora_B.weight"].double() @ a.double()
+        if f"{PREVIOUS}{name}" in adapter:
+            w = w - adapter[f"{PREVIOUS}{module}.lora_B.weight"].double() @ adapter[f"{PREVIOUS}{name}"].double()
+        dense[f"{module}.weight"] = (scale * w).float()
     return dense
+
+
+def current_adapter(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: v for n, v in tensors.items() if not n.startswith(PREVIOUS)}
+
+
+@torch.no_grad()
+def continue_adapter(unet, params: dict[str, torch.nn.Parameter], group: str, steps: list[dict]) -> dict | None:
+    """continual=keep: start from the previous step's adapter, model unchanged at the start
+    (each adapted base weight loses the s B A that the adapter now adds back). None for stack."""
+    settings = parse_group(group)
+    if settings.continual != "keep" or not steps:
+        return None
+    tensors, info = read_step(Path(steps[-1]["dir"]) / "delta.safetensors")
+    if info.get("format") != FORMAT or (info["rank"], info["alpha"], info["targets"]) != (
+            str(settings.r), str(settings.r * settings.scale), settings.targets):
+        raise ValueError(f"--param-group {group}: continual=keep continues the previous step's adapter, but step "
+                         f"{steps[-1]['step']} is not a LoRA adapter of the same rank, alpha and targets")
+    previous = current_adapter(tensors)
+    for name, p in params.items():
+        p.copy_(previous[stored_name(name)].to(p.device))
+    for module, w in densify(previous, settings.scale).items():
+        layer = unet.get_submodule(module[: -len(".weight")])
+        layer.base_layer.weight.sub_(w.to(layer.base_layer.weight.device))
+    return previous
 
 
 def read_step(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -160,7 +198,7 @@ def dense_step(path: Path) -> dict[str, torch.Tensor]:
 
 def size_report(adapter: dict[str, torch.Tensor], dense: dict[str, torch.Tensor], file: Path) -> dict:
     """For step.json: the adapter next to the full delta of the same weights."""
-    n_adapter = sum(v.numel() for v in adapter.values())
+    n_adapter = sum(v.numel() for v in current_adapter(adapter).values())
     n_full = sum(v.numel() for v in dense.values())
     return {"adapter_parameters": n_adapter, "adapter_bytes": file.stat().st_size,
             "full_delta_parameters": n_full, "full_delta_bytes": 4 * n_full,
@@ -180,6 +218,10 @@ def adapt_hooks(method, regs: list, group: str):
             raise ValueError(f"regularizer {reg.name!r} does not work with --param-group {group}: {UNSUPPORTED[reg.name]}; "
                              f"with LoRA use {', '.join(SUPPORTED_REGULARIZERS)}, or --param-group kv-xattn with {reg.name}")
         if reg.name == "projection":
+            if parse_group(group).continual == "keep":
+                raise ValueError(f"projection does not work with --param-group {group}: continuing an adapter changes B, "
+                                 "and B's update multiplies the earlier A, whose rows are not orthogonal to the protected "
+                                 "concepts; use continual=stack (the default) with projection")
             out.append(_lora_projection(reg))
         elif reg.name in ("l1sp", "l2sp"):
             out.append(_lora_sp(reg))
@@ -227,20 +269,21 @@ def _lora_sp(reg):
         def setup(self, ctx, method=None) -> None:
             self.modules = _modules(ctx)
             self.scale = parse_group(ctx.request.param_group).scale
-            self.offset = {}
+            # diff = base_layer + s B A - reference; the adapter's start s B0 A0 is 0 for a stacked
+            # adapter and the previous request's for continual=keep
+            start = {m: self.scale * ctx.start[b] @ ctx.start[a] for m, a, b in self.modules}
+            self.offset = {m: -start[m] for m, _, _ in self.modules}
             if self.settings.reference == "pretrained":
                 current = {m: ctx.unet.get_submodule(m).base_layer.weight.detach().clone() for m, _, _ in self.modules}
                 with ctx.restore_base():
                     for m, _, _ in self.modules:
-                        self.offset[m] = current[m] - ctx.unet.get_submodule(m).base_layer.weight.detach()
+                        self.offset[m] = current[m] - ctx.unet.get_submodule(m).base_layer.weight.detach() - start[m]
             self.count = sum(ctx.params[b].shape[0] * ctx.params[a].shape[1] for _, a, b in self.modules)
 
         def loss(self, ctx) -> torch.Tensor:
             total = 0.0
             for m, a, b in self.modules:
-                diff = self.scale * ctx.params[b] @ ctx.params[a]
-                if m in self.offset:
-                    diff = diff + self.offset[m]
+                diff = self.scale * ctx.params[b] @ ctx.params[a] + self.offset[m]
                 total = total + (diff.abs() if self.power == 1 else diff * diff).sum()
             return self.settings.weight * total / self.count
 
@@ -262,14 +305,20 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
     steps = run.verify_chain(step)
     if not steps:
         raise ValueError(f"run {run.path} has no steps to export")
-    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    adapters: list[tuple[dict[str, torch.Tensor], float]] = []
     for meta in steps:
         tensors, info = read_step(Path(meta["dir"]) / "delta.safetensors")
         if info.get("format") != FORMAT:
             raise ValueError(f"step {meta['step']} ({meta['request']['concept']}) stores a full delta "
                              f"(--param-group {meta['request'].get('param_group')}), not a LoRA adapter; "
                              "export --format pipeline writes the merged model instead")
-        scale = float(info["alpha"]) / int(info["rank"])
+        entry = (current_adapter(tensors), float(info["alpha"]) / int(info["rank"]))
+        if info.get("continual") == "keep" and any(n.startswith(PREVIOUS) for n in tensors):
+            adapters[-1] = entry  # a continued adapter replaces the one it started from
+        else:
+            adapters.append(entry)
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for tensors, scale in adapters:
         for name, a in tensors.items():
             if name.endswith(".lora_A.weight"):
                 module = name[: -len(".lora_A.weight")]
