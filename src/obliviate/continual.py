@@ -233,13 +233,15 @@ class Run:
         for other in (self.path / "steps").glob(".*.partial"):
             if other != partial:
                 raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
-        if partial.exists():
+        if dist is not None and not dist.is_main:
+            pass  # the main process checks and creates the partial directory
+        elif partial.exists():
             previous = json.loads((partial / "request.json").read_text())
             if previous != request.to_dict():
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
                 )
-        elif dist is None or dist.is_main:
+        else:
             partial.mkdir(parents=True)
             atomic_write_json(partial / "request.json", request.to_dict())
         if dist is not None:
