@@ -1,4 +1,5 @@
 """Devices: --device validation, autocast with float32 masters, gradient checkpointing, two processes (gloo)."""
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,14 @@ def test_bad_devices_are_refused_before_work(tmp_path, capsys):
             assert main(["--quiet", *argv]) == 2
             assert "CUDA is not available" in capsys.readouterr().err
         assert not any(tmp_path.iterdir())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _delta(meta):
@@ -81,7 +90,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_delta(quick_model,
 
 
 def test_two_processes_give_the_delta_of_one_with_the_same_batch(quick_model, tmp_path):
-    """accelerate launch --num_processes 2 --cpu (gloo): each process takes half of the batch."""
+    """Two processes joined with gloo: each takes half of the batch; the step is written once."""
     model, _ = quick_model
     args = ["unlearn", "--concept", "fire", "--domain", "style", "--model", str(model), "--device", "cpu",
             *[f"--method-setting={k}={v}" for k, v in FAST_CONABL.items() if k != "steps"], "--steps", "4"]
@@ -89,14 +98,16 @@ def test_two_processes_give_the_delta_of_one_with_the_same_batch(quick_model, tm
     one = subprocess.run([sys.executable, "-m", "obliviate.cli", "--quiet", *args, "--run", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+    # torchrun is what `accelerate launch --multi_gpu` starts underneath; on CPU (no CUDA or
+    # ACCELERATE_USE_CPU=1) accelerate's PartialState joins the processes with gloo
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                           "-m", "obliviate.cli", "--quiet", *[a for a in args if a not in ("--device", "cpu")],
                           "--run", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env={**env, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=900)
     assert two.returncode == 0, two.stderr[-3000:]
     steps = sorted((tmp_path / "two" / "steps").iterdir())
     assert [s.name for s in steps] == ["001-fire"]  # written once, by the main process
+    assert json.loads((steps[0] / "step.json").read_text())["processes"] == 2
     a = load_delta(tmp_path / "one" / "steps" / "001-fire" / "delta.safetensors")
     b = load_delta(steps[0] / "delta.safetensors")
     assert a.keys() == b.keys()

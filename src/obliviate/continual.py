@@ -329,6 +329,7 @@ class Run:
             "base_hash": self.info["base_hash"], "parent_hash": parent_hash,
             "delta_hash": file_hash(partial / "delta.safetensors"),
             "timings": {"setup_seconds": setup_seconds, "train_seconds": result["train_seconds"]},
+            "processes": dist.world if dist is not None else 1,
             "loss_first": sum(losses[:10]) / max(1, len(losses[:10])), "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "drift": {"parent": drift(delta), "pretrained": drift(cumulative)},
             "obliviate": __version__, "torch": torch.__version__,

@@ -2,8 +2,12 @@
 
 Several processes (one per GPU, or gloo on CPU for checking):
 
-    accelerate launch --num_processes 2 -m obliviate.cli unlearn --run R --concept fire --domain style
-    accelerate launch --num_processes 2 --cpu -m obliviate.cli unlearn ...      # gloo, for checking
+    accelerate launch --multi_gpu --num_processes 2 -m obliviate.cli unlearn --run R --concept fire --domain style
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m obliviate.cli unlearn ...   # gloo on CPU, for checking
+
+(`accelerate launch --cpu` starts several CPU processes only through MPI; torchrun is what
+`accelerate launch --multi_gpu` runs underneath, and accelerate's PartialState joins the
+processes either way.)
 
 Every process draws the *whole* batch from the same seeded generator (so the random streams
 never diverge), then keeps its own contiguous slice (`Context.local`); each process's loss is
