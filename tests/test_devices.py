@@ -98,13 +98,19 @@ def test_two_processes_give_the_delta_of_one_with_the_same_batch(quick_model, tm
     one = subprocess.run([sys.executable, "-m", "obliviate.cli", "--quiet", *args, "--run", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    # torchrun is what `accelerate launch --multi_gpu` starts underneath; on CPU (no CUDA or
-    # ACCELERATE_USE_CPU=1) accelerate's PartialState joins the processes with gloo
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-                          "-m", "obliviate.cli", "--quiet", *[a for a in args if a not in ("--device", "cpu")],
-                          "--run", str(tmp_path / "two")],
-                         env={**env, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=900)
-    assert two.returncode == 0, two.stderr[-3000:]
+    # started as `accelerate launch --multi_gpu` / torchrun start processes: one per rank with
+    # RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous address in the environment; on CPU
+    # (ACCELERATE_USE_CPU=1) accelerate's PartialState joins them with gloo
+    port = str(_free_port())
+    cmd = [sys.executable, "-m", "obliviate.cli", "--quiet", *[a for a in args if a not in ("--device", "cpu")],
+           "--run", str(tmp_path / "two")]
+    procs = [subprocess.Popen(cmd, env={**env, "ACCELERATE_USE_CPU": "1", "RANK": str(r), "LOCAL_RANK": str(r),
+                                        "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                        "MASTER_PORT": port},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
     steps = sorted((tmp_path / "two" / "steps").iterdir())
     assert [s.name for s in steps] == ["001-fire"]  # written once, by the main process
     assert json.loads((steps[0] / "step.json").read_text())["processes"] == 2

@@ -3,11 +3,12 @@
 Several processes (one per GPU, or gloo on CPU for checking):
 
     accelerate launch --multi_gpu --num_processes 2 -m obliviate.cli unlearn --run R --concept fire --domain style
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m obliviate.cli unlearn ...   # gloo on CPU, for checking
 
-(`accelerate launch --cpu` starts several CPU processes only through MPI; torchrun is what
-`accelerate launch --multi_gpu` runs underneath, and accelerate's PartialState joins the
-processes either way.)
+`accelerate launch --cpu` starts several CPU processes only through MPI, and torchrun's own
+parser rejects `--run` (ambiguous with its `--run-path`); the CPU check in
+tests/test_devices.py starts the processes the way both launchers do (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR/PORT in the environment, ACCELERATE_USE_CPU=1), and accelerate's
+PartialState joins them with gloo.
 
 Every process draws the *whole* batch from the same seeded generator (so the random streams
 never diverge), then keeps its own contiguous slice (`Context.local`); each process's loss is
