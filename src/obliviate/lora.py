@@ -3,7 +3,7 @@
 A request trains a fresh low-rank adapter dW = s B A (s = alpha / r; A: r x d_in, B: d_out x r,
 B starts at zero) on the chosen layers of the model produced by the previous requests. The
 ledger stores the adapter itself (A and B, with rank/alpha/targets in the safetensors
-metadata): for SD 1.5 kv-xattn at r=4 that is ~0.2 M numbers instead of the ~5.9 M of the
+metadata): for SD 1.5 kv-xattn at r=4 that is 0.198 M numbers instead of the 19.2 M of the
 full key/value delta (step.json reports both).
 
 Continual policy: **one adapter per request, stacked** (not one adapter kept in training):
@@ -21,7 +21,7 @@ it ended with and the one it started from) so that the choice can be measured (d
 the projection is refused there, because B's update multiplies the earlier A, whose rows are not
 orthogonal to the protected concepts, so dW c = 0 cannot hold.
 Cost of stacking: the stored rank grows by r per request (still far below the full delta for any
-realistic stream: 12 SD 1.5 style requests at r=4 are 2.4 M numbers vs 5.9 M per full delta).
+realistic stream: 12 SD 1.5 style requests at r=4 are 2.4 M numbers vs 19.2 M per full delta).
 
 Regularizers on A and B (decided here, see `adapt_hooks`):
 - projection: dW c = s B (A c), so projecting **A** onto the orthogonal complement of span(C)
