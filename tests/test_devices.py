@@ -117,6 +117,6 @@ def test_two_processes_give_the_delta_of_one_with_the_same_batch(quick_model, tm
     a = load_delta(tmp_path / "one" / "steps" / "001-fire" / "delta.safetensors")
     b = load_delta(steps[0] / "delta.safetensors")
     assert a.keys() == b.keys()
-    for n in a:
-        assert torch.allclose(a[n], b[n], atol=1e-6, rtol=1e-3), (n, (a[n] - b[n]).abs().max())
-    assert max(float(v.abs().max()) for v in a.values()) > 1e-5
+    for n in a:  # float summation order differs; AdamW's normalisation amplifies it where gradients are ~0
+        assert (a[n] - b[n]).norm() <= 1e-3 * a[n].norm() and (a[n] - b[n]).abs().max() < 1e-5, (n, (a[n] - b[n]).abs().max())
+    assert max(float(v.abs().max()) for v in a.values()) > 1e-4
