@@ -76,8 +76,9 @@ def test_one_command_from_checkpoints_to_the_report(checkpoints, tmp_path, domai
         assert step["adapter"]["rank"] == "4"
 
 
-def test_missing_classifiers_are_a_clear_error(checkpoints, tmp_path, capsys):
-    sd, style_ckpt, _ = checkpoints
+def test_missing_classifiers_are_a_clear_error(tmp_path, capsys):
+    sd = tmp_path / "sd"  # the classifier files are checked first, before the model and any ViT is built
+    style_ckpt = _classifier(tmp_path / "style.pth", len(load_protocol().style_labels), 1)
     code = main(["--quiet", "run", str(CONFIGS / "unlearncanvas-styles.yaml"), "--out", str(tmp_path / "o"),
                  "--model", str(sd), "--style-classifier", str(style_ckpt), "--object-classifier", str(tmp_path / "none.pth")])
     assert code == 2

@@ -396,6 +396,9 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
     if exp.protocol == "unlearncanvas" and not (exp.style_classifier and exp.object_classifier):
         raise ValueError("the unlearncanvas protocol needs both classifier checkpoints: pass --style-classifier FILE "
                          "and --object-classifier FILE (or set classifiers.style / classifiers.object in the file)")
+    for flag, path in (("--style-classifier", exp.style_classifier), ("--object-classifier", exp.object_classifier)):
+        if path and not Path(path).is_file():  # before building two ViT-L judges
+            raise FileNotFoundError(f"{flag} {path} does not exist")
     from .model import check_pipeline_dir
 
     check_pipeline_dir(exp.model)
