@@ -25,7 +25,7 @@ def test_bad_devices_are_refused_before_work(tmp_path, capsys):
     with pytest.raises(ValueError, match="valid: cpu"):
         validate_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
             validate_device("cuda:0")
         for argv in (["unlearn", "--run", str(tmp_path / "r"), "--concept", "fire", "--domain", "style", "--device", "cuda"],
                      ["eval", "--model", str(tmp_path), "--out", str(tmp_path / "e"), "--device", "cuda"],
@@ -33,7 +33,7 @@ def test_bad_devices_are_refused_before_work(tmp_path, capsys):
                      ["run", "configs/styles.yaml", "--out", str(tmp_path / "o"), "--device", "cuda"],
                      ["demo", "--out", str(tmp_path / "d"), "--device", "cuda"]):
             assert main(["--quiet", *argv]) == 2
-            assert "CUDA is not available" in capsys.readouterr().err
+            assert "no CUDA GPU is available" in capsys.readouterr().err
         assert not any(tmp_path.iterdir())
 
 

@@ -114,3 +114,31 @@ def test_chromium_dom(report, tmp_path):
     for name in VARIANTS:
         assert name in dom
     assert "ukiyoe" in dom
+
+
+def test_report_says_what_the_numbers_and_variants_are(tmp_path):
+    summary = _summary()
+    summary.update(seeds=[188, 288], probe_seeds=[1], images_per_evaluation=96, images_per_probe=48,
+                   base_model={"path": "models/minicanvas", "hash": "ab" * 32})
+    summary["variants"]["conabl+projection"]["config"] = {
+        "method": {"name": "conabl", "steps": 60, "lr": 0.0005},
+        "regularizers": [{"name": "projection", "mode": "update", "dedup": 0.95}]}
+    out = write_report(tmp_path, summary)
+    for text in (out["markdown"].read_text("utf-8"), out["html"].read_text("utf-8")):
+        for needle in ("unlearning accuracy", "in-domain retained", "cross-domain retained", "188, 288",
+                       "96 per evaluation", "models/minicanvas", "conabl (steps=60, lr=0.0005)",
+                       "projection (mode=update, dedup=0.95)"):
+            assert needle in text, needle
+
+
+def test_many_variants_stay_distinguishable():
+    from obliviate.report.plots import metrics_png, variant_styles
+
+    names = [f"variant-{i}" for i in range(17)]
+    styles = variant_styles(names)
+    assert len({st["color"] for st in styles.values()}) == 17
+    assert len({st["marker"] for st in styles.values()}) >= 15
+    assert len({st["offset"] for st in styles.values()}) == 17  # identical curves do not cover one another
+    variants = {n: {"steps": [{"step": i, "UA": 50.0, "RA_I": 90.0, "RA_C": 90.0} for i in range(3)]} for n in names}
+    img = Image.open(io.BytesIO(metrics_png(variants)))
+    assert img.width > 1400  # the legend sits beside the three panels (13 in wide at 100 dpi), not on them

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .locking import exclusive
 from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
 from .methods import get_method
 from . import distributed, lora
@@ -50,6 +51,12 @@ def build_hooks(request: Request):
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
         regs.append(cls(parse_settings(cls.Settings, settings, f"--reg {name}")))
+    if method.closed_form and regs:
+        raise ValueError(
+            f"method {method.name!r} is closed form (one linear solve, no training loop), so the regularizer(s) "
+            f"{', '.join(r.name for r in regs)} cannot apply: they act on a loss, gradients or optimizer updates. "
+            f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
+        )
     check_param_group(request.param_group)
     if lora.is_lora(request.param_group):  # regularizers on A and B, or a clear refusal
         method, regs = lora.adapt_hooks(method, regs, request.param_group)
@@ -61,6 +68,21 @@ def resolved_config(method, regs) -> dict:
         "method": {"name": method.name, **dataclasses.asdict(method.settings)},
         "regularizers": [{"name": r.name, **dataclasses.asdict(r.settings)} for r in regs],
     }
+
+
+def same_request(recorded: dict, request: Request) -> bool:
+    """Whether a recorded request (step.json / request.json) asks for the same work as
+    `request`: settings compare after parsing, so `steps="3"` from the command line equals
+    `steps: 3` from Python or YAML, and a setting spelled out at its default equals leaving
+    it out."""
+    if recorded == request.to_dict():
+        return True
+    try:
+        old = Request.from_dict(recorded)
+        same_fields = all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
+        return same_fields and resolved_config(*build_hooks(old)) == resolved_config(*build_hooks(request))
+    except (ValueError, KeyError, TypeError):  # a recorded request this version cannot parse is not the same
+        return False
 
 
 class Run:
@@ -76,6 +98,8 @@ class Run:
     def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None, catalog: str | None = None) -> "Run":
         """`catalog` names the concept catalog of a model that carries none (e.g. "unlearncanvas")."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"run directory {path} is a file, not a directory")
         if (path / "run.json").exists():
             run = cls(path)
             if model_dir is not None and Path(model_dir).resolve() != Path(run.info["base_model"]).resolve():
@@ -160,10 +184,14 @@ class Run:
                 total[name] = total[name] + value if name in total else value.clone()
         return total
 
-    def load(self, step: int | None = None, device=None):
-        """The pipeline after `step` requests (default: all); checks the base hash first."""
+    def check_base(self) -> None:
+        """Refuse to apply deltas to a base model other than the one the run was made on."""
         if model_hash(self.base_model) != self.info["base_hash"]:
             raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+
+    def load(self, step: int | None = None, device=None):
+        """The pipeline after `step` requests (default: all); checks the base hash first."""
+        self.check_base()
         delta = self.cumulative_delta(step)
         pipe = load_pipeline(self.base_model, device=device)
         apply_delta(pipe.unet, delta)
@@ -172,20 +200,27 @@ class Run:
     def export(self, out: str | Path, step: int | None = None, device=None) -> Path:
         """A full pipeline directory that plain diffusers loads."""
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a directory")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
-        pipe = self.load(step, device=device or "cpu")
-        pipe.to("cpu")
         tmp = out.with_name(f".{out.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
-            src = self.base_model / extra
-            if src.is_dir():
-                shutil.copytree(src, tmp / extra)
-            elif src.exists():
-                shutil.copy2(src, tmp / extra)
-        _portable_tokenizer(tmp)
+        tmp.mkdir(parents=True)  # an unwritable destination fails now, not after loading the model
+        try:
+            pipe = self.load(step, device=device or "cpu")
+            pipe.to("cpu")
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
+                src = self.base_model / extra
+                if src.is_dir():
+                    shutil.copytree(src, tmp / extra)
+                elif src.exists():
+                    shutil.copy2(src, tmp / extra)
+            _portable_tokenizer(tmp)
+        except BaseException:  # e.g. a full disk: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -201,8 +236,18 @@ class Run:
         distributed.py); only the main process writes.
 
         If the same request already completed in this run, it is not redone: its step is
-        returned. An unfinished request of the same configuration resumes.
+        returned. An unfinished request of the same configuration resumes. The run is locked
+        for the whole request: a second process gets a BusyError at once.
         """
+        dist = distributed.current()
+        # several processes of one request: the main process holds the run's lock for all of them
+        with exclusive(self.path, "run") if dist is None or dist.is_main else contextlib.nullcontext():
+            return self._unlearn(request, quiet=quiet, device=device, stop_after=stop_after,
+                                 checkpoint_every=checkpoint_every, choose=choose, snapshots=snapshots, cache_dir=cache_dir,
+                                 precision=precision, gradient_checkpointing=gradient_checkpointing)
+
+    def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir,
+                 precision="auto", gradient_checkpointing=False) -> dict:
         method, regs = build_hooks(request)
         config = resolved_config(method, regs)
         dist = distributed.current()
@@ -217,9 +262,13 @@ class Run:
         catalog = self.catalog()
         self._check_concept(request, catalog)
         steps = self.steps()
+        if method.closed_form:  # settings the model or the run cannot serve are refused before any work
+            if choose is not None:
+                raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+            method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
         for meta in steps:
             if meta["request"]["concept"] == request.concept:
-                if meta["request"] == request.to_dict():
+                if same_request(meta["request"], request):
                     if not quiet:
                         print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
                     return meta
@@ -230,14 +279,19 @@ class Run:
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
         partial = self.path / "steps" / f".{final_dir.name}.partial"
-        for other in (self.path / "steps").glob(".*.partial"):
-            if other != partial:
+        # An unfinished request that never wrote a checkpoint has no training to lose (it
+        # failed in setup, or was killed before its first checkpoint): a corrected request
+        # replaces it. One with a checkpoint must be resumed or deleted by the user.
+        for other in sorted((self.path / "steps").glob(".*.partial")) if dist is None or dist.is_main else []:
+            if not (other / "checkpoint.pt").exists():
+                if other != partial or not _recorded_same(other, request):
+                    shutil.rmtree(other)
+            elif other != partial:
                 raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
         if dist is not None and not dist.is_main:
             pass  # the main process checks and creates the partial directory
         elif partial.exists():
-            previous = json.loads((partial / "request.json").read_text())
-            if previous != request.to_dict():
+            if not _recorded_same(partial, request):
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
                 )
@@ -248,21 +302,29 @@ class Run:
             dist.barrier()
 
         parent_hash = "base" if not steps else steps[-1]["delta_hash"]
-        if model_hash(self.base_model) != self.info["base_hash"]:
-            raise ValueError(f"the base model at {self.base_model} changed since the run was created (hash mismatch)")
+        self.check_base()
         previous = self.cumulative_delta()
         pipe = load_pipeline(self.base_model, device=device)
-        apply_delta(pipe.unet, previous)
-        # by object, before a LoRA adapter renames the adapted weights to `base_layer`
-        base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
-        params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
-        started_from = lora.continue_adapter(pipe.unet, params, request.param_group, steps) if lora.is_lora(request.param_group) else None
+        started_from = None
+        if lora.is_lora(request.param_group):
+            # the earlier changes go into the weights first, while they still have their own names
+            # (the adapter renames them `base_layer`); the trained tensors are the adapter's
+            apply_delta(pipe.unet, previous)
+            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+            params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
+            started_from = lora.continue_adapter(pipe.unet, params, request.param_group, steps)
+            pretrained = {n: p.detach().clone() for n, p in params.items()}
+        else:
+            params = select_parameters(pipe.unet, request.param_group)
+            # the base values exactly (not start - previous, which float rounding perturbs)
+            pretrained = {n: p.detach().clone() for n, p in params.items()}
+            apply_delta(pipe.unet, previous)
+            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
         for p in params.values():
             p.requires_grad_(True)
         if gradient_checkpointing:
             distributed.enable_gradient_checkpointing(pipe.unet)
         start = {n: p.detach().clone() for n, p in params.items()}
-        pretrained = {n: (start[n] - previous[n].to(start[n].device)) if n in previous else start[n].clone() for n in params}
 
         @contextlib.contextmanager
         def restore_base():
@@ -282,7 +344,7 @@ class Run:
             pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
             unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
             cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
-            precision=precision, dist=dist,
+            earlier_requests=[m["request"] for m in steps], precision=precision, dist=dist,
         )
         t0 = time.time()
         torch.manual_seed(request.seed)
@@ -292,12 +354,22 @@ class Run:
                 reg.setup(ctx, method)
         setup_seconds = time.time() - t0
         hooks = list(regs)
-        if choose is not None:  # early stopping: keep snapshots, let `choose` pick one
+        if method.closed_form:  # ---- closed form (UCE): one solve instead of the training loop
+            t1 = time.time()
+            solved = method.solve(ctx)
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(solved[n])
+            result = {"interrupted": stop_after is not None, "losses": [], "train_seconds": time.time() - t1}
+            if result["interrupted"]:  # tests: a kill during the solve leaves no step behind
+                return {"interrupted": True, "partial": str(partial)}
+        elif choose is not None:  # early stopping: keep snapshots, let `choose` pick one
             total = method.settings.steps
             keeper = SnapshotKeeper(sorted({max(1, round(total * (i + 1) / snapshots)) for i in range(snapshots)}))
             hooks.append(keeper)
-        result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
-                       checkpoint_every=checkpoint_every)
+        if not method.closed_form:
+            result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
+                           checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
         if dist is not None and not dist.is_main:  # the main process writes the (identical) step
@@ -339,6 +411,8 @@ class Run:
             meta["adapter"] = {**lora.metadata(request.param_group), **lora.size_report(stored, delta, partial / "delta.safetensors")}
         if early is not None:
             meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
+        if getattr(method, "info", None):
+            meta["closed_form"] = method.info
         if hasattr(method, "anchor") and method.anchor:
             meta["anchor"] = method.anchor
         if regs and any(r.name == "projection" for r in regs):
@@ -388,6 +462,19 @@ class SnapshotKeeper(Hook):
 
     def load_state_dict(self, state: dict) -> None:
         self.snapshots = state.get("snapshots", {})
+
+
+def _recorded_same(partial: Path, request: Request) -> bool:
+    try:
+        return same_request(json.loads((partial / "request.json").read_text()), request)
+    except (OSError, ValueError):  # missing or half-written request.json
+        return False
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(model_dir) / "tokenizer", local_files_only=True)
 
 
 def _portable_tokenizer(directory: Path) -> None:

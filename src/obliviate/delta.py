@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 from .model import layer_group
 
@@ -30,6 +32,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions of a new file
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # errors on a descriptor (a full disk) carry no path: name it
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -39,16 +46,51 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that depend only on the tensors and the metadata's content.
+
+    safetensors writes its metadata from a hash map whose order changes from process to
+    process, so identical deltas got different file hashes (and so different parent hashes
+    and evaluation keys). The header is re-serialised with sorted keys; the tensor data and
+    its offsets are untouched, so any safetensors reader loads the file as before.
+    """
+    raw = save(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
 def save_delta(path: Path, delta: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    atomic_write_bytes(path, canonical_safetensors({k: v.detach().float().cpu().contiguous() for k, v in delta.items()}, metadata))
+
+
+def save_verified_tensor(path: Path, tensor: torch.Tensor) -> None:
+    """A cache file that carries the sha256 of its data, so a damaged copy is noticed."""
+    t = tensor.detach().cpu().contiguous()
+    atomic_write_bytes(path, canonical_safetensors({"tensor": t}, {"sha256": _tensor_sha(t)}))
+
+
+def load_verified_tensor(path: Path) -> torch.Tensor | None:
+    """The tensor of a `save_verified_tensor` file, or None when the file is missing,
+    truncated, altered or from an older version without a checksum (callers regenerate)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if not path.exists():
+        return None
     try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in delta.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with safe_open(str(path), framework="pt") as f:
+            expected = (f.metadata() or {}).get("sha256")
+            t = f.get_tensor("tensor")
+    except Exception:  # any parse failure of a damaged file: header, offsets, size
+        return None
+    return t if expected is not None and _tensor_sha(t) == expected else None
+
+
+def _tensor_sha(t: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_delta(path: Path) -> dict[str, torch.Tensor]:

@@ -37,28 +37,11 @@ NOT_DISTRIBUTABLE = {"erasediff": "its bi-level step combines whole-batch gradie
 
 
 def validate_device(device: str | None) -> str | None:
-    """A clear error for a --device this machine cannot use, before any work."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device; valid: cpu, cuda, cuda:N, mps") from None
-    if dev.type == "cpu":
-        return device
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device!r}: CUDA is not available on this machine; valid: cpu")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(f"--device {device!r}: this machine has {n} GPU(s); valid: cpu, cuda, " +
-                             ", ".join(f"cuda:{i}" for i in range(n)))
-        return device
-    if dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError(f"--device {device!r}: MPS is not available on this machine; valid: cpu")
-        return device
-    raise ValueError(f"--device {device!r}: unsupported device type {dev.type!r}; valid: cpu, cuda, cuda:N, mps")
+    """A clear error for a --device this machine cannot use, before any work (one check: cli.check_device)."""
+    from .cli import check_device
+
+    check_device(device)
+    return device
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

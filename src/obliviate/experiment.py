@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .continual import Run, build_hooks, slug
 from .delta import apply_delta, atomic_write_json, drift, load_delta
+from .locking import exclusive
 from .evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from .evaluate.sampler import SamplerConfig
 from .merge import MERGE_METHODS, merge_task_vectors
@@ -89,6 +90,51 @@ def _regs(items, where: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# The type of every field of an experiment file: YAML turns `seeds: "188"` into a string
+# that iterates as ['1', '8', '8'] and slips past later checks, so types are checked first.
+_TYPES = {
+    "str": (lambda x: isinstance(x, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "mapping": (lambda x: isinstance(x, dict), "a mapping"),
+    "list[str]": (lambda x: isinstance(x, list) and all(isinstance(i, str) for i in x), "a list of names"),
+    "list[int]": (lambda x: isinstance(x, list) and bool(x) and all(_is_int(i) for i in x), "a non-empty list of integers"),
+    "list": (lambda x: isinstance(x, list), "a list"),
+    "number|list[number]": (lambda x: _is_number(x) or (isinstance(x, list) and bool(x) and all(_is_number(i) for i in x)),
+                            "a number or a non-empty list of numbers"),
+}
+_EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
+                     "retained": "list[str]", "partners": "list[str]", "eval": "mapping", "variants": "list", "seed": "int",
+                     "grid": "mapping", "classifiers": "mapping"}
+_EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
+_GRID_TYPES = {"variant": "str", "prompts": "int"}
+_CLASSIFIER_TYPES = {"style": "str", "object": "str"}
+_VARIANT_TYPES = {"name": "str", "setting": "str", "method": "str", "method_settings": "mapping", "regularizers": "list",
+                  "early_stopping": "bool", "merge": "mapping", "param_group": "str"}
+_MERGE_TYPES = {"method": "str", "lam": "number|list[number]", "top_k": "number|list[number]"}
+
+
+def _check_types(mapping: dict, types: dict, where: str) -> None:
+    """Unknown keys and wrong types, each error naming the field, its value and what is valid."""
+    unknown = set(mapping) - set(types)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(types))}")
+    for key, value in mapping.items():
+        if value is None:  # YAML `key:` with nothing = the default
+            continue
+        test, what = _TYPES[types[key]]
+        if not test(value):
+            raise ValueError(f"{where}: {key} must be {what}, got {value!r}")
+
+
 def resolve_model(model: str | None) -> str:
     if model in (None, "minicanvas", "bundled"):
         from .minicanvas import bundled_path
@@ -118,22 +164,42 @@ def load_experiment(path_or_dict) -> Experiment:
     for key in ("domain", "sequence", "variants"):
         if key not in raw:
             raise ValueError(f"{where}: missing required key {key!r}")
+    _check_types(raw, _EXPERIMENT_TYPES, where)
+    if raw["domain"] not in ("style", "object"):
+        raise ValueError(f"{where}: domain {raw['domain']!r} is not valid; valid: style, object")
+    if not raw["sequence"]:
+        raise ValueError(f"{where}: sequence is empty; list the concepts to unlearn in order")
     ev = raw.get("eval", {}) or {}
-    sampler = SamplerConfig(**ev.get("sampler", {})) if ev.get("sampler") else None
+    _check_types(ev, _EVAL_TYPES, f"{where}: eval")
+    _check_types(raw.get("grid") or {}, _GRID_TYPES, f"{where}: grid")
+    _check_types(raw.get("classifiers") or {}, _CLASSIFIER_TYPES, f"{where}: classifiers")
+    from .trainer import parse_settings
+
+    sampler = parse_settings(SamplerConfig, ev["sampler"], f"{where}: eval.sampler") if ev.get("sampler") else None
     variants = []
     for i, v in enumerate(raw["variants"]):
         vw = f"{where}: variants[{i}]"
         if not isinstance(v, dict) or "name" not in v:
             raise ValueError(f"{vw}: each variant is a mapping with a 'name'")
-        bad = set(v) - VARIANT_KEYS
-        if bad:
-            raise ValueError(f"{vw} ({v['name']}): unknown keys {sorted(bad)}; valid keys: {', '.join(sorted(VARIANT_KEYS))}")
+        _check_types(v, _VARIANT_TYPES, f"{vw} ({v['name']})")
+        merge = v.get("merge") or {}
+        _check_types(merge, _MERGE_TYPES, f"{vw} ({v['name']}): merge")
+        tops = 1.0 if merge.get("top_k") is None else merge["top_k"]
+        for k in tops if isinstance(tops, list) else [tops]:
+            if not 0 < k <= 1:
+                raise ValueError(f"{vw} ({v['name']}): merge top_k {k!r} is out of range; valid: (0, 1]")
         variant = Variant(name=str(v["name"]), setting=v.get("setting", "sequential"), method=v.get("method", "conabl"),
                           method_settings=dict(v.get("method_settings", {}) or {}), regularizers=_regs(v.get("regularizers"), vw),
                           early_stopping=bool(v.get("early_stopping", False)), merge=dict(v.get("merge", {}) or {}),
                           param_group=v.get("param_group", "kv-xattn"))
         if variant.setting not in SETTINGS:
             raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
+        from .model import check_param_group
+
+        try:
+            check_param_group(variant.param_group)  # kv-xattn, xattn, full or lora:...
+        except ValueError as err:
+            raise ValueError(f"{vw} ({variant.name}): param_group {variant.param_group!r} is not valid: {err}") from None
         # every method / regularizer name and setting is checked now, not after an hour of work
         build_hooks(Request("x", raw["domain"] if raw["domain"] in ("style", "object") else "other", variant.method,
                             variant.method_settings, variant.regularizers, param_group=variant.param_group))
@@ -156,6 +222,8 @@ def load_experiment(path_or_dict) -> Experiment:
     )
     if set(exp.seeds) & set(exp.probe_seeds):
         raise ValueError(f"{where}: probe_seeds {exp.probe_seeds} must be disjoint from the reported seeds {exp.seeds}")
+    if exp.grid_prompts < 1:
+        raise ValueError(f"{where}: grid.prompts must be >= 1, got {exp.grid_prompts}")
     if exp.grid_variant and exp.grid_variant not in names:
         raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
     if len(set(exp.sequence)) != len(exp.sequence):
@@ -177,6 +245,7 @@ class Runner:
         self.probe = EvalPlan(self.plan.domain, self.plan.sequence, self.plan.retained, self.plan.partners,
                               exp.probe_seeds, self.plan.sampler)
         self.base_hash = model_hash(exp.model)
+        self.judge_id = judge_identity(exp)
         self.cache = self.out / "cache" / "images"
         self.anchors = self.out / "cache" / "base-model"  # anchor / forget / remain images, shared by variants
         self._base_pipe = None
@@ -202,16 +271,33 @@ class Runner:
             apply_delta(pipe.unet, delta)
         return pipe
 
+    def evaluation_key(self, key: str, unlearned, plan: EvalPlan) -> str:
+        """Everything an evaluation's numbers depend on: the model (`key`: base and delta
+        hashes), the protocol and its judge, the grid (concepts, partners, seeds), the
+        sampler, the concepts counted as unlearned, and the code version."""
+        from . import __version__
+
+        return model_key(key, self.exp.protocol, self.judge_id, plan.domain, json.dumps(
+            [plan.sequence, plan.retained, plan.partners, plan.seeds, plan.sampler.__dict__, list(unlearned)], sort_keys=True),
+            __version__)
+
     def evaluate(self, delta, unlearned, key, path: Path, plan: EvalPlan | None = None) -> dict:
-        """Cached per file: a finished evaluation is read back, never recomputed."""
-        if path.exists():
-            return json.loads(path.read_text())
+        """Cached per file and key: a finished evaluation is read back when everything it
+        depends on is unchanged (see `evaluation_key`), and recomputed otherwise."""
         plan = plan or self.plan
+        cache_key = self.evaluation_key(key, unlearned, plan)
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text())
+            except ValueError:
+                cached = {}
+            if cached.get("cache_key") == cache_key:
+                return cached
         pipe = self.pipe_with(delta)
         bar = tqdm(total=len(plan.grid()), desc=f"eval {path.parent.name}/{path.stem}", disable=self.quiet, leave=False)
         result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
         bar.close()
-        result["model_key"] = key
+        result.update(model_key=key, cache_key=cache_key, seeds=list(plan.seeds), partners=list(plan.partners))
         atomic_write_json(path, result)
         return result
 
@@ -270,7 +356,7 @@ class Runner:
             scores = {}
             for step, values in sorted(snapshots.items()):
                 delta = {n: values[n] - ctx.pretrained[n] for n in values}
-                key = model_key(self.base_hash, "simultaneous-probe", variant.name, t, step)
+                key = model_key(self.base_hash, "snapshot", tensors_hash(delta))  # the snapshot's content, not its name
                 res = self.evaluate(delta, self.exp.sequence[:t], key, vdir / "probe" / f"step{t:03d}-at{step}.json", self.probe)
                 scores[step] = (res["UA"] + res["RA_I"] + res["RA_C"]) / 3
             best = max(scores, key=lambda s: (scores[s], s))
@@ -312,11 +398,19 @@ class Runner:
 
     # ------------------------------------------------------------ the whole experiment
     def run(self) -> dict:
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file, not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.out, "experiment output directory"):  # one `obliviate run` per output directory
+            return self._run()
+
+    def _run(self) -> dict:
         atomic_write_json(self.out / "experiment.json", {**self.exp.raw, "seed": self.exp.seed})
         summary = {"name": self.exp.name, "protocol": self.exp.protocol, "domain": self.exp.domain,
                    "sequence": self.exp.sequence, "retained": self.plan.retained, "partners": self.plan.partners,
                    "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
+                   "base_model": {"path": str(self.exp.model), "hash": self.base_hash},
+                   "images_per_evaluation": len(self.plan.grid()), "images_per_probe": len(self.probe.grid()),
                    "variants": {}}
         t0 = time.time()
         for i, variant in enumerate(self.exp.variants, start=1):
@@ -325,8 +419,14 @@ class Runner:
             runner = {"sequential": self.run_sequential, "simultaneous": self.run_simultaneous,
                       "independent+merge": self.run_merge}[variant.setting]
             rows = runner(variant, vdir)
-            summary["variants"][variant.name] = {"setting": variant.setting, "method": variant.method,
-                                                 "regularizers": [n for n, _ in variant.regularizers], "steps": rows}
+            from .continual import resolved_config
+
+            summary["variants"][variant.name] = {
+                "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
+                # every setting as run, defaults included, for the report
+                "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
+                "param_group": variant.param_group, "early_stopping": variant.early_stopping,
+                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
@@ -364,6 +464,32 @@ class Runner:
         from .report import write_report
 
         return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def judge_identity(exp: Experiment) -> str:
+    """What identifies the judge: its protocol and its weight files (content hash for the
+    small MiniCanvas classifiers, path/size/mtime for large user checkpoints)."""
+    from .delta import file_hash
+
+    files = sorted((Path(exp.model) / "classifiers").glob("*")) if exp.protocol == "minicanvas" else \
+        [Path(p) for p in (exp.style_classifier, exp.object_classifier) if p]
+    parts = [exp.protocol]
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            parts.append(file_hash(f) if st.st_size < (64 << 20) else f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return model_key(*parts)
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().float().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def short_table(summary: dict) -> str:
@@ -427,6 +553,7 @@ def cmd_eval(args) -> int:
     domain = args.domain
     if args.run:
         run = Run(args.run)
+        run.check_base()  # deltas are only applied to the base model they were made on
         steps = run.verify_chain(args.step)
         unlearned = [m["request"]["concept"] for m in steps] + [a for m in steps for a in m["request"].get("also", [])]
         domain = domain or (steps[0]["request"]["domain"] if steps else None)
@@ -442,16 +569,22 @@ def cmd_eval(args) -> int:
                              **({"device": args.device or "cpu"} if args.protocol == "unlearncanvas" else {}))
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    plan = make_plan(protocol, domain, sequence=sequence, seeds=seeds)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 188,288") from None
+    partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
+    plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
     pipe = load_pipeline(model_dir, device=args.device)
     if delta:
         apply_delta(pipe.unet, delta)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
-    result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds})
+    result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds, "partners": plan.partners})
     atomic_write_json(out / "metrics.json", result)
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     print(f"UA {fmt(result['UA'])}  RA-I {fmt(result['RA_I'])}  RA-C {fmt(result['RA_C'])}  -> {out / 'metrics.json'}")
@@ -480,20 +613,25 @@ def add_commands(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a model (or a run's step) with a protocol")
     ev.add_argument("--model", help="pipeline directory")
     ev.add_argument("--run", help="a run directory: evaluate its model after --step requests")
-    ev.add_argument("--step", type=int)
-    ev.add_argument("--protocol", default="minicanvas", help="minicanvas or unlearncanvas")
-    ev.add_argument("--domain", choices=["style", "object"])
+    ev.add_argument("--step", type=int, help="with --run: after this many requests (default: all)")
+    ev.add_argument("--protocol", default="minicanvas", help="minicanvas (default) or unlearncanvas")
+    ev.add_argument("--domain", choices=["style", "object"],
+                    help="the domain whose concepts are scored (default: the run's, else style)")
     ev.add_argument("--unlearned", help="comma-separated concepts counted in UA (with --model)")
-    ev.add_argument("--seeds", help="comma-separated evaluation seeds")
+    ev.add_argument("--seeds", help="comma-separated evaluation seeds (default: the protocol's first two: "
+                                    "188,288 for both minicanvas and unlearncanvas)")
+    ev.add_argument("--partners", help="comma-separated concepts of the other domain each concept is drawn with "
+                                       "(default: minicanvas: every concept of the other domain; unlearncanvas: "
+                                       "the protocol's retained concepts of the other domain)")
     ev.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint")
     ev.add_argument("--object-classifier", help="unlearncanvas: object classifier checkpoint")
-    ev.add_argument("--out", required=True)
+    ev.add_argument("--out", required=True, help="output directory: metrics.json and the generated images")
     ev.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ev.set_defaults(func=cmd_eval)
 
     rn = sub.add_parser("run", help="run an experiment file (every variant, every step, evaluated, with a report)")
-    rn.add_argument("file")
-    rn.add_argument("--out", required=True)
+    rn.add_argument("file", help="experiment YAML file (see configs/)")
+    rn.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
     rn.add_argument("--seed", type=int, help="training seed (overrides the file's `seed`)")
     rn.add_argument("--model", help="base pipeline directory (overrides the file's `model`)")
     rn.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint (overrides the file)")
@@ -504,6 +642,6 @@ def add_commands(sub) -> None:
     rn.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")
-    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     dm.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     dm.set_defaults(func=cmd_demo)

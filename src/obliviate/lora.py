@@ -209,6 +209,9 @@ def size_report(adapter: dict[str, torch.Tensor], dense: dict[str, torch.Tensor]
 def adapt_hooks(method, regs: list, group: str):
     """Give the regularizers their LoRA meaning, or refuse with the alternatives (before any work)."""
     parse_group(group)
+    if getattr(method, "closed_form", False):
+        raise ValueError(f"method {method.name!r} is closed form: it solves for whole k/v weights, not a low-rank "
+                         f"adapter; use it with --param-group kv-xattn, or a training method (conabl, esd, erasediff) with LoRA")
     if method.name in UNSUPPORTED:
         raise ValueError(f"method {method.name!r} does not work with --param-group {group}: {UNSUPPORTED[method.name]}; "
                          "use conabl, esd or erasediff with LoRA, or --param-group kv-xattn with sculpmem")

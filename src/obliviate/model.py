@@ -157,16 +157,23 @@ def model_hash(path: str | os.PathLike) -> str:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
-@torch.no_grad()
-def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
-    """Mean text-encoder output over the tokens of the last occurrence of `concept` in `text`."""
-    if concept not in text and concept.replace("_", " ") in text:  # UnlearnCanvas labels: "Van_Gogh" reads "Van Gogh"
-        concept = concept.replace("_", " ")
-    at = text.rindex(concept)
-    prefix_ids = pipe.tokenizer(text[:at].rstrip()).input_ids
-    upto_ids = pipe.tokenizer(text[: at + len(concept)]).input_ids
+def concept_token_span(tokenizer, text: str, concept: str) -> tuple[int, int]:
+    """Token positions [start, end) of the last occurrence of `concept` in `text` (multi-token
+    names included), as the padded sequence that encode_prompts feeds the text encoder."""
+    if concept.lower() not in text.lower() and concept.replace("_", " ").lower() in text.lower():
+        concept = concept.replace("_", " ")  # UnlearnCanvas labels: "Van_Gogh" reads "Van Gogh"
+    at = text.lower().rindex(concept.lower())
+    prefix_ids = tokenizer(text[:at].rstrip()).input_ids
+    upto_ids = tokenizer(text[: at + len(concept)]).input_ids
     start, end = len(prefix_ids) - 1, len(upto_ids) - 1  # drop the end token of each
     if end <= start:
         raise ValueError(f"could not locate the tokens of {concept!r} in {text!r}")
+    return start, end
+
+
+@torch.no_grad()
+def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
+    """Mean text-encoder output over the tokens of the last occurrence of `concept` in `text`."""
+    start, end = concept_token_span(pipe.tokenizer, text, concept)
     hidden = encode_prompts(pipe, [text])[0]  # the states of the whole text, as generation sees them
     return hidden[start:end].mean(0)

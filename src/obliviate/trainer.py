@@ -56,7 +56,42 @@ def parse_settings(cls, values: dict[str, Any] | None, where: str):
         settings = cls(**out)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+    check_ranges(settings, where)
     return settings
+
+
+# Valid ranges of numeric settings, by setting name: the same name means the same thing in
+# every method and add-on, so one table covers them all (a Settings class may add or
+# override entries with a class attribute `ranges`). Checked when a request is parsed, so
+# `steps=0` or `lr=-1` is refused before any model is loaded or any file written.
+# (low, low_inclusive, high, high_inclusive); None = unbounded.
+SETTING_RANGES: dict[str, tuple] = {
+    "steps": (1, True, None, False), "lr": (0, False, None, False), "batch_size": (1, True, None, False),
+    "weight_decay": (0, True, None, False), "grad_clip": (0, True, None, False),
+    "anchor_images": (1, True, None, False), "sampler_steps": (1, True, None, False), "guidance": (0, True, None, False),
+    "forget_images": (1, True, None, False), "remain_images": (1, True, None, False), "alpha": (0, True, None, False),
+    "eta": (0, True, None, False), "ddim_steps": (1, True, None, False), "start_guidance": (0, True, None, False),
+    "warmup": (0, True, None, False), "density": (0, False, 1, True), "swap_every": (1, True, None, False),
+    "swap_fraction": (0, True, 1, True), "stop_fraction": (0, True, 1, True), "weight": (0, True, None, False),
+    "top_k": (0, False, 1, True), "score_batches": (1, True, None, False), "dedup": (0, False, 1, True),
+    "nearest": (0, True, None, False), "images_per_concept": (1, True, None, False),
+}
+
+
+def check_ranges(settings, where: str) -> None:
+    """Refuse a numeric setting outside its range, naming the setting and the range."""
+    ranges = {**SETTING_RANGES, **getattr(settings, "ranges", {})}
+    for f in dataclasses.fields(settings):
+        value, bounds = getattr(settings, f.name), ranges.get(f.name)
+        if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, low_in, high, high_in = bounds
+        ok = (low is None or value > low or (low_in and value == low)) and \
+             (high is None or value < high or (high_in and value == high))
+        if not ok:
+            lo = "" if low is None else f"{'[' if low_in else '('}{low}"
+            hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
+            raise ValueError(f"{where}: setting {f.name}={value!r} is out of range; valid: {lo or '(-inf'}, {hi}")
 
 
 def _type_name(kind) -> str:
@@ -155,6 +190,7 @@ class Context:
     base_hash: str
     restore_base: Any = None  # context manager: the base model's weights, temporarily
     quiet: bool = False
+    earlier_requests: list[dict] = field(default_factory=list)  # the run's earlier Request.to_dict(), in order
     precision: str = "auto"  # distributed.PRECISIONS; masters stay float32
     dist: Any = None  # distributed.Distributed when several processes share the request
     grad_scaler: Any = None  # fp16 only
@@ -242,6 +278,16 @@ class Method(Hook):
 
     Settings = TrainSettings
     order = 90  # its own transforms (e.g. SculpMem's mask) come after the projection
+    # A closed-form method (UCE) has no training loop: Run.unlearn calls `solve` instead of
+    # `train`, and records the step's delta against the previous step like any other.
+    closed_form = False
+
+    def check(self, tokenizer, earlier_requests: list[dict]) -> None:
+        """Closed-form methods: refuse what the model's tokenizer or the run cannot serve, before any work."""
+
+    def solve(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """Closed-form methods: the new values of the trained tensors (by name)."""
+        raise NotImplementedError
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -297,7 +343,11 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
             "elapsed": elapsed_before + time.time() - t0,
         }
         tmp = checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:  # torch reports a full disk as a RuntimeError; say which file
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"cannot write the checkpoint {tmp}: {err}") from None
         tmp.replace(checkpoint_path)
 
     needs_before = any(h.needs_update_transform for h in hooks)

@@ -3,8 +3,9 @@ from .conabl import ConAbl
 from .erasediff import EraseDiff
 from .esd import ESD
 from .sculpmem import SculpMem
+from .uce import UCE
 
-METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff)}
+METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff, UCE)}
 
 
 def get_method(name: str):

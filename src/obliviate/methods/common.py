@@ -6,8 +6,7 @@ import json
 import re
 
 import torch
-from safetensors.torch import load_file, save_file
-
+from ..delta import load_verified_tensor, save_verified_tensor
 from ..trainer import Context
 
 # For models without a concept catalog (e.g. a Stable Diffusion checkpoint): neutral
@@ -60,8 +59,11 @@ def base_model_latents(ctx: Context, prompts: list[str], seeds: list[int], steps
     key = hashlib.sha256(json.dumps([ctx.base_hash, prompts, seeds, steps, guidance,
                                      type(ctx.pipe.scheduler).__name__]).encode()).hexdigest()[:20]
     path = ctx.cache_dir / f"{purpose}-{key}.safetensors"
+    cached = load_verified_tensor(path)  # None when missing or damaged: a damaged copy is regenerated
+    if cached is not None:
+        return cached.to(ctx.device)
     if path.exists():
-        return load_file(str(path))["latents"].to(ctx.device)
+        ctx.log(f"{path} is damaged or has no checksum; regenerating it")
     ctx.log(f"generating {len(prompts)} {purpose} images with the base model (cached for later requests)")
     out = []
     with ctx.restore_base():
@@ -71,10 +73,7 @@ def base_model_latents(ctx: Context, prompts: list[str], seeds: list[int], steps
                            output_type="latent")
             out.append(res.images.float())
     latents = torch.cat(out)
-    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"latents": latents.cpu().contiguous()}, str(tmp))
-    tmp.replace(path)
+    save_verified_tensor(path, latents)
     return latents
 
 

@@ -36,8 +36,53 @@ def _last_rows(variants: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+# What the three numbers mean (SPEC, evaluation protocol), stated in every report.
+DEFINITIONS = (
+    ("UA", "unlearning accuracy: 100 minus the judge's accuracy on every concept unlearned so far "
+           "(cumulative); high = the removed concepts stay removed."),
+    ("RA-I", "in-domain retained accuracy: the judge's accuracy on the retained concepts of the "
+             "unlearned domain (e.g. other styles); high = neighbours are kept."),
+    ("RA-C", "cross-domain retained accuracy: the judge's accuracy on the other domain (e.g. the "
+             "objects drawn in every style of the grid); high = the rest of the model is kept."),
+    ("drift_l2", "L2 norm of the total change of the trained tensors from the pretrained model."),
+)
+
+
 def _meta(summary: dict) -> list[tuple[str, str]]:
-    return [(k, str(summary[k])) for k in ("protocol", "domain") if summary.get(k) is not None]
+    out = [(k, str(summary[k])) for k in ("protocol", "domain") if summary.get(k) is not None]
+    if summary.get("base_model"):
+        base = summary["base_model"]
+        out.append(("base model", f"{base.get('path')} (sha256 {str(base.get('hash', ''))[:12]})" if isinstance(base, dict) else str(base)))
+    for key, label in (("sequence", "unlearned in order"), ("retained", "retained (RA-I)"), ("partners", "partners (RA-C)"),
+                       ("seeds", "evaluation seeds"), ("probe_seeds", "probe seeds (model selection only)")):
+        if summary.get(key):
+            out.append((label, ", ".join(map(str, summary[key]))))
+    if summary.get("images_per_evaluation"):
+        probe = summary.get("images_per_probe")
+        out.append(("images", f"{summary['images_per_evaluation']} per evaluation"
+                              + (f", {probe} per probe evaluation" if probe else "")))
+    if summary.get("sampler"):
+        out.append(("sampler", ", ".join(f"{k} {v}" for k, v in summary["sampler"].items())))
+    return out
+
+
+def _describe(v: dict) -> list[tuple[str, str]]:
+    """A variant's setting, method, add-ons and their settings, as run."""
+    out = [("setting", str(v.get("setting", DASH)))]
+    config = v.get("config") or {}
+    method = config.get("method") or {}
+    if method or v.get("method"):
+        settings = ", ".join(f"{k}={val}" for k, val in method.items() if k != "name")
+        out.append(("method", f"{method.get('name', v.get('method'))}" + (f" ({settings})" if settings else "")))
+    regs = config.get("regularizers")
+    if regs is None:
+        regs = [{"name": n} for n in v.get("regularizers", [])]
+    out.append(("add-ons", "; ".join(r["name"] + (" (" + ", ".join(f"{k}={val}" for k, val in r.items() if k != "name") + ")"
+                                                  if len(r) > 1 else "") for r in regs) or "none"))
+    for key in ("merge", "early_stopping", "param_group"):
+        if v.get(key) not in (None, {}, False):
+            out.append((key.replace("_", " "), str(v[key])))
+    return out
 
 
 def _md_table(header, rows) -> str:
@@ -56,8 +101,9 @@ def _html_table(header, rows) -> str:
 def _markdown(title, summary, variants, figures) -> str:
     out = [f"# {title}", ""]
     out += [f"- **{k}**: {v}" for k, v in _meta(summary)] + [""]
+    out += ["## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS] + [""]
     for name, v in variants.items():
-        out += [f"## {name}", "", f"setting: {v.get('setting', DASH)}", ""]
+        out += [f"## {name}", ""] + [f"- {k}: {val}" for k, val in _describe(v)] + [""]
         out += [_md_table(COLUMNS, _step_rows(v.get("steps", []))), ""]
     out += ["## Last step", "", _md_table(("variant",) + COLUMNS[:6], _last_rows(variants)), ""]
     out += ["## Figures", ""] + [f"![{name}](plots/{name}.png)\n" for name in figures]
@@ -75,8 +121,11 @@ def _html(title, summary, variants, figures) -> str:
            f"<h1>{t}</h1>"]
     if meta := _meta(summary):
         out.append("<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta) + "</ul>")
+    out.append("<h2>What the numbers mean</h2><dl>" + "".join(
+        f"<dt><b>{html.escape(k)}</b></dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS) + "</dl>")
     for name, v in variants.items():
-        out.append(f"<h2>{html.escape(name)}</h2><p>setting: {html.escape(str(v.get('setting', DASH)))}</p>")
+        out.append(f"<h2>{html.escape(name)}</h2><ul>" + "".join(
+            f"<li>{html.escape(k)}: {html.escape(val)}</li>" for k, val in _describe(v)) + "</ul>")
         out.append(_html_table(COLUMNS, _step_rows(v.get("steps", []))))
     out += ["<h2>Last step</h2>", _html_table(("variant",) + COLUMNS[:6], _last_rows(variants)), "<h2>Figures</h2>"]
     for name, png in figures.items():

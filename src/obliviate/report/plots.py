@@ -31,30 +31,65 @@ def _to_png(fig) -> bytes:
     return buf.getvalue()
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "H", "8")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def variant_styles(names: list[str]) -> dict[str, dict]:
+    """A distinct (colour, marker) per variant, readable with many variants (17 in the
+    study): 20 colours of tab20 ordered dark-then-light, markers and dash patterns cycling
+    at other periods, so no two variants share all three. Each variant is also shifted a
+    little along x, so identical curves stay visible side by side instead of hiding one
+    another."""
+    cmap = plt.get_cmap("tab20")
+    colours = [cmap(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+    n = max(1, len(names))
+    width = min(0.3, 0.04 * (n - 1))
+    return {name: {"color": colours[i % len(colours)], "marker": MARKERS[i % len(MARKERS)],
+                   "linestyle": LINESTYLES[(i // len(colours)) % len(LINESTYLES)],
+                   "offset": (i / (n - 1) - 0.5) * width if n > 1 else 0.0}
+            for i, name in enumerate(names)}
+
+
+def _plot(ax, variants, key, styles) -> None:
+    for name, v in variants.items():
+        st = styles[name]
+        xs, ys = _series(v.get("steps", []), key)
+        ax.plot([x + st["offset"] for x in xs], ys, marker=st["marker"], color=st["color"], linestyle=st["linestyle"],
+                markersize=5, linewidth=1.3, alpha=0.9, label=name)
+
+
+def _legend_outside(fig, axes, n: int) -> None:
+    """One legend for all panels, to the right of them, never over the curves."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small", frameon=False,
+               ncol=1 if n <= 20 else 2)
+
+
 def metrics_png(variants: dict[str, dict]) -> bytes:
     """UA, RA-I and RA-C vs step, one line per variant."""
+    styles = variant_styles(list(variants))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, label) in zip(axes, METRICS):
-        for name, v in variants.items():
-            ax.plot(*_series(v.get("steps", []), key), marker="o", label=name)
+        _plot(ax, variants, key, styles)
         ax.set(title=label, xlabel="step", ylim=(-2, 102))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are discrete
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
     fig.tight_layout()
+    _legend_outside(fig, axes, len(variants))
     return _to_png(fig)
 
 
 def drift_png(variants: dict[str, dict]) -> bytes:
     """Cumulative L2 drift from the pretrained model vs step."""
+    styles = variant_styles(list(variants))
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for name, v in variants.items():
-        ax.plot(*_series(v.get("steps", []), "drift_l2"), marker="o", label=name)
+    _plot(ax, variants, "drift_l2", styles)
     ax.set(title="cumulative drift from pretrained (L2)", xlabel="step", ylabel="drift_l2")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
     fig.tight_layout()
+    _legend_outside(fig, [ax], len(variants))
     return _to_png(fig)
 
 

@@ -1,0 +1,49 @@
+"""Exclusive, non-blocking locks on a run or an experiment output directory.
+
+Two processes writing one run can both create step N (the check for the next step number
+and the creation of its directory are separate moments), after which the ledger is
+damaged. Every request therefore holds `DIR/.lock` (an flock, released by the kernel when
+the process dies, so a kill -9 never leaves a stale lock) for its whole duration; a second
+process is refused at once instead of waiting.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are then unprotected against concurrent writers
+    fcntl = None
+
+
+_HELD: set[str] = set()
+
+
+class BusyError(RuntimeError):
+    """Another process holds the lock of a run or an output directory."""
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path, what: str):
+    """Hold DIR/.lock for the duration of the block; `what` names the thing in the error."""
+    directory = Path(directory)
+    key = str(directory.resolve())
+    if fcntl is None or key in _HELD:  # re-entry from the same process holds it already
+        yield
+        return
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(f"{what} {directory} is busy (another obliviate process holds it); "
+                            "wait for it to finish") from None
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
