@@ -116,7 +116,7 @@ _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain":
                      "grid": "mapping", "classifiers": "mapping"}
 _EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
-_CLASSIFIER_TYPES = {"style": "str", "object": "str"}
+_CLASSIFIER_TYPES = {"style": "str", "object": "str", "arch": "mapping"}  # arch: ViT shape overrides (tests: tiny judges)
 _VARIANT_TYPES = {"name": "str", "setting": "str", "method": "str", "method_settings": "mapping", "regularizers": "list",
                   "early_stopping": "bool", "merge": "mapping", "param_group": "str"}
 _MERGE_TYPES = {"method": "str", "lam": "number|list[number]", "top_k": "number|list[number]"}
