@@ -110,8 +110,8 @@ class Distributed:
         if not self.active:
             return tensors
         out = []
-        for x in tensors:
-            n = x.shape[0] // self.world
+        for x in tensors:  # tensors or model.Cond (both slice along the batch)
+            n = len(x) // self.world
             out.append(x[self.rank * n:(self.rank + 1) * n])
         return out
 

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import encode_prompts
+from .model import Cond, autocast_dtype, encode, predict  # noqa: F401  (predict: for hooks)
 from .protocols import DOMAINS, Catalog
+from .start_token import start_token_detached
 
 
 # ---------------------------------------------------------------- settings
@@ -194,7 +195,7 @@ class Context:
     precision: str = "auto"  # distributed.PRECISIONS; masters stay float32
     dist: Any = None  # distributed.Distributed when several processes share the request
     grad_scaler: Any = None  # fp16 only
-    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    _prompt_cache: dict[str, Cond] = field(default_factory=dict)
     _training_scheduler: Any = None
 
     @property
@@ -205,13 +206,16 @@ class Context:
     def device(self) -> torch.device:
         return self.pipe.unet.device
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings (the encoder is frozen, so each prompt is encoded once)."""
+    def encode(self, prompts: list[str]) -> Cond:
+        """The UNet's conditioning for `prompts` (model.Cond; `.hidden` is the cross-attention
+        input). Call the UNet with model.predict(unet, x_t, t, cond). The encoder is frozen,
+        so each prompt is encoded once."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
-            for p, e in zip(missing, encode_prompts(self.pipe, missing)):
-                self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+            cond = encode(self.pipe, missing)
+            for i, p in enumerate(missing):
+                self._prompt_cache[p] = cond[i]
+        return Cond.cat([self._prompt_cache[p] for p in prompts])
 
     def autocast(self):
         from .distributed import autocast_dtype
@@ -271,6 +275,9 @@ class TrainSettings:
     batch_size: int = 8
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
+    # stop the gradient through cross-attention k/v at token 0 (start_token.py); the reference
+    # does it in ConAbl and SculpMem (their default: on), not in ESD or EraseDiff
+    detach_start: bool = False
 
 
 class Method(Hook):
@@ -363,7 +370,8 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
     done_here = 0
     for step in bar:
         optimizer.zero_grad(set_to_none=False)
-        loss = method.backward(ctx, gen, extra_loss)
+        with start_token_detached(ctx.unet, s.detach_start):
+            loss = method.backward(ctx, gen, extra_loss)
         if ctx.dist is not None:
             ctx.dist.average_gradients(params.values())
         if ctx.grad_scaler is not None:

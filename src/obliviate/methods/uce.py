@@ -184,7 +184,7 @@ def erase_rows(ctx: Context, concept: str, domain: str, s: UCESettings):
     length = tok.model_max_length
     prompts = erase_prompts(ctx, concept, domain, s)
     guides = [" ".join(replace_word(p, concept, guide_word).split()) for p in prompts]
-    states = ctx.encode(prompts + guides)
+    states = ctx.encode(prompts + guides).hidden
     e_rows, g_rows, weights = [], [], []
     for i, (p, g) in enumerate(zip(prompts, guides)):
         start, end = concept_token_span(tok, p, concept)
@@ -227,13 +227,13 @@ def preserve_rows(ctx: Context, erased: list[tuple[str, str]], domain: str, s: U
     if "file" in sources:
         whole += read_prompt_file(s.preserve_prompts)
     if whole:
-        rows.append(ctx.encode(list(dict.fromkeys(whole))).flatten(0, 1))
+        rows.append(ctx.encode(list(dict.fromkeys(whole))).hidden.flatten(0, 1))
     if "erased-partners" in sources:
         for concept, cdom in erased:
             for p in erase_prompts(ctx, concept, cdom, s):
                 start, _ = concept_token_span(ctx.pipe.tokenizer, p, concept)
                 if start > 0:
-                    rows.append(ctx.encode([p])[0, :start])
+                    rows.append(ctx.encode([p]).hidden[0, :start])
     return torch.cat(rows) if rows else None
 
 
