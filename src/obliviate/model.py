@@ -198,10 +198,27 @@ def is_cross_attention(name: str) -> bool:
     return ".attn2." in name
 
 
-def select_parameters(unet: torch.nn.Module, group: str) -> dict[str, torch.nn.Parameter]:
-    """The tensors a request trains, by parameter group (iterating named_parameters once)."""
-    if group not in PARAM_GROUPS:
-        raise ValueError(f"unknown parameter group {group!r}; valid groups: {', '.join(PARAM_GROUPS)}")
+def check_param_group(group: str) -> str:
+    """A clear error, before any work, for an unknown group or bad LoRA settings."""
+    from .lora import is_lora, parse_group
+
+    if is_lora(group):
+        parse_group(group)
+    elif group not in PARAM_GROUPS:
+        raise ValueError(f"unknown parameter group {group!r}; valid groups: {', '.join(PARAM_GROUPS)}, "
+                         "lora[:r=4,alpha=4,targets=kv-xattn|xattn]")
+    return group
+
+
+def select_parameters(unet: torch.nn.Module, group: str, seed: int = 0) -> dict[str, torch.nn.Parameter]:
+    """The tensors a request trains, by parameter group (iterating named_parameters once).
+
+    `lora:...` adds a fresh peft adapter to the UNet (see lora.py) and returns its A/B tensors."""
+    from .lora import inject, is_lora
+
+    check_param_group(group)
+    if is_lora(group):
+        return inject(unet, group, seed)
     chosen = {}
     for name, param in unet.named_parameters():
         if group == "full":
@@ -260,6 +277,8 @@ def concept_token_span(tokenizer, text: str, concept: str) -> tuple[int, int]:
     several BPE tokens, "Van Gogh" -> van</w> gogh</w>, spans several positions). CLIP's
     tokenizer splits at word boundaries, so the tokens of the text before the concept are a
     prefix of the text's tokens. The match ignores case, as CLIP's tokenizer does."""
+    if concept.lower() not in text.lower() and concept.replace("_", " ").lower() in text.lower():
+        concept = concept.replace("_", " ")  # UnlearnCanvas labels: "Van_Gogh" reads "Van Gogh"
     at = text.lower().rindex(concept.lower())
     prefix_ids = tokenizer(text[:at].rstrip()).input_ids
     upto_ids = tokenizer(text[: at + len(concept)]).input_ids

@@ -137,6 +137,8 @@ def encode_images(ctx: Context, images: torch.Tensor, gen: torch.Generator, hfli
 
 def default_anchor_object(ctx: Context, concept: str) -> str:
     """First catalog object that is not the target, not unlearned, and not a designed neighbour."""
+    if concept in ctx.catalog.anchors:  # the benchmark's own choice (UnlearnCanvas)
+        return ctx.catalog.anchors[concept]
     taken = {c for c, _ in ctx.unlearned_before} | set(ctx.request.targets) | {concept} | set(ctx.catalog.neighbours.get(concept, []))
     for obj in ctx.catalog.objects:
         if obj not in taken:

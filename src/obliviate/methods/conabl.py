@@ -184,6 +184,7 @@ class ConAbl(Method):
         anchor_emb = ctx.encode([self.anchor_prompts[i] for i in idx.tolist()])
         options = [self.target_prompts[i] for i in idx.tolist()]
         target_emb = ctx.encode([o[c % len(o)] for o, c in zip(options, choice.tolist())])
+        x_t, t, anchor_emb, target_emb = ctx.local(x_t, t, anchor_emb, target_emb)  # several processes: this one's slice
         with torch.no_grad():
             reference = predict(ctx.unet, x_t, t, anchor_emb)
         prediction = predict(ctx.unet, x_t, t, target_emb)

@@ -79,11 +79,12 @@ class EraseDiff(Method):
         params = list(ctx.params.values())
         with ctx.autocast():
             loss_f = self._loss(ctx, self.forget, self.forget_prompts, gen, forget=True)
-        g_f = torch.autograd.grad(loss_f, params)
+        scale = ctx.grad_scaler.scale if ctx.grad_scaler is not None else (lambda x: x)  # fp16: same scale on both
+        g_f = torch.autograd.grad(scale(loss_f), params)
         with ctx.autocast():
             loss_r = self._loss(ctx, self.remain, self.remain_prompts, gen, forget=False)
         extra = extra_loss()
-        g_r = torch.autograd.grad(loss_r + extra if extra is not None else loss_r, params)
+        g_r = torch.autograd.grad(scale(loss_r + extra if extra is not None else loss_r), params)
         dot = sum((a * b).sum() for a, b in zip(g_r, g_f))
         norm_sq = sum((a * a).sum() for a in g_f).clamp_min(1e-20)
         lam = torch.clamp((self.settings.alpha * norm_sq - dot) / norm_sq, min=0.0)

@@ -64,6 +64,7 @@ class ESD(Method):
         unet = ctx.unet
         shape = (s.batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
         x = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(ctx.device)
+        x, cond, uncond = ctx.local(x, cond, uncond)  # several processes: this one's slice
         with torch.no_grad():
             for t in sched.timesteps[:k]:  # walk the frozen model's own trajectory to step k
                 e = self.frozen(ctx, torch.cat([x, x]), t, Cond.cat([uncond, cond]))

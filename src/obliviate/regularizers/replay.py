@@ -88,6 +88,7 @@ class Replay(Hook):
         idx = torch.randint(0, len(self.latents), (b,), generator=self.gen)
         x_t, t, _ = noised(ctx, self.latents[idx], self.gen)
         emb = ctx.encode([self.replay_prompts[i] for i in idx.tolist()])
+        x_t, t, emb = ctx.local(x_t, t, emb)  # several processes: this one's slice
         with ctx.autocast():
             with torch.no_grad():
                 teacher = predict(ctx.unet, x_t, t, emb, params=ctx.start)
