@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import world
 from .classifiers import ConceptClassifier, save_classifiers
+from .tokenizer import make_portable
 
 # Words the tokenizer knows beyond the concept names: the prompt templates, ConAbl's
 # prompt constructions and a few common words so that free-form prompts mostly tokenize.
@@ -322,17 +323,8 @@ def train_classifiers(images, style_labels, object_labels, vae, size: BuildSize,
     return models
 
 
-def _portable_tokenizer_class(directory: Path) -> None:
-    """transformers 5 records its fast tokenizer as `TokenizersBackend`, a name transformers 4
-    does not know; `PreTrainedTokenizerFast` loads the same files in both."""
-    index_path = directory / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
-    index_path.write_text(json.dumps(index, indent=2))
-    config_path = directory / "tokenizer" / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2))
+# kept for callers of the old private name (continual.py until it imports make_portable)
+_portable_tokenizer_class = make_portable
 
 
 # ---------------------------------------------------------------- the whole build
@@ -381,7 +373,7 @@ def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: 
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(tmp, safe_serialization=True)
-    _portable_tokenizer_class(tmp)
+    make_portable(tmp)
     save_classifiers(classifiers, tmp / "classifiers")
     head = max(1, len(unet_losses) // 10)
     info = {
