@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..delta import apply_delta
+from ..diffusion import add_noise, scheduler_for_training, target_for
 from ..evaluate.evaluator import Protocol, model_key
 from ..evaluate.sampler import SamplerConfig, generate
-from ..model import load_pipeline, pick_device
+from ..model import load_pipeline, pick_device, predict
 
 # Training images of a concept come from these seeds, disjoint from every evaluation seed
 # (188, 288, ...) and from ConAbl's anchor seeds (10_000 + i).
@@ -232,21 +233,19 @@ def check_fits(pipe, prompts: list[str]) -> None:
 
 
 class Diffusion:
-    """The ordinary denoising loss on clean latents, with its own seeded noise."""
+    """The ordinary denoising loss on clean latents, with its own seeded noise: the same
+    forward process and targets as training (obliviate.diffusion) and the same UNet call
+    (model.predict)."""
 
     def __init__(self, pipe, seed: int):
-        from diffusers import DDPMScheduler
-
-        self.sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.sched = scheduler_for_training(pipe)
         self.unet = pipe.unet
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def loss(self, latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(latents.shape, generator=self.gen).to(latents.device)
-        t = torch.randint(0, self.sched.config.num_train_timesteps, (latents.shape[0],), generator=self.gen).to(latents.device)
-        x_t = self.sched.add_noise(latents, noise, t)
-        target = self.sched.get_velocity(latents, noise, t) if self.sched.config.prediction_type == "v_prediction" else noise
-        return F.mse_loss(self.unet(x_t, t, encoder_hidden_states=cond).sample.float(), target.float())
+        x_t, t, noise = add_noise(self.sched, latents, self.gen)
+        target = target_for(self.sched, latents, noise, t)
+        return F.mse_loss(predict(self.unet, x_t, t, cond).float(), target.float())
 
     def batch(self, n: int, size: int) -> list[int]:
         return torch.randint(0, n, (size,), generator=self.gen).tolist()

@@ -39,11 +39,8 @@ import torch.nn.functional as F
 
 from ..model import predict
 from ..trainer import Context, Method, TrainSettings
-from .common import (GENERIC_CAPTIONS, base_model_images, base_model_latents, default_anchor_object, encode_images,
-                     noised, replace_word, sampler_settings)
-
-SD15_REFERENCE = {"lr": 8e-6, "batch_size": 4, "steps_style": 1000, "steps_object": 2000, "anchor_images": 200,
-                  "weight_decay": 1e-2, "grad_clip": 1.0}
+from ..diffusion import base_model_images, base_model_latents, encode_images, noised, sampler_settings
+from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
 # every element of a recipe, resolved into the settings (so step.json shows each one)
 RECIPES = {

@@ -19,9 +19,7 @@ import torch.nn.functional as F
 
 from ..model import predict
 from ..trainer import Context, Method, TrainSettings
-from .common import base_model_latents, denoising_target, noised, sampler_settings
-
-SD15_REFERENCE = {"lr": 1e-5, "batch_size": 2, "epochs": 2, "images": 800}
+from ..diffusion import base_model_latents, denoising_target, noised, sampler_settings
 
 
 @dataclass

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Cond, predict
+from ..protocols import family
 from ..trainer import Context, Method, TrainSettings
-
-SD15_REFERENCE = {"lr": 1e-5, "steps": 1000, "ddim_steps": 50, "start_guidance": 3.0, "eta": 2.0, "batch_size": 1}
 
 
 @dataclass
@@ -40,7 +39,7 @@ class ESD(Method):
     def setup(self, ctx: Context, method=None) -> None:
         # the concept in the model's own prompt template when it has one (MiniCanvas), with
         # every partner concept; else the concept after a neutral prefix
-        cat, domain = ctx.catalog, ("object" if ctx.request.domain == "object" else "style")
+        cat, domain = ctx.catalog, family(ctx.request.domain)
         partners = cat.partners(domain)
         if partners:
             self.prompts = [cat.prompt_with(c, domain, p) for c in ctx.request.targets for p in partners]

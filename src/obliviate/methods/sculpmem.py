@@ -19,8 +19,6 @@ import torch
 from ..trainer import Context
 from .conabl import ConAbl, ConAblSettings
 
-SD15_REFERENCE = {"warmup": 50, "density": 0.5, "swap_every": 100, "swap_fraction": 0.2, "stop_fraction": 0.8}
-
 
 @dataclass
 class SculpMemSettings(ConAblSettings):

@@ -52,7 +52,7 @@ from typing import Literal
 import torch
 
 from ..model import concept_token_span
-from ..protocols import read_prompt_file
+from ..protocols import family, read_prompt_file
 from ..trainer import Context, Method, parse_settings
 from .common import replace_word
 
@@ -160,10 +160,10 @@ def erase_prompts(ctx: Context, concept: str, domain: str, s: UCESettings) -> li
     prompts: list[str] = []
     sources = s.row_sources()
     if "template" in sources:
-        dom = "object" if domain == "object" else "style"
+        dom = family(domain)
         prompts += [cat.prompt_with(concept, dom, p) for p in cat.partners(dom)]
     if "neutral" in sources or not prompts and "file" not in sources:
-        prompts += [cat.single(concept, "object" if domain == "object" else "style"), concept]
+        prompts += [cat.single(concept, family(domain)), concept]
     if "file" in sources:
         for line in read_prompt_file(s.row_prompts):
             text = line.replace("{concept}", concept)
@@ -215,7 +215,7 @@ def preserve_rows(ctx: Context, erased: list[tuple[str, str]], domain: str, s: U
     erased_names = {c for c, _ in erased}
     whole: list[str] = []  # prompts whose every position is preserved
     rows: list[torch.Tensor] = []
-    dom = "object" if domain == "object" else "style"
+    dom = family(domain)
     if "others" in sources:
         for concept in cat.concepts(dom):
             if concept in erased_names:

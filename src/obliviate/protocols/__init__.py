@@ -8,6 +8,17 @@ from pathlib import Path
 DOMAINS = ("style", "object", "other")
 
 
+def family(domain: str) -> str:
+    """The catalog side a request's domain reads from: "object" for objects, "style" for
+    styles and for "other" (a concept outside the catalog is prompted like a style)."""
+    return "object" if domain == "object" else "style"
+
+
+def other_family(domain: str) -> str:
+    """The catalog side a `domain` concept is paired with in the template."""
+    return "style" if family(domain) == "object" else "object"
+
+
 @dataclass
 class Catalog:
     """Concepts a model knows, by domain, with designed neighbourhoods and prompt templates."""

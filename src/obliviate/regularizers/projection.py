@@ -42,9 +42,9 @@ from typing import Literal
 
 import torch
 
-from ..model import concept_token_embedding
-from ..protocols import read_prompt_file
+from ..protocols import family, read_prompt_file
 from ..trainer import Context, Hook
+from .common import concept_domain, concept_embedding, protected_concepts
 
 
 REFERENCE_PREFIXES = ("an image in the style of", "an image of a", "an image of")
@@ -70,48 +70,6 @@ class ProjectionSettings:
     # where a concept's state is taken: "neutral" = after the neutral prefix (published);
     # "template" = in the model's prompt template, averaged over the partner concepts (ours)
     context: Literal["neutral", "template"] = "neutral"
-
-
-def protected_concepts(ctx: Context, concepts: str | None, hook: str, both_domains: bool = False) -> list[str]:
-    """The concepts a request must not disturb: `concepts` ('+'-separated) when given, else the
-    catalog's other concepts of the request's domain (and of the other domain with
-    `both_domains`) plus every concept unlearned earlier."""
-    req = ctx.request
-    if concepts:
-        names = [c for c in concepts.split("+") if c]
-    else:
-        domain = "object" if req.domain == "object" else "style"
-        names = [c for c in ctx.catalog.concepts(domain) if c not in req.targets]
-        if both_domains:
-            other = "style" if domain == "object" else "object"
-            names += [c for c in ctx.catalog.concepts(other) if c not in req.targets and c not in names]
-        names += [c for c, _ in ctx.unlearned_before if c not in names and c not in req.targets]
-    if not names:
-        raise ValueError(
-            f"{hook} has no auxiliary concepts: this model has no concept catalog for the "
-            f"{req.domain!r} domain; pass {hook}:concepts=A+B" + (" or projection:prompts=FILE" if hook == "projection" else "")
-        )
-    return names
-
-
-def concept_domain(ctx: Context, concept: str) -> str:
-    fallback = "object" if ctx.request.domain == "object" else "style"
-    return dict(ctx.unlearned_before).get(concept, ctx.catalog.domain_of(concept) or fallback)
-
-
-def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "neutral") -> torch.Tensor:
-    """Mean hidden state over the concept's tokens after the neutral prefix, or (context=template)
-    inside the catalog's prompt template, averaged over every partner concept of the other domain.
-
-    Why the template: the text encoder is causal, so a word's state depends on what precedes
-    it; generation and evaluation use the template, and on MiniCanvas the neutral-prefix state
-    of a style has cosine ~0.4 to its state in the template (docs/RESULTS.md)."""
-    cat, domain = ctx.catalog, ("object" if domain == "object" else "style")
-    partners = cat.partners(domain)
-    if context == "template" and partners:
-        texts = [cat.prompt_with(concept, domain, p) for p in partners]
-        return torch.stack([concept_token_embedding(ctx.pipe, t, concept) for t in texts]).mean(0)
-    return concept_token_embedding(ctx.pipe, cat.single(concept, domain), concept)
 
 
 def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:
@@ -228,7 +186,7 @@ class Projection(Hook):
                 raise ValueError(f"projection:source=anchors needs a method with anchor prompts (conabl, sculpmem); "
                                  f"method {req.method!r} has none; valid sources: catalog, prompts")
             return self.prompt_columns(ctx, list(dict.fromkeys(prompts)))
-        domain = "object" if req.domain == "object" else "style"
+        domain = family(req.domain)
         both = s.domains == "both" or (s.domains == "auto" and domain == "object" and not s.concepts)
         names = protected_concepts(ctx, s.concepts, "projection", both_domains=both)
         if s.include_target:

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..methods.common import base_model_latents, noised, sampler_settings
+from ..diffusion import base_model_latents, noised, sampler_settings
 from ..model import predict
 from ..trainer import Context, Hook
-from .projection import concept_domain, protected_concepts
+from .common import concept_domain, protected_concepts
 
 
 @dataclass

@@ -15,8 +15,6 @@ import torch
 
 from ..trainer import Context, Hook
 
-SD15_REFERENCE = {"l1sp": {"weight": 50.0}, "l2sp": {"weight": 25000.0}}
-
 
 @dataclass
 class SPSettings:
