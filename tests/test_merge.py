@@ -28,23 +28,22 @@ def _close(actual, expected, atol=1e-6):
 # ------------------------------------------------------------------ hand-computed
 
 
-def test_uniform_hand_computed():
+def test_uniform_is_the_plain_mean_per_tensor():
     out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "uniform", lam=7.0, top_k=0.2)  # both ignored
     _close(out["w"], [-1 / 3, 1 / 3, 2.5 / 3, 2 / 3, -1.5])
+    _close(merge_task_vectors(_tvs(TAU1), "uniform")["w"], TAU1)
 
 
-def test_task_arithmetic_hand_computed():
+def test_task_arithmetic_is_lam_times_the_sum():
     out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "task_arithmetic", lam=0.5, top_k=0.2)
     # sum = [-1, 1, 2.5, 2, -4.5]
     _close(out["w"], [-0.5, 0.5, 1.25, 1.0, -2.25])
-
-
-def test_task_arithmetic_default_lam_is_plain_sum():
-    out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "task_arithmetic")
+    out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "task_arithmetic")  # default lam 1: the plain sum
     _close(out["w"], [-1.0, 1.0, 2.5, 2.0, -4.5])
+    _close(merge_task_vectors(_tvs(TAU1), "task_arithmetic", lam=2.0)["w"], [2 * v for v in TAU1])
 
 
-def test_ties_top_k_1_hand_computed():
+def test_ties_elects_sign_and_takes_the_disjoint_mean():
     # e0: 1, 2,-4   sum -1 -> '-'; agreeing {-4}        -> -4     (plain mean would be -1/3)
     # e1: -2, 1, 2  sum  1 -> '+'; agreeing {1, 2}      ->  1.5   (plain mean  1/3)
     # e2: 3,-1,0.5  sum 2.5-> '+'; agreeing {3, 0.5}    ->  1.75  (plain mean  5/6)
@@ -55,59 +54,35 @@ def test_ties_top_k_1_hand_computed():
     uniform = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "uniform")["w"]
     assert not torch.allclose(out["w"], uniform)  # sign conflicts: disjoint mean != plain mean
     assert torch.isclose(out["w"][4], uniform[4])  # no conflict: same as plain mean
+    # scaled by lam, any sign
+    _close(merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "ties", lam=-2.0, top_k=1.0)["w"], [8.0, -3.0, -3.5, -2.0, 3.0])
+    _close(merge_task_vectors(_tvs(TAU1), "ties", lam=2.0)["w"], [2 * v for v in TAU1])
+    # e0: sum 4 -> '+'; mean of {3, 2} = 2.5 (plain mean 4/3); e1: all agree -> 1
+    _close(merge_task_vectors(_tvs([3.0, 1.0], [-1.0, 1.0], [2.0, 1.0]), "ties", top_k=1.0)["w"], [2.5, 1.0])
+    # e0: sum 0 -> nobody agrees; e1: all zero
+    _close(merge_task_vectors(_tvs([1.0, 0.0], [-1.0, 0.0]), "ties", top_k=1.0)["w"], [0.0, 0.0])
 
 
-def test_ties_top_k_1_scaled_by_lam():
-    out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "ties", lam=-2.0, top_k=1.0)
-    _close(out["w"], [8.0, -3.0, -3.5, -2.0, 3.0])
-
-
-def test_ties_top_k_0_4_hand_computed():
+def test_ties_trims_each_tensor_to_its_top_k():
     # k = 0.4 * 5 = 2 entries kept per task vector:
     #   tau1 |.| = [1,2,3,.5,1]   -> keep idx 2,1 -> [ 0,-2, 3, 0, 0]
     #   tau2 |.| = [2,1,1,0,3]    -> keep idx 4,0 -> [ 2, 0, 0, 0,-3]
     #   tau3 |.| = [4,2,.5,1.5,.5]-> keep idx 0,1 -> [-4, 2, 0, 0, 0]
     # e0: 0,2,-4 sum -2 -> -4 ; e1: -2,0,2 sum 0 -> elected sign 0 -> 0 ;
     # e2: 3 -> 3 ; e3: all trimmed -> 0 ; e4: -3 -> -3
-    out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "ties", top_k=0.4)
-    _close(out["w"], [-4.0, 0.0, 3.0, 0.0, -3.0])
-    out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "ties", lam=2.0, top_k=0.4)
-    _close(out["w"], [-8.0, 0.0, 6.0, 0.0, -6.0])
-
-
-def test_ties_sign_conflict_disjoint_mean_differs_from_mean():
-    tvs = _tvs([3.0, 1.0], [-1.0, 1.0], [2.0, 1.0])
-    out = merge_task_vectors(tvs, "ties", top_k=1.0)["w"]
-    # e0: sum 4 -> '+'; mean of {3, 2} = 2.5 (plain mean 4/3); e1: all agree -> 1
-    _close(out, [2.5, 1.0])
-    _close(merge_task_vectors(tvs, "uniform")["w"], [4 / 3, 1.0])
-
-
-def test_ties_no_agreeing_entry_gives_zero():
-    out = merge_task_vectors(_tvs([1.0, 0.0], [-1.0, 0.0]), "ties", top_k=1.0)["w"]
-    _close(out, [0.0, 0.0])  # e0: sum 0 -> nobody agrees; e1: all zero
-
-
-def test_ties_threshold_ties_keep_extra_entries():
-    # k = ceil(0.5 * 4) = 2, but |3| > |-1| = |1| = threshold: 3 entries are kept.
-    out = merge_task_vectors(_tvs([3.0, -1.0, 1.0, 0.5]), "ties", top_k=0.5)["w"]
-    _close(out, [3.0, -1.0, 1.0, 0.0])
-    out = merge_task_vectors(_tvs([1.0, 1.0, 1.0, 1.0]), "ties", top_k=0.25)["w"]
-    _close(out, [1.0, 1.0, 1.0, 1.0])
-
-
-def test_ties_number_kept_rounding():
-    vals = [float(v) for v in range(1, 11)]  # distinct magnitudes
+    _close(merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "ties", top_k=0.4)["w"], [-4.0, 0.0, 3.0, 0.0, -3.0])
+    _close(merge_task_vectors(_tvs(TAU1, TAU2, TAU3), "ties", lam=2.0, top_k=0.4)["w"], [-8.0, 0.0, 6.0, 0.0, -6.0])
+    # k = ceil(0.5 * 4) = 2, but |3| > |-1| = |1| = threshold: ties at the threshold are kept (3 entries).
+    _close(merge_task_vectors(_tvs([3.0, -1.0, 1.0, 0.5]), "ties", top_k=0.5)["w"], [3.0, -1.0, 1.0, 0.0])
+    _close(merge_task_vectors(_tvs([1.0, 1.0, 1.0, 1.0]), "ties", top_k=0.25)["w"], [1.0, 1.0, 1.0, 1.0])
     # 0.3 * 10 == 3.0000000000000004 in floating point: still keeps exactly 3.
+    vals = [float(v) for v in range(1, 11)]  # distinct magnitudes
     out = merge_task_vectors(_tvs(vals), "ties", top_k=0.3)["w"]
     assert int((out != 0).sum()) == 3
     _close(out, [0.0] * 7 + [8.0, 9.0, 10.0])
-    # Rounded up, and at least one entry survives: 0.1 * 5 = 0.5 -> 1 entry.
-    out = merge_task_vectors(_tvs([1.0, -5.0, 2.0, 3.0, 4.0]), "ties", top_k=0.1)["w"]
-    _close(out, [0.0, -5.0, 0.0, 0.0, 0.0])
-    # 0.45 * 5 = 2.25 -> 3 entries.
-    out = merge_task_vectors(_tvs([1.0, -5.0, 2.0, 3.0, 4.0]), "ties", top_k=0.45)["w"]
-    _close(out, [0.0, -5.0, 0.0, 3.0, 4.0])
+    # Rounded up, and at least one entry survives: 0.1 * 5 = 0.5 -> 1 entry; 0.45 * 5 = 2.25 -> 3.
+    _close(merge_task_vectors(_tvs([1.0, -5.0, 2.0, 3.0, 4.0]), "ties", top_k=0.1)["w"], [0.0, -5.0, 0.0, 0.0, 0.0])
+    _close(merge_task_vectors(_tvs([1.0, -5.0, 2.0, 3.0, 4.0]), "ties", top_k=0.45)["w"], [0.0, -5.0, 0.0, 3.0, 4.0])
 
 
 # ---------------------------------------------------------------- multi-tensor dicts
@@ -161,46 +136,34 @@ def test_inputs_not_modified_and_outputs_are_new_tensors():
         assert torch.equal(tv["w"], b)
 
 
-def test_single_task_vector():
-    tvs = _tvs(TAU1)
-    _close(merge_task_vectors(tvs, "uniform")["w"], TAU1)
-    _close(merge_task_vectors(tvs, "task_arithmetic", lam=2.0)["w"], [2 * v for v in TAU1])
-    _close(merge_task_vectors(tvs, "ties", lam=2.0)["w"], [2 * v for v in TAU1])
-
-
 # ------------------------------------------------------------------------- dtypes
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("method", MERGE_METHODS)
-def test_dtype_preserved(dtype, method):
-    out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3, dtype=dtype), method, lam=0.5, top_k=0.4)
-    assert out["w"].dtype == dtype
-    ref = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), method, lam=0.5, top_k=0.4)["w"]
-    torch.testing.assert_close(out["w"].float(), ref.to(dtype).float())
-
-
-def test_float16_computed_in_float32():
+def test_dtype_and_float32_accumulation():
+    for method in MERGE_METHODS:
+        ref = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), method, lam=0.5, top_k=0.4)["w"]
+        for dtype in (torch.float16, torch.bfloat16, torch.float64):
+            out = merge_task_vectors(_tvs(TAU1, TAU2, TAU3, dtype=dtype), method, lam=0.5, top_k=0.4)["w"]
+            assert out.dtype == dtype, (method, dtype)
+            torch.testing.assert_close(out.float(), ref.to(dtype).float())
     # 60000 + 60000 overflows float16 (max 65504); the mean must not.
     tvs = _tvs([60000.0], [60000.0], dtype=torch.float16)
     out = merge_task_vectors(tvs, "uniform")["w"]
     assert out.dtype == torch.float16 and out.item() == 60000.0
     assert merge_task_vectors(tvs, "ties")["w"].item() == 60000.0
-
-
-def test_mixed_dtypes_promote():
+    # mixed dtypes promote
     tvs = [{"w": torch.tensor([1.0], dtype=torch.float16)}, {"w": torch.tensor([2.0], dtype=torch.float32)}]
     assert merge_task_vectors(tvs, "uniform")["w"].dtype == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("method", MERGE_METHODS)
-def test_cuda_device_preserved(method):
+def test_cuda_device_preserved():
     tvs = [{k: v.cuda() for k, v in tv.items()} for tv in _tvs(TAU1, TAU2, TAU3, dtype=torch.float16)]
-    out = merge_task_vectors(tvs, method, lam=0.5, top_k=0.4)["w"]
-    assert out.is_cuda and out.dtype == torch.float16
-    ref = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), method, lam=0.5, top_k=0.4)["w"]
-    torch.testing.assert_close(out.cpu().float(), ref.half().float())
+    for method in MERGE_METHODS:
+        out = merge_task_vectors(tvs, method, lam=0.5, top_k=0.4)["w"]
+        assert out.is_cuda and out.dtype == torch.float16
+        ref = merge_task_vectors(_tvs(TAU1, TAU2, TAU3), method, lam=0.5, top_k=0.4)["w"]
+        torch.testing.assert_close(out.cpu().float(), ref.half().float())
 
 
 # ---------------------------------------------------------------------- property
@@ -237,54 +200,22 @@ def test_matches_peft_ties_where_semantics_coincide():
 # ------------------------------------------------------------------------- errors
 
 
-def test_empty_list():
+def test_bad_structure_is_refused_naming_the_input():
     with pytest.raises(ValueError, match="task_vectors.*empty"):
         merge_task_vectors([], "uniform")
-
-
-def test_unknown_method_lists_valid_methods():
     with pytest.raises(ValueError, match="method") as exc:
         merge_task_vectors(_tvs(TAU1), "dare")
-    for m in MERGE_METHODS:
-        assert m in str(exc.value)
-    assert "'dare'" in str(exc.value)
-
-
-def test_mismatched_keys():
+    assert "'dare'" in str(exc.value) and all(m in str(exc.value) for m in MERGE_METHODS)
     tvs = [{"a": torch.zeros(2), "b": torch.zeros(2)}, {"a": torch.zeros(2), "c": torch.zeros(2)}]
     with pytest.raises(ValueError, match=r"task_vectors\[1\].*missing \['b'\].*unexpected \['c'\]"):
         merge_task_vectors(tvs, "uniform")
     with pytest.raises(ValueError, match=r"task_vectors\[1\].*missing \['b'\]"):
         merge_task_vectors([{"a": torch.zeros(2), "b": torch.zeros(2)}, {"a": torch.zeros(2)}], "ties")
-
-
-def test_mismatched_shapes():
     tvs = [{"a": torch.zeros(2, 3)}, {"a": torch.zeros(2, 3)}, {"a": torch.zeros(3, 2)}]
     with pytest.raises(ValueError, match=r"task_vectors\[2\]\['a'\].*\(3, 2\).*\(2, 3\)"):
         merge_task_vectors(tvs, "task_arithmetic")
-
-
-def test_mismatched_devices():
-    tvs = [{"a": torch.zeros(2)}, {"a": torch.zeros(2, device="meta")}]
     with pytest.raises(ValueError, match=r"task_vectors\[1\]\['a'\].*device"):
-        merge_task_vectors(tvs, "uniform")
-
-
-@pytest.mark.parametrize("top_k", [0.0, -0.1, 1.0001, 2.0, math.nan, math.inf])
-@pytest.mark.parametrize("method", MERGE_METHODS)
-def test_top_k_out_of_range(top_k, method):
-    with pytest.raises(ValueError, match=r"top_k.*\(0, 1\]"):
-        merge_task_vectors(_tvs(TAU1), method, top_k=top_k)
-
-
-@pytest.mark.parametrize("lam", [math.inf, -math.inf, math.nan])
-@pytest.mark.parametrize("method", MERGE_METHODS)
-def test_lam_not_finite(lam, method):
-    with pytest.raises(ValueError, match="lam.*finite"):
-        merge_task_vectors(_tvs(TAU1), method, lam=lam)
-
-
-def test_wrong_types():
+        merge_task_vectors([{"a": torch.zeros(2)}, {"a": torch.zeros(2, device="meta")}], "uniform")
     with pytest.raises(TypeError, match="single dict"):
         merge_task_vectors({"w": torch.zeros(2)}, "uniform")
     with pytest.raises(TypeError, match=r"task_vectors\[0\]\['w'\].*Tensor"):
@@ -293,3 +224,13 @@ def test_wrong_types():
         merge_task_vectors(_tvs(TAU1), "uniform", lam="1.0")
     with pytest.raises(ValueError, match="floating point"):
         merge_task_vectors([{"w": torch.tensor([1, 2])}], "uniform")
+
+
+def test_numbers_out_of_range_are_refused_by_every_method():
+    for method in MERGE_METHODS:
+        for top_k in (0.0, -0.1, 1.0001, 2.0, math.nan, math.inf):
+            with pytest.raises(ValueError, match=r"top_k.*\(0, 1\]"):
+                merge_task_vectors(_tvs(TAU1), method, top_k=top_k)
+        for lam in (math.inf, -math.inf, math.nan):
+            with pytest.raises(ValueError, match="lam.*finite"):
+                merge_task_vectors(_tvs(TAU1), method, lam=lam)
