@@ -39,3 +39,10 @@ def test_plan_rejects_unknown_and_overlapping_concepts(quick_model):
         make_plan(protocol, "style", sequence=["plaid"])
     with pytest.raises(ValueError, match="must not be in the sequence"):
         make_plan(protocol, "style", sequence=["fire"], retained=["fire"])
+
+
+def test_family_maps_every_domain_to_a_catalog_side():
+    from obliviate.protocols import DOMAINS, family, other_family
+
+    assert {d: family(d) for d in DOMAINS} == {"style": "style", "object": "object", "other": "style"}
+    assert {d: other_family(d) for d in DOMAINS} == {"style": "object", "object": "style", "other": "object"}

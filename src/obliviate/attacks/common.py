@@ -27,6 +27,7 @@ from ..diffusion import add_noise, scheduler_for_training, target_for
 from ..evaluate.evaluator import Protocol, model_key
 from ..evaluate.sampler import SamplerConfig, generate
 from ..model import load_pipeline, pick_device, predict
+from ..protocols import other_family
 
 # Training images of a concept come from these seeds, disjoint from every evaluation seed
 # (188, 288, ...) and from ConAbl's anchor seeds (10_000 + i).
@@ -63,7 +64,7 @@ class Target:
         return self.protocol.prompt(style, obj)
 
     def all_partners(self) -> list[str]:
-        return self.protocol.concepts("object" if self.domain == "style" else "style")
+        return self.protocol.concepts(other_family(self.domain))
 
     def grid(self) -> list[tuple[str, int]]:
         """(partner, seed) cells an attacked concept is scored on."""

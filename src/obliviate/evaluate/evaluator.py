@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..protocols import family, other_family
 from .metrics import Record, compute_metrics
 from .sampler import SamplerConfig, generate
 
@@ -111,7 +112,7 @@ def make_plan(protocol: Protocol, domain: str, sequence: list[str] | None = None
     if domain not in ("style", "object"):
         raise ValueError(f"evaluation domain must be style or object, got {domain!r}")
     own = protocol.concepts(domain)
-    other = protocol.concepts("object" if domain == "style" else "style")
+    other = protocol.concepts(other_family(domain))
     sequence = list(sequence) if sequence is not None else (protocol.style_order if domain == "style" else protocol.object_order)
     default_retained = protocol.retained_styles if domain == "style" else protocol.retained_objects
     if retained is None:
@@ -146,7 +147,7 @@ def evaluate(pipe, protocol: Protocol, plan: EvalPlan, unlearned: list[str], *, 
     result = compute_metrics(records, domain=plan.domain, unlearned=list(unlearned), retained=retained,
                              retained_partners=plan.partners)
     result["eval_seconds"] = time.time() - t0
-    own = "style" if plan.domain == "style" else "object"
+    own = family(plan.domain)
     result["per_concept_accuracy"] = {
         c: 100.0 * float(np.mean([getattr(r, "pred_" + own) == c for r in records if getattr(r, own) == c]))
         for c in dict.fromkeys(plan.sequence + plan.retained)

@@ -37,9 +37,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import base_model_images, base_model_latents, encode_images, noised, sampler_settings
 from ..model import predict
 from ..trainer import Context, Method, TrainSettings
-from ..diffusion import base_model_images, base_model_latents, encode_images, noised, sampler_settings
 from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
 # every element of a recipe, resolved into the settings (so step.json shows each one)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import base_model_latents, denoising_target, noised, sampler_settings
 from ..model import predict
 from ..trainer import Context, Method, TrainSettings
-from ..diffusion import base_model_latents, denoising_target, noised, sampler_settings
 
 
 @dataclass
