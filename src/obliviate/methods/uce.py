@@ -60,6 +60,7 @@ from ..trainer import Context, Method, parse_settings
 from .common import replace_word
 
 POSITIONS = ("concept", "after")
+EDITS = ("kv", "k", "v")
 ROW_SOURCES = ("template", "neutral", "file")
 PRESERVE_SOURCES = ("others", "empty", "erased-partners", "file")
 DEFAULT_GUIDE = {"style": "art", "object": "object", "other": ""}
@@ -78,10 +79,13 @@ class UCESettings:
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
     anchor: Literal["base", "previous"] = "base"
+    edit: Literal["kv", "k", "v"] = "kv"  # which weights are solved: keys and values, or only one (the other keeps W0)
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
             raise ValueError(f"positions={self.positions!r} is not valid; valid: {', '.join(POSITIONS)}")
+        if self.edit not in EDITS:
+            raise ValueError(f"edit={self.edit!r} is not valid; valid: {', '.join(EDITS)}")
         for key in ("lam", "erase_scale", "preserve_scale", "after_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
@@ -330,5 +334,10 @@ class UCE(Method):
         anchor = ctx.pretrained if s.anchor == "base" else ctx.start
         self.info = {"erase_rows": len(e), "preserve_rows": 0 if p is None else len(p),
                      "erased": [c for c, _, _ in erased], "rows_seconds": time.time() - t0}
-        return apply_edit(anchor, m)
+        if s.edit == "kv":
+            return apply_edit(anchor, m)
+        # only keys or only values: the other weights keep the anchor's values (with anchor=base,
+        # the base values, so an earlier step's edit of them is undone consistently)
+        chosen = {n: w for n, w in anchor.items() if n.endswith(f"to_{s.edit}.weight")}
+        return {**{n: w.clone() for n, w in anchor.items()}, **apply_edit(chosen, m)}
 
