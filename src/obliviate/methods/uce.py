@@ -39,8 +39,15 @@ depend on the order of the requests and drift never compounds. Preservation and
 lam/scales come from the current request. `previous`: W0 = the weights at the start of the
 request (the published repeated application), kept for comparison.
 
+edit: `kv` (default) solves keys and values; `k` or `v` solves only one, the other keeps W0.
+
 Defaults (positions=after, guide per domain, lam 0.5, erase/preserve scale 1, preserve
-others+empty) were chosen on MiniCanvas probe seeds 1, 2 (docs/RESULTS.md).
+others+empty, edit kv) were chosen on MiniCanvas probe seed 1 (docs/RESULTS.md): they keep
+UA and RA-I at the bar; RA-C is what they lose, and most of that loss is the guide itself:
+an erased style's images become the guide's images, and the pretrained model draws objects
+less recognisably in "art style" (54% object accuracy on seeds 1, 2) than in the real
+styles; "picture" draws them better (79%) but is sometimes read as an erased style (UA <
+95). Text states are cached (text_states), so a request costs its own prompts' encoding.
 """
 from __future__ import annotations
 
