@@ -342,7 +342,8 @@ def main() -> None:
            "so compare the `mean` column too. The study's own seconds (Cost tables) were measured while one to five "
            "processes shared the two cores, so they drift with the load and variants run at different times are "
            "not comparable in absolute terms; the per-variant trend (flat or growing) is what they show. The "
-           "benchmark section compares every variant under one load.", ""]
+           "benchmark section compares every variant under one load.", "",
+           "Recipes. Published variants (every name without `ours:`: conabl and its regularizer variants, sculpmem, simultaneous, ties-merge) use ConAbl's reference recipe (`recipe: reference` in configs/styles.yaml and configs/objects.yaml): masked loss without a one-latent-pixel border, anchors from 100 DPM-Solver steps at guidance 6 stored as images and re-encoded every step with a sampled VAE latent and a random horizontal flip, training prompts \"In X Style, <caption>\" / \"<caption>, in X Style.\", start-token key/value detachment, and the reference's projection columns (styles: the anchor captions; objects: the catalog's objects and styles plus earlier requests). `ours:` variants keep obliviate's own recipe (plain MSE, the catalog sampler's cached latents, no flip, and for styles training on the evaluation template itself, which flatters UA); `esd` has no recipe choice.", ""]
     commands = []
     for domain in ("styles", "objects"):
         runs = load(study, domain)

@@ -45,12 +45,14 @@ def test_unlearn_and_export_from_the_command_line(quick_model, tmp_path, capsys)
     run = str(tmp_path / "run")
     for concept in ("fire", "ice"):
         code, out = run_cli(["unlearn", "--run", run, "--model", str(model), "--concept", concept, "--domain", "style",
-                             "--reg", "projection:mode=update", "--steps", "4", "--method-setting", "anchor_images=4",
+                             "--reg", "projection:mode=update,source=catalog", "--steps", "4", "--method-setting", "anchor_images=4",
                              "--method-setting", "sampler_steps=3"], capsys)
         assert code == 0, out.err
     assert sorted(p.name for p in (tmp_path / "run" / "steps").iterdir()) == ["001-fire", "002-ice"]
     step = json.loads((tmp_path / "run" / "steps" / "002-ice" / "step.json").read_text())
-    assert "fire" in step["projection_concepts"]  # earlier unlearned concepts stay protected
+    # source=catalog: earlier unlearned concepts stay protected (the reference's style default,
+    # source=anchors, protects the anchor captions only)
+    assert "fire" in step["projection_concepts"]
     code, out = run_cli(["export", run, "--out", str(tmp_path / "exported")], capsys)
     assert code == 0 and (tmp_path / "exported" / "model_index.json").exists()
 

@@ -46,7 +46,8 @@ def test_projection_update_mode_is_exact_and_grad_mode_reduces_leakage(quick_mod
     for mode in ("none", "grad", "update"):
         regs = [] if mode == "none" else [("projection", {"mode": mode, "concepts": "ice+ocean+sunset+lava+forest"})]
         run = Run.open_or_create(tmp_path / mode, model)
-        metas[mode] = run.unlearn(request(regs=regs), quiet=True)
+        # the projection alone (start-token detachment, on by default, is measured elsewhere)
+        metas[mode] = run.unlearn(request(regs=regs, detach_start="false"), quiet=True)
     pipe = load_pipeline(model, device="cpu")
     metas["none"]["projection_concepts"] = metas["grad"]["projection_concepts"]
     ratio = {m: protected_ratio(pipe, metas[m]) for m in metas}

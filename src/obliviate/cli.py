@@ -122,12 +122,11 @@ def cmd_unlearn(args) -> int:
         concept=args.concept, domain=args.domain, method=args.method, method_settings=method_settings,
         regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
     )
-    build_hooks(request)  # every name, setting and range checked before anything is created
+    build_hooks(request)  # every name, setting, range and the parameter group checked before anything is created
     check_device(args.device)
-    from .model import PARAM_GROUPS
+    from .distributed import autocast_dtype
 
-    if args.param_group not in PARAM_GROUPS:
-        raise ValueError(f"--param-group {args.param_group!r} is not valid; valid groups: {', '.join(PARAM_GROUPS)}")
+    autocast_dtype(__import__("torch").device("cpu"), args.precision)
     if Path(args.run).exists() and not Path(args.run).is_dir():
         raise ValueError(f"--run {args.run} is a file, not a run directory")
     if not (Path(args.run) / "run.json").exists():
@@ -137,7 +136,8 @@ def cmd_unlearn(args) -> int:
         catalog = catalog_for_model(args.model or bundled_path()) or generic_catalog()
         Run._check_concept(request, catalog)
     run = Run.open_or_create(args.run, args.model)
-    meta = run.unlearn(request, quiet=args.quiet, device=args.device)
+    meta = run.unlearn(request, quiet=args.quiet, device=args.device, precision=args.precision,
+                       gradient_checkpointing=args.gradient_checkpointing)
     d = meta["drift"]
     print(f"step {meta['step']}: -{request.concept} ({request.method}) in {meta['timings']['train_seconds']:.1f} s; "
           f"loss {meta['loss_first']:.4f} -> {meta['loss_last']:.4f}; drift L2 {d['parent']['l2']:.4f} "
@@ -148,7 +148,17 @@ def cmd_unlearn(args) -> int:
 def cmd_export(args) -> int:
     from .continual import Run
 
-    out = Run(args.run).export(args.out, step=args.step)
+    from .distributed import validate_device
+
+    validate_device(args.device)
+    run = Run(args.run)
+    if args.format == "lora":
+        from .lora import export_lora
+
+        out = export_lora(run, args.out, step=args.step)
+        print(f"wrote LoRA {out} (load with pipe.load_lora_weights)")
+        return 0
+    out = run.export(args.out, step=args.step, device=args.device)
     print(f"wrote pipeline {out}")
     return 0
 
@@ -185,19 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--model", help="base pipeline directory for a new run (default: bundled MiniCanvas)")
     un.add_argument("--steps", type=int, help="training steps (default: the method's)")
     un.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    un.add_argument("--param-group", default="kv-xattn", help="kv-xattn (default), xattn or full")
-    un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    un.add_argument("--param-group", default="kv-xattn",
+                    help="kv-xattn (default), xattn, full, or a LoRA adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
+    un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under accelerate launch: one GPU per process)")
+    un.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="autocast dtype for training; masters stay float32 (auto: bf16 on CUDA, fp32 on CPU)")
+    un.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward (less memory)")
     un.set_defaults(func=cmd_unlearn)
 
     ex = sub.add_parser("export", help="write the model of a run as a full diffusers pipeline directory")
     ex.add_argument("run", help="run directory")
     ex.add_argument("--step", type=int, help="after this many requests (default: all)")
     ex.add_argument("--out", required=True, help="new (or empty) output directory")
+    ex.add_argument("--device", help="where the merged model is built (default: cpu)")
+    ex.add_argument("--format", choices=["pipeline", "lora"], default="pipeline",
+                    help="pipeline: the merged model as a full diffusers pipeline; lora: the run's LoRA adapters "
+                         "as one LoRA directory for pipe.load_lora_weights (runs trained with --param-group lora:...)")
     ex.set_defaults(func=cmd_export)
 
     from .experiment import add_commands  # eval, run, demo
 
     add_commands(sub)
+    from .attacks.runner import add_command as add_attack_command  # attack
+
+    add_attack_command(sub)
     for command in sub.choices.values():  # `obliviate unlearn ... --quiet` works as well as `obliviate --quiet unlearn ...`
         command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
     return parser

@@ -28,7 +28,8 @@ from . import __version__
 from .locking import exclusive
 from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
 from .methods import get_method
-from .model import check_pipeline_dir, load_pipeline, model_hash, select_parameters
+from . import distributed, lora
+from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
 from .protocols import Catalog, catalog_for_model, generic_catalog
 from .regularizers import get_regularizer
 from .trainer import Context, Hook, Request, parse_settings, train
@@ -56,6 +57,9 @@ def build_hooks(request: Request):
             f"{', '.join(r.name for r in regs)} cannot apply: they act on a loss, gradients or optimizer updates. "
             f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
         )
+    check_param_group(request.param_group)
+    if lora.is_lora(request.param_group):  # regularizers on A and B, or a clear refusal
+        method, regs = lora.adapt_hooks(method, regs, request.param_group)
     return method, regs
 
 
@@ -91,7 +95,8 @@ class Run:
 
     # ------------------------------------------------------------ creation and listing
     @classmethod
-    def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None) -> "Run":
+    def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None, catalog: str | None = None) -> "Run":
+        """`catalog` names the concept catalog of a model that carries none (e.g. "unlearncanvas")."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"run directory {path} is a file, not a directory")
@@ -112,8 +117,13 @@ class Run:
             raise FileExistsError(f"{path} exists, is not empty and is not an obliviate run")
         path.mkdir(parents=True, exist_ok=True)
         (path / "steps").mkdir(exist_ok=True)
+        from .protocols import CATALOGS
+
+        if catalog is not None and catalog not in CATALOGS:
+            raise ValueError(f"unknown catalog {catalog!r}; valid catalogs: {', '.join(CATALOGS)}")
         atomic_write_json(path / "run.json", {
             "base_model": str(Path(model_dir).resolve()), "base_hash": model_hash(model_dir),
+            **({"catalog": catalog} if catalog else {}),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "obliviate": __version__,
         })
         return cls(path)
@@ -141,6 +151,10 @@ class Run:
         return out
 
     def catalog(self) -> Catalog:
+        from .protocols import CATALOGS
+
+        if self.info.get("catalog"):
+            return CATALOGS[self.info["catalog"]]()
         return catalog_for_model(self.base_model) or generic_catalog()
 
     # ------------------------------------------------------------ loading models
@@ -166,7 +180,7 @@ class Run:
     def cumulative_delta(self, upto: int | None = None) -> dict[str, torch.Tensor]:
         total: dict[str, torch.Tensor] = {}
         for meta in self.verify_chain(upto):
-            for name, value in load_delta(Path(meta["dir"]) / "delta.safetensors").items():
+            for name, value in lora.dense_step(Path(meta["dir"]) / "delta.safetensors").items():
                 total[name] = total[name] + value if name in total else value.clone()
         return total
 
@@ -183,7 +197,7 @@ class Run:
         apply_delta(pipe.unet, delta)
         return pipe
 
-    def export(self, out: str | Path, step: int | None = None) -> Path:
+    def export(self, out: str | Path, step: int | None = None, device=None) -> Path:
         """A full pipeline directory that plain diffusers loads."""
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -194,7 +208,8 @@ class Run:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)  # an unwritable destination fails now, not after loading the model
         try:
-            pipe = self.load(step, device="cpu")
+            pipe = self.load(step, device=device or "cpu")
+            pipe.to("cpu")
             pipe.save_pretrained(tmp, safe_serialization=True)
             for extra in ("classifiers", "minicanvas.json"):  # keep MiniCanvas models evaluable
                 src = self.base_model / extra
@@ -213,20 +228,37 @@ class Run:
 
     # ------------------------------------------------------------ applying a request
     def unlearn(self, request: Request, *, quiet: bool = False, device=None, stop_after: int | None = None,
-                checkpoint_every: int = 25, choose=None, snapshots: int = 4, cache_dir: Path | None = None) -> dict:
+                checkpoint_every: int = 25, choose=None, snapshots: int = 4, cache_dir: Path | None = None,
+                precision: str = "auto", gradient_checkpointing: bool = False) -> dict:
         """Apply one request to the run's latest model; returns the step's metadata.
+
+        Under `accelerate launch` the request's batch is split across the processes (see
+        distributed.py); only the main process writes.
 
         If the same request already completed in this run, it is not redone: its step is
         returned. An unfinished request of the same configuration resumes. The run is locked
         for the whole request: a second process gets a BusyError at once.
         """
-        with exclusive(self.path, "run"):
+        dist = distributed.current()
+        # several processes of one request: the main process holds the run's lock for all of them
+        with exclusive(self.path, "run") if dist is None or dist.is_main else contextlib.nullcontext():
             return self._unlearn(request, quiet=quiet, device=device, stop_after=stop_after,
-                                 checkpoint_every=checkpoint_every, choose=choose, snapshots=snapshots, cache_dir=cache_dir)
+                                 checkpoint_every=checkpoint_every, choose=choose, snapshots=snapshots, cache_dir=cache_dir,
+                                 precision=precision, gradient_checkpointing=gradient_checkpointing)
 
-    def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir) -> dict:
+    def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir,
+                 precision="auto", gradient_checkpointing=False) -> dict:
         method, regs = build_hooks(request)
         config = resolved_config(method, regs)
+        dist = distributed.current()
+        if dist is not None:
+            dist.check(method, regs)
+            if device is not None and torch.device(device) != dist.device:
+                raise ValueError(f"--device {device} conflicts with accelerate launch, which gives process {dist.rank} "
+                                 f"{dist.device}; leave --device out")
+            device = dist.device
+        distributed.validate_device(str(device) if device is not None else None)
+        distributed.autocast_dtype(torch.device("cpu"), precision)  # validates the name
         catalog = self.catalog()
         self._check_concept(request, catalog)
         steps = self.steps()
@@ -250,13 +282,15 @@ class Run:
         # An unfinished request that never wrote a checkpoint has no training to lose (it
         # failed in setup, or was killed before its first checkpoint): a corrected request
         # replaces it. One with a checkpoint must be resumed or deleted by the user.
-        for other in sorted((self.path / "steps").glob(".*.partial")):
+        for other in sorted((self.path / "steps").glob(".*.partial")) if dist is None or dist.is_main else []:
             if not (other / "checkpoint.pt").exists():
                 if other != partial or not _recorded_same(other, request):
                     shutil.rmtree(other)
             elif other != partial:
                 raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
-        if partial.exists():
+        if dist is not None and not dist.is_main:
+            pass  # the main process checks and creates the partial directory
+        elif partial.exists():
             if not _recorded_same(partial, request):
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
@@ -264,22 +298,37 @@ class Run:
         else:
             partial.mkdir(parents=True)
             atomic_write_json(partial / "request.json", request.to_dict())
+        if dist is not None:
+            dist.barrier()
 
         parent_hash = "base" if not steps else steps[-1]["delta_hash"]
         self.check_base()
         previous = self.cumulative_delta()
         pipe = load_pipeline(self.base_model, device=device)
-        params = select_parameters(pipe.unet, request.param_group)
-        # the base values exactly (not start - previous, which float rounding perturbs)
-        pretrained = {n: p.detach().clone() for n, p in params.items()}
-        apply_delta(pipe.unet, previous)
+        started_from = None
+        if lora.is_lora(request.param_group):
+            # the earlier changes go into the weights first, while they still have their own names
+            # (the adapter renames them `base_layer`); the trained tensors are the adapter's
+            apply_delta(pipe.unet, previous)
+            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+            params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
+            started_from = lora.continue_adapter(pipe.unet, params, request.param_group, steps)
+            pretrained = {n: p.detach().clone() for n, p in params.items()}
+        else:
+            params = select_parameters(pipe.unet, request.param_group)
+            # the base values exactly (not start - previous, which float rounding perturbs)
+            pretrained = {n: p.detach().clone() for n, p in params.items()}
+            apply_delta(pipe.unet, previous)
+            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
         for p in params.values():
             p.requires_grad_(True)
+        if gradient_checkpointing:
+            distributed.enable_gradient_checkpointing(pipe.unet)
         start = {n: p.detach().clone() for n, p in params.items()}
 
         @contextlib.contextmanager
         def restore_base():
-            touched = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+            touched = base_params
             saved = {n: p.detach().clone() for n, p in touched.items()}
             with torch.no_grad():
                 for n, p in touched.items():
@@ -295,13 +344,14 @@ class Run:
             pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
             unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
             cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
-            earlier_requests=[m["request"] for m in steps],
+            earlier_requests=[m["request"] for m in steps], precision=precision, dist=dist,
         )
         t0 = time.time()
         torch.manual_seed(request.seed)
-        method.setup(ctx)
-        for reg in regs:
-            reg.setup(ctx, method)
+        with dist.main_first() if dist is not None else contextlib.nullcontext():  # the main process writes caches
+            method.setup(ctx)
+            for reg in regs:
+                reg.setup(ctx, method)
         setup_seconds = time.time() - t0
         hooks = list(regs)
         if method.closed_form:  # ---- closed form (UCE): one solve instead of the training loop
@@ -322,6 +372,9 @@ class Run:
                            checkpoint_every=checkpoint_every)
         if result["interrupted"]:
             return {"interrupted": True, "partial": str(partial)}
+        if dist is not None and not dist.is_main:  # the main process writes the (identical) step
+            dist.barrier()
+            return {**json.loads((final_dir / "step.json").read_text()), "dir": str(final_dir)}
         early = None
         if choose is not None:
             chosen, info = choose(ctx, keeper.snapshots)
@@ -330,22 +383,32 @@ class Run:
                     p.copy_(keeper.snapshots[chosen][n])
             early = {"chosen_step": chosen, "candidates": sorted(keeper.snapshots), **info}
 
-        delta = {n: (p.detach() - start[n]).cpu() for n, p in params.items()}
+        file_meta = {"base_hash": self.info["base_hash"], "step": str(index)}
+        if lora.is_lora(request.param_group):  # the ledger keeps the adapter; drift is of its weight change
+            stored = lora.adapter_tensors(params)
+            stored.update({lora.PREVIOUS + n: v for n, v in (started_from or {}).items()})
+            file_meta.update(lora.metadata(request.param_group))
+            delta = lora.densify(stored, lora.parse_group(request.param_group).scale)
+        else:
+            stored = delta = {n: (p.detach() - start[n]).cpu() for n, p in params.items()}
         cumulative = {n: v.clone() for n, v in previous.items()}
         for n, v in delta.items():
             cumulative[n] = cumulative[n] + v if n in cumulative else v.clone()
-        save_delta(partial / "delta.safetensors", delta, metadata={"base_hash": self.info["base_hash"], "step": str(index)})
+        save_delta(partial / "delta.safetensors", stored, metadata=file_meta)
         losses = result["losses"]
         meta = {
             "step": index, "request": request.to_dict(), "config": config,
             "base_hash": self.info["base_hash"], "parent_hash": parent_hash,
             "delta_hash": file_hash(partial / "delta.safetensors"),
             "timings": {"setup_seconds": setup_seconds, "train_seconds": result["train_seconds"]},
+            "processes": dist.world if dist is not None else 1,
             "loss_first": sum(losses[:10]) / max(1, len(losses[:10])), "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "drift": {"parent": drift(delta), "pretrained": drift(cumulative)},
             "obliviate": __version__, "torch": torch.__version__,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if lora.is_lora(request.param_group):
+            meta["adapter"] = {**lora.metadata(request.param_group), **lora.size_report(stored, delta, partial / "delta.safetensors")}
         if early is not None:
             meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
         if getattr(method, "info", None):
@@ -359,6 +422,8 @@ class Run:
         (partial / "request.json").unlink(missing_ok=True)
         partial.rename(final_dir)
         meta["dir"] = str(final_dir)
+        if dist is not None:
+            dist.barrier()
         return meta
 
     @staticmethod

@@ -70,10 +70,11 @@ class Experiment:
     style_classifier: str | None = None
     object_classifier: str | None = None
     raw: dict = field(default_factory=dict)
+    attacks: list[dict] = field(default_factory=list)  # see attacks/runner.py
 
 
 EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
-                   "grid", "classifiers"}
+                   "grid", "classifiers", "attacks"}
 VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group"}
 
 
@@ -113,10 +114,10 @@ _TYPES = {
 }
 _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
                      "retained": "list[str]", "partners": "list[str]", "eval": "mapping", "variants": "list", "seed": "int",
-                     "grid": "mapping", "classifiers": "mapping"}
+                     "grid": "mapping", "classifiers": "mapping", "attacks": "list"}
 _EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
-_CLASSIFIER_TYPES = {"style": "str", "object": "str"}
+_CLASSIFIER_TYPES = {"style": "str", "object": "str", "arch": "mapping"}  # arch: ViT shape overrides (tests: tiny judges)
 _VARIANT_TYPES = {"name": "str", "setting": "str", "method": "str", "method_settings": "mapping", "regularizers": "list",
                   "early_stopping": "bool", "merge": "mapping", "param_group": "str"}
 _MERGE_TYPES = {"method": "str", "lam": "number|list[number]", "top_k": "number|list[number]"}
@@ -194,17 +195,19 @@ def load_experiment(path_or_dict) -> Experiment:
                           param_group=v.get("param_group", "kv-xattn"))
         if variant.setting not in SETTINGS:
             raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
+        from .model import check_param_group
+
+        try:
+            check_param_group(variant.param_group)  # kv-xattn, xattn, full or lora:...
+        except ValueError as err:
+            raise ValueError(f"{vw} ({variant.name}): param_group {variant.param_group!r} is not valid: {err}") from None
         # every method / regularizer name and setting is checked now, not after an hour of work
         build_hooks(Request("x", raw["domain"] if raw["domain"] in ("style", "object") else "other", variant.method,
-                            variant.method_settings, variant.regularizers))
+                            variant.method_settings, variant.regularizers, param_group=variant.param_group))
         if variant.setting == "independent+merge":
             m = variant.merge.get("method", "ties")
             if m not in MERGE_METHODS:
                 raise ValueError(f"{vw}: merge method {m!r} is not valid; valid: {', '.join(MERGE_METHODS)}")
-        from .model import PARAM_GROUPS
-
-        if variant.param_group not in PARAM_GROUPS:
-            raise ValueError(f"{vw} ({variant.name}): param_group {variant.param_group!r} is not valid; valid: {', '.join(PARAM_GROUPS)}")
         variants.append(variant)
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -226,15 +229,23 @@ def load_experiment(path_or_dict) -> Experiment:
         raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
     if len(set(exp.sequence)) != len(exp.sequence):
         raise ValueError(f"{where}: the sequence repeats a concept")
+    # attacks on erased concepts (attacks/runner.py): checked now, run after each variant
+    from .attacks.runner import parse_attacks_section
+
+    exp.attacks = parse_attacks_section(raw.get("attacks"), where)
     return exp
 
 
 # ---------------------------------------------------------------- the runner
 class Runner:
-    def __init__(self, exp: Experiment, out: str | Path, *, quiet: bool = False):
+    def __init__(self, exp: Experiment, out: str | Path, *, quiet: bool = False, device: str | None = None,
+                 precision: str = "auto", gradient_checkpointing: bool = False):
         self.exp, self.out, self.quiet = exp, Path(out), quiet
+        self.catalog = {"catalog": "unlearncanvas"} if exp.protocol == "unlearncanvas" else {}
+        self.device, self.train_options = device, {"device": device, "precision": precision,
+                                                   "gradient_checkpointing": gradient_checkpointing}
         self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
-                                      object_classifier=exp.object_classifier)
+                                      object_classifier=exp.object_classifier, **judge_options(exp, device))
         self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained, exp.partners, exp.seeds, exp.sampler)
         self.probe = EvalPlan(self.plan.domain, self.plan.sequence, self.plan.retained, self.plan.partners,
                               exp.probe_seeds, self.plan.sampler)
@@ -252,7 +263,7 @@ class Runner:
     def pipe_with(self, delta: dict[str, torch.Tensor] | None):
         """The base pipeline with `delta` applied (a fresh copy of the trained tensors each time)."""
         if self._base_pipe is None:
-            self._base_pipe = load_pipeline(self.exp.model)
+            self._base_pipe = load_pipeline(self.exp.model, device=self.device)
             self._base_state = {n: p.detach().clone() for n, p in self._base_pipe.unet.named_parameters()}
             self._touched: set[str] = set()
         pipe = self._base_pipe
@@ -317,10 +328,10 @@ class Runner:
                 "per_concept_accuracy": res["per_concept_accuracy"], **extra}
 
     def run_sequential(self, variant: Variant, vdir: Path) -> list[dict]:
-        run = Run.open_or_create(vdir / "run", self.exp.model)
+        run = Run.open_or_create(vdir / "run", self.exp.model, **self.catalog)
         rows = [self.step0()]
         for t, concept in enumerate(self.exp.sequence, start=1):
-            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors)
+            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors, **self.train_options)
             hashes = [m["delta_hash"] for m in run.steps()[:t]]
             res = self.evaluate(run.cumulative_delta(t), self.exp.sequence[:t], model_key(self.base_hash, *hashes),
                                 vdir / "eval" / f"step{t:03d}.json")
@@ -331,10 +342,10 @@ class Runner:
     def run_simultaneous(self, variant: Variant, vdir: Path) -> list[dict]:
         rows = [self.step0()]
         for t, concept in enumerate(self.exp.sequence, start=1):
-            run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model)
+            run = Run.open_or_create(vdir / f"retrain{t:03d}", self.exp.model, **self.catalog)
             req = self.request(variant, concept, also=self.exp.sequence[: t - 1], steps_scale=t)
             chooser = self.early_stop_chooser(variant, vdir, t) if variant.early_stopping else None
-            meta = run.unlearn(req, quiet=self.quiet, choose=chooser, cache_dir=self.anchors)
+            meta = run.unlearn(req, quiet=self.quiet, choose=chooser, cache_dir=self.anchors, **self.train_options)
             delta = run.cumulative_delta(1)
             res = self.evaluate(delta, self.exp.sequence[:t], model_key(self.base_hash, meta["delta_hash"]),
                                 vdir / "eval" / f"step{t:03d}.json")
@@ -367,8 +378,8 @@ class Runner:
         lams = lams if isinstance(lams, list) else [lams]
         tops = tops if isinstance(tops, list) else [tops]
         for t, concept in enumerate(self.exp.sequence, start=1):
-            run = Run.open_or_create(vdir / "independent" / slug(concept), self.exp.model)
-            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors)
+            run = Run.open_or_create(vdir / "independent" / slug(concept), self.exp.model, **self.catalog)
+            meta = run.unlearn(self.request(variant, concept), quiet=self.quiet, cache_dir=self.anchors, **self.train_options)
             taus.append(run.cumulative_delta(1))
             hashes.append(meta["delta_hash"])
             train_seconds.append(meta["timings"]["train_seconds"])
@@ -421,6 +432,10 @@ class Runner:
                 "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
                 "param_group": variant.param_group, "early_stopping": variant.early_stopping,
                 **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
+            if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
+                from .attacks.runner import attack_variant
+
+                summary["variants"][variant.name]["attacks"] = attack_variant(self, variant, vdir, rows)
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
@@ -496,17 +511,53 @@ def short_table(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------- commands
+def judge_options(exp: Experiment, device: str | None) -> dict:
+    """UnlearnCanvas judges: on the run's device, with the architecture the file names (tests: tiny ViTs)."""
+    if exp.protocol != "unlearncanvas":
+        return {}
+    from .model import pick_device
+
+    return {"device": str(pick_device(device)), **(exp.raw.get("classifiers", {}) or {}).get("arch", {})}
+
+
+def apply_overrides(exp: Experiment, args) -> Experiment:
+    """Command-line paths win over the file's (UnlearnCanvas: the user's checkpoint locations)."""
+    if getattr(args, "model", None):
+        exp.model = resolve_model(args.model)
+    if getattr(args, "style_classifier", None):
+        exp.style_classifier = args.style_classifier
+    if getattr(args, "object_classifier", None):
+        exp.object_classifier = args.object_classifier
+    if exp.protocol == "unlearncanvas" and not (exp.style_classifier and exp.object_classifier):
+        raise ValueError("the unlearncanvas protocol needs both classifier checkpoints: pass --style-classifier FILE "
+                         "and --object-classifier FILE (or set classifiers.style / classifiers.object in the file)")
+    for flag, path in (("--style-classifier", exp.style_classifier), ("--object-classifier", exp.object_classifier)):
+        if path and not Path(path).is_file():  # before building two ViT-L judges
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    from .model import check_pipeline_dir
+
+    check_pipeline_dir(exp.model)
+    return exp
+
+
 def cmd_run(args) -> int:
-    exp = load_experiment(args.file)
+    from .distributed import validate_device
+
+    validate_device(args.device)
+    exp = apply_overrides(load_experiment(args.file), args)
     if args.seed is not None:
         exp.seed = args.seed
-    summary = Runner(exp, args.out, quiet=args.quiet).run()
+    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
+                     gradient_checkpointing=args.gradient_checkpointing).run()
     print(short_table(summary))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
 def cmd_eval(args) -> int:
+    from .distributed import validate_device
+
+    validate_device(args.device)
     unlearned = [c for c in (args.unlearned or "").split(",") if c]
     domain = args.domain
     if args.run:
@@ -523,7 +574,8 @@ def cmd_eval(args) -> int:
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
     protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
-                             object_classifier=args.object_classifier)
+                             object_classifier=args.object_classifier,
+                             **({"device": args.device or "cpu"} if args.protocol == "unlearncanvas" else {}))
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
     try:
@@ -533,7 +585,7 @@ def cmd_eval(args) -> int:
     partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
-    pipe = load_pipeline(model_dir)
+    pipe = load_pipeline(model_dir, device=args.device)
     if delta:
         apply_delta(pipe.unet, delta)
     out = Path(args.out)
@@ -551,10 +603,14 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from importlib import resources
 
+    from .distributed import validate_device
+
+    validate_device(args.device)
+
     text = resources.files("obliviate").joinpath("configs/demo.yaml").read_text()
     exp = load_experiment(yaml.safe_load(text))
     t0 = time.time()
-    summary = Runner(exp, args.out, quiet=args.quiet).run()
+    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device).run()
     print()
     print(short_table(summary))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
@@ -579,14 +635,22 @@ def add_commands(sub) -> None:
     ev.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint")
     ev.add_argument("--object-classifier", help="unlearncanvas: object classifier checkpoint")
     ev.add_argument("--out", required=True, help="output directory: metrics.json and the generated images")
+    ev.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ev.set_defaults(func=cmd_eval)
 
     rn = sub.add_parser("run", help="run an experiment file (every variant, every step, evaluated, with a report)")
     rn.add_argument("file", help="experiment YAML file (see configs/)")
     rn.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
     rn.add_argument("--seed", type=int, help="training seed (overrides the file's `seed`)")
+    rn.add_argument("--model", help="base pipeline directory (overrides the file's `model`)")
+    rn.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint (overrides the file)")
+    rn.add_argument("--object-classifier", help="unlearncanvas: object classifier checkpoint (overrides the file)")
+    rn.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    rn.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="training autocast dtype")
+    rn.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward")
     rn.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")
     dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    dm.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     dm.set_defaults(func=cmd_demo)

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import autocast_dtype, encode_prompts
+from .model import Cond, autocast_dtype, encode, predict  # noqa: F401  (predict: for hooks)
 from .protocols import DOMAINS, Catalog
+from .start_token import start_token_detached
 
 
 # ---------------------------------------------------------------- settings
@@ -191,7 +192,10 @@ class Context:
     restore_base: Any = None  # context manager: the base model's weights, temporarily
     quiet: bool = False
     earlier_requests: list[dict] = field(default_factory=list)  # the run's earlier Request.to_dict(), in order
-    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    precision: str = "auto"  # distributed.PRECISIONS; masters stay float32
+    dist: Any = None  # distributed.Distributed when several processes share the request
+    grad_scaler: Any = None  # fp16 only
+    _prompt_cache: dict[str, Cond] = field(default_factory=dict)
     _training_scheduler: Any = None
 
     @property
@@ -202,19 +206,31 @@ class Context:
     def device(self) -> torch.device:
         return self.pipe.unet.device
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings (the encoder is frozen, so each prompt is encoded once)."""
+    def encode(self, prompts: list[str]) -> Cond:
+        """The UNet's conditioning for `prompts` (model.Cond; `.hidden` is the cross-attention
+        input). Call the UNet with model.predict(unet, x_t, t, cond). The encoder is frozen,
+        so each prompt is encoded once."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
-            for p, e in zip(missing, encode_prompts(self.pipe, missing)):
-                self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+            cond = encode(self.pipe, missing)
+            for i, p in enumerate(missing):
+                self._prompt_cache[p] = cond[i]
+        return Cond.cat([self._prompt_cache[p] for p in prompts])
 
     def autocast(self):
-        dtype = autocast_dtype(self.device)
+        from .distributed import autocast_dtype
+
+        dtype = autocast_dtype(self.device, self.precision)
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def local(self, *tensors):
+        """This process's slice of a batch (the whole batch in one process); see distributed.py."""
+        return tensors if self.dist is None else self.dist.local(tensors)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -259,6 +275,9 @@ class TrainSettings:
     batch_size: int = 8
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
+    # stop the gradient through cross-attention k/v at token 0 (start_token.py); the reference
+    # does it in ConAbl and SculpMem (their default: on), not in ESD or EraseDiff
+    detach_start: bool = False
 
 
 class Method(Hook):
@@ -285,7 +304,7 @@ class Method(Hook):
         with ctx.autocast():
             loss = self.method_loss(ctx, gen).float()
         extra = extra_loss()
-        (loss + extra if extra is not None else loss).backward()
+        ctx.backward(loss + extra if extra is not None else loss)
         return float(loss.detach())
 
 
@@ -322,7 +341,7 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         return sum(terms) if terms else None
 
     def save_checkpoint(step: int) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or (ctx.dist is not None and not ctx.dist.is_main):
             return
         state = {
             "params": {n: p.detach().cpu().clone() for n, p in params.items()},
@@ -339,19 +358,34 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         tmp.replace(checkpoint_path)
 
     needs_before = any(h.needs_update_transform for h in hooks)
+    from .distributed import autocast_dtype
+
+    if autocast_dtype(ctx.device, ctx.precision) == torch.float16:  # fp16 gradients underflow without loss scaling
+        ctx.grad_scaler = torch.amp.GradScaler(ctx.device.type)
+    if ctx.dist is not None:
+        ctx.dist.active = True
     t0 = time.time()
     bar = tqdm(range(first_step, s.steps), initial=first_step, total=s.steps, disable=ctx.quiet,
                desc=f"{ctx.request.method} -{ctx.request.concept}", leave=False)
     done_here = 0
     for step in bar:
         optimizer.zero_grad(set_to_none=False)
-        loss = method.backward(ctx, gen, extra_loss)
+        with start_token_detached(ctx.unet, s.detach_start):
+            loss = method.backward(ctx, gen, extra_loss)
+        if ctx.dist is not None:
+            ctx.dist.average_gradients(params.values())
+        if ctx.grad_scaler is not None:
+            ctx.grad_scaler.unscale_(optimizer)
         for hook in hooks:
             hook.transform_gradients(ctx)
         if s.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), s.grad_clip)
         before = {n: p.detach().clone() for n, p in params.items()} if needs_before else {}
-        optimizer.step()
+        if ctx.grad_scaler is not None:
+            ctx.grad_scaler.step(optimizer)  # skips the step when a gradient overflowed
+            ctx.grad_scaler.update()
+        else:
+            optimizer.step()
         for hook in hooks:
             hook.transform_update(ctx, before)
         for hook in hooks:
@@ -364,4 +398,6 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
         if stop_after is not None and done_here >= stop_after:
             # like a kill: whatever came after the last periodic checkpoint is lost
             return {"interrupted": True, "losses": losses}
+    if ctx.dist is not None:
+        ctx.dist.active = False
     return {"interrupted": False, "losses": losses, "train_seconds": elapsed_before + time.time() - t0}

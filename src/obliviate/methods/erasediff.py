@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..model import predict
 from ..trainer import Context, Method, TrainSettings
 from .common import base_model_latents, denoising_target, noised, sampler_settings
 
@@ -46,6 +47,9 @@ class EraseDiff(Method):
             raise ValueError("erasediff needs a concept catalog (retained data); this model has none")
         gone = set(targets) | {x for x, _ in ctx.unlearned_before}
         others = [c for c in cat.concepts(domain) if c not in gone]
+        if not others:
+            raise ValueError(f"erasediff needs retained {domain}s for its remain objective; every {domain} of the "
+                             f"{cat.name} catalog is unlearned or a target")
         partners = cat.partners(domain)
         self.forget_prompts = [cat.prompt_with(targets[i % len(targets)], domain, partners[(i // len(targets)) % len(partners)])
                                for i in range(s.forget_images * len(targets))]
@@ -60,7 +64,7 @@ class EraseDiff(Method):
         x0 = latents[idx]
         x_t, t, noise = noised(ctx, x0, gen)
         emb = ctx.encode([prompts[i] for i in idx.tolist()])
-        pred = ctx.unet(x_t, t, encoder_hidden_states=emb).sample.float()
+        pred = predict(ctx.unet, x_t, t, emb).float()
         if forget:
             target = torch.randn(x0.shape, generator=gen).to(x0.device)  # an unrelated direction
         else:
@@ -75,11 +79,12 @@ class EraseDiff(Method):
         params = list(ctx.params.values())
         with ctx.autocast():
             loss_f = self._loss(ctx, self.forget, self.forget_prompts, gen, forget=True)
-        g_f = torch.autograd.grad(loss_f, params)
+        scale = ctx.grad_scaler.scale if ctx.grad_scaler is not None else (lambda x: x)  # fp16: same scale on both
+        g_f = torch.autograd.grad(scale(loss_f), params)
         with ctx.autocast():
             loss_r = self._loss(ctx, self.remain, self.remain_prompts, gen, forget=False)
         extra = extra_loss()
-        g_r = torch.autograd.grad(loss_r + extra if extra is not None else loss_r, params)
+        g_r = torch.autograd.grad(scale(loss_r + extra if extra is not None else loss_r), params)
         dot = sum((a * b).sum() for a, b in zip(g_r, g_f))
         norm_sq = sum((a * a).sum() for a in g_f).clamp_min(1e-20)
         lam = torch.clamp((self.settings.alpha * norm_sq - dot) / norm_sq, min=0.0)

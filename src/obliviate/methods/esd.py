@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
+from ..model import Cond, predict
 from ..trainer import Context, Method, TrainSettings
 
 SD15_REFERENCE = {"lr": 1e-5, "steps": 1000, "ddim_steps": 50, "start_guidance": 3.0, "eta": 2.0, "batch_size": 1}
@@ -53,7 +53,7 @@ class ESD(Method):
         self.sched.set_timesteps(self.settings.ddim_steps)
 
     def frozen(self, ctx: Context, x, t, emb):
-        return functional_call(ctx.unet, ctx.start, (x, t), {"encoder_hidden_states": emb}).sample
+        return predict(ctx.unet, x, t, emb, params=ctx.start)
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
         s, sched = self.settings, self.sched
@@ -64,14 +64,15 @@ class ESD(Method):
         unet = ctx.unet
         shape = (s.batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
         x = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(ctx.device)
+        x, cond, uncond = ctx.local(x, cond, uncond)  # several processes: this one's slice
         with torch.no_grad():
             for t in sched.timesteps[:k]:  # walk the frozen model's own trajectory to step k
-                e = self.frozen(ctx, torch.cat([x, x]), t, torch.cat([uncond, cond]))
+                e = self.frozen(ctx, torch.cat([x, x]), t, Cond.cat([uncond, cond]))
                 e_u, e_c = e.chunk(2)
                 x = sched.step(e_u + s.start_guidance * (e_c - e_u), t, x).prev_sample
             t = sched.timesteps[k]
-            e = self.frozen(ctx, torch.cat([x, x]), t, torch.cat([uncond, cond]))
+            e = self.frozen(ctx, torch.cat([x, x]), t, Cond.cat([uncond, cond]))
             e_u, e_c = e.chunk(2)
             target = e_c - s.eta * (e_c - e_u)
-        prediction = unet(x, t, encoder_hidden_states=cond).sample
+        prediction = predict(unet, x, t, cond)
         return F.mse_loss(prediction.float(), target.float())

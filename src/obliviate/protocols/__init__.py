@@ -21,6 +21,11 @@ class Catalog:
     object_only: str = "an image of a {object}"
     # sampler that the model's own evaluation uses (also used to make anchor images)
     sampler: dict = field(default_factory=lambda: {"steps": 20, "guidance": 5.0})
+    anchors: dict[str, str] = field(default_factory=dict)  # object -> the anchor ConAbl maps it to (UnlearnCanvas)
+    spaces_in_prompts: bool = False  # labels like "Van_Gogh" are written "Van Gogh" in prompts (UnlearnCanvas)
+
+    def word(self, label: str) -> str:
+        return label.replace("_", " ") if self.spaces_in_prompts else label
 
     def concepts(self, domain: str) -> list[str]:
         return {"style": self.styles, "object": self.objects}.get(domain, [])
@@ -33,7 +38,7 @@ class Catalog:
         return None
 
     def prompt(self, style: str, obj: str) -> str:
-        return self.template.format(style=style, object=obj)
+        return self.template.format(style=self.word(style), object=obj)
 
     def partners(self, domain: str) -> list[str]:
         """The concepts a `domain` concept is paired with in the template (the other domain)."""
@@ -46,8 +51,8 @@ class Catalog:
     def single(self, concept: str, domain: str) -> str:
         """The concept alone after a neutral prefix, as the projection's auxiliary prompts use it."""
         if domain == "style":
-            return self.style_only.format(style=concept)
-        return self.object_only.format(object=concept)
+            return self.style_only.format(style=self.word(concept))
+        return self.object_only.format(object=self.word(concept))
 
 
 def minicanvas_catalog() -> Catalog:
@@ -58,6 +63,21 @@ def minicanvas_catalog() -> Catalog:
         neighbours=world.neighbours(), template=world.PROMPT_TEMPLATE, style_only=world.STYLE_ONLY_TEMPLATE,
         object_only=world.OBJECT_ONLY_TEMPLATE, sampler={"steps": 20, "guidance": 5.0},
     )
+
+
+def unlearncanvas_catalog() -> Catalog:
+    """The UnlearnCanvas model's concepts, template and sampler (protocols/unlearncanvas.yaml)."""
+    from .unlearncanvas import load_protocol
+
+    p = load_protocol()
+    return Catalog(
+        name="unlearncanvas", styles=list(p.style_labels), objects=list(p.object_labels),
+        template=p.template, style_only="an image in the style of {style}", object_only="an image of a {object}",
+        sampler={"steps": p.steps, "guidance": p.guidance}, anchors=dict(p.object_anchors), spaces_in_prompts=True,
+    )
+
+
+CATALOGS = {"unlearncanvas": unlearncanvas_catalog}
 
 
 def catalog_for_model(model_dir: str | Path) -> Catalog | None:

@@ -8,9 +8,22 @@ dropped. P projects onto the orthogonal complement of span(C); every key/value w
 gradient G (d_out x d_text) becomes G P, so that dW c = 0 for every protected c to first
 order: the keys and values of protected concepts do not change.
 
-Auxiliary concepts (deterministic, never from a remote service): by default the catalog's
-other concepts of the request's domain (retained ones) plus every concept unlearned
-earlier (so later requests do not bring them back); or the prompts of a file.
+Where the columns come from (`source`, deterministic, never from a remote service):
+
+- `anchors` (the reference's recipe for styles, default for style requests): the request's
+  own anchor prompts (ConAbl's anchor captions), one column per caption, the state of the
+  word(s) after a known prefix ("an image in the style of", "an image of a", "an image of"),
+  else of the last word before the end token; duplicates (cosine >= dedup) dropped.
+- `catalog` (the reference's recipe for objects, default for object requests): the
+  catalog's concepts after the neutral prefix: for objects both domains (other objects and
+  the styles, as the reference's dual-domain prompt file holds) plus every concept unlearned
+  earlier (so later requests do not bring them back). For style requests `catalog` (other
+  styles + unlearned earlier) is ours; obliviate used it as its style default before.
+- `prompts` (`prompts=FILE`): the lines of a file, extracted like `anchors` (reference) or,
+  with `extract=mean`, averaged over all their tokens (ours, obliviate's old behaviour).
+- `protect_start=true` (ours): add the start token's state as one more column, so that the
+  keys and values every prompt reads at position 0 stay fixed (compare the methods'
+  `detach_start`, the reference's, which only stops that position driving the update).
 
 `solver=svd` (default) builds P = I - U U^T from an orthonormal basis U of span(C)
 (singular values below 1e-6 of the largest dropped): an exact, symmetric, idempotent
@@ -34,11 +47,22 @@ from ..protocols import read_prompt_file
 from ..trainer import Context, Hook
 
 
+REFERENCE_PREFIXES = ("an image in the style of", "an image of a", "an image of")
+
+
 @dataclass
 class ProjectionSettings:
     mode: Literal["grad", "update"] = "grad"
+    # auto: `prompts` when a file is given, `catalog` when concepts are named, else the
+    # reference's per-domain choice (style: anchors, object: catalog)
+    source: Literal["auto", "anchors", "catalog", "prompts"] = "auto"
     concepts: str | None = None  # '+'-separated concept names; default: catalog + unlearned earlier
-    prompts: str | None = None  # a file of auxiliary prompts, one per line (used as whole prompts)
+    prompts: str | None = None  # a file of auxiliary prompts, one per line
+    # how a whole prompt becomes a column: "after-prefix" (reference) or "mean" of all tokens (ours)
+    extract: Literal["after-prefix", "mean"] = "after-prefix"
+    # catalog source: which domains; auto = reference (object requests: both, style requests: own)
+    domains: Literal["auto", "own", "both"] = "auto"
+    protect_start: bool = False  # ours: the start token's state as one more protected column
     dedup: float = 0.95
     solver: Literal["svd", "ridge"] = "svd"
     include_target: bool = False
@@ -48,15 +72,19 @@ class ProjectionSettings:
     context: Literal["neutral", "template"] = "neutral"
 
 
-def protected_concepts(ctx: Context, concepts: str | None, hook: str) -> list[str]:
+def protected_concepts(ctx: Context, concepts: str | None, hook: str, both_domains: bool = False) -> list[str]:
     """The concepts a request must not disturb: `concepts` ('+'-separated) when given, else the
-    catalog's other concepts of the request's domain plus every concept unlearned earlier."""
+    catalog's other concepts of the request's domain (and of the other domain with
+    `both_domains`) plus every concept unlearned earlier."""
     req = ctx.request
     if concepts:
         names = [c for c in concepts.split("+") if c]
     else:
         domain = "object" if req.domain == "object" else "style"
         names = [c for c in ctx.catalog.concepts(domain) if c not in req.targets]
+        if both_domains:
+            other = "style" if domain == "object" else "object"
+            names += [c for c in ctx.catalog.concepts(other) if c not in req.targets and c not in names]
         names += [c for c, _ in ctx.unlearned_before if c not in names and c not in req.targets]
     if not names:
         raise ValueError(
@@ -87,15 +115,54 @@ def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "n
 
 
 def prompt_embedding(ctx: Context, prompt: str) -> torch.Tensor:
-    """A whole auxiliary prompt: mean over its tokens (start and end tokens excluded)."""
+    """Ours (obliviate's old `prompts=FILE`): mean over all of a prompt's tokens (start and end
+    tokens excluded)."""
     n = len(ctx.pipe.tokenizer(prompt).input_ids)
-    return ctx.encode([prompt])[0][1 : max(2, n - 1)].mean(0)
+    return ctx.encode([prompt]).hidden[0][1 : max(2, n - 1)].mean(0)
+
+
+def concept_positions(tokenizer, prompt: str) -> list[int]:
+    """Token positions the reference takes a prompt's concept from: every token after the first
+    known prefix (REFERENCE_PREFIXES, tried in order) up to the end token; when no prefix
+    matches, or nothing follows it, the last token before the end token. Position 0 is the
+    start token, so positions index the encoder's output directly."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    tokens = [t.lower() for t in tokenizer.convert_ids_to_tokens(ids)]
+    # like the reference, only start/end/padding are skipped (an unknown word still counts)
+    special = {t.lower() for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t}
+    end = len(ids) - 1 if ids[-1] == tokenizer.eos_token_id else len(ids)
+    for prefix in REFERENCE_PREFIXES:
+        pre = [t.lower() for t in tokenizer.tokenize(prefix)]
+        at = next((i for i in range(1, end - len(pre) + 1) if tokens[i : i + len(pre)] == pre), None)
+        if at is not None:
+            span = [j for j in range(at + len(pre), end) if tokens[j] not in special]
+            if span:
+                return span
+            break  # the prefix ends the prompt: the reference falls back to the last word
+    return [max(1, end - 1)]
+
+
+def after_prefix_embedding(ctx: Context, prompt: str) -> tuple[torch.Tensor, str]:
+    """The reference's column for a whole prompt (see concept_positions), and the words it
+    read, for naming the column."""
+    positions = concept_positions(ctx.pipe.tokenizer, prompt)
+    ids = ctx.pipe.tokenizer(prompt, truncation=True, max_length=ctx.pipe.tokenizer.model_max_length).input_ids
+    word = ctx.pipe.tokenizer.decode([ids[i] for i in positions]).strip()
+    return ctx.encode([prompt]).hidden[0][positions].mean(0), word
+
+
+def start_token_state(ctx: Context) -> torch.Tensor:
+    """The text encoder's output at position 0. The encoder is causal, so it is the same for
+    every prompt; every cross-attention layer reads its key and value."""
+    return ctx.encode([""]).hidden[0][0]
 
 
 def deduplicate(columns: list[torch.Tensor], threshold: float) -> list[int]:
+    """Greedy, in order: keep a column unless its cosine to a kept one reaches `threshold`
+    (the reference keeps a column only when every cosine is below it)."""
     kept: list[int] = []
     for i, c in enumerate(columns):
-        if all(torch.nn.functional.cosine_similarity(c, columns[j], dim=0) <= threshold for j in kept):
+        if all(torch.nn.functional.cosine_similarity(c, columns[j], dim=0) < threshold for j in kept):
             kept.append(i)
     return kept
 
@@ -126,13 +193,44 @@ class Projection(Hook):
         super().__init__(settings)
         self.needs_update_transform = settings.mode == "update"
 
-    def auxiliary(self, ctx: Context) -> tuple[list[str], list[torch.Tensor]]:
-        s, req = self.settings, ctx.request
+    def resolved_source(self, ctx: Context, method=None) -> str:
+        s = self.settings
+        if s.source != "auto":
+            return s.source
         if s.prompts:
-            prompts = read_prompt_file(s.prompts)
-            return prompts, [prompt_embedding(ctx, p) for p in prompts]
+            return "prompts"
+        if s.concepts or ctx.request.domain == "object" or s.nearest > 0 or s.context == "template":
+            return "catalog"  # nearest= and context= are settings of the catalog's columns
+        # the reference's style recipe needs the method's anchor prompts (ConAbl, SculpMem)
+        return "anchors" if getattr(method, "anchor_prompts", None) else "catalog"
+
+    def prompt_columns(self, ctx: Context, prompts: list[str]) -> tuple[list[str], list[torch.Tensor]]:
+        if self.settings.extract == "mean":
+            return list(prompts), [prompt_embedding(ctx, p) for p in prompts]
+        names, columns = [], []
+        for p in prompts:
+            column, word = after_prefix_embedding(ctx, p)
+            names.append(word)
+            columns.append(column)
+        return names, columns
+
+    def auxiliary(self, ctx: Context, method=None) -> tuple[list[str], list[torch.Tensor]]:
+        s, req = self.settings, ctx.request
+        source = self.resolved_source(ctx, method)
+        self.source = source
+        if source == "prompts":
+            if not s.prompts:
+                raise ValueError("projection:source=prompts needs projection:prompts=FILE")
+            return self.prompt_columns(ctx, read_prompt_file(s.prompts))
+        if source == "anchors":
+            prompts = getattr(method, "anchor_prompts", None)
+            if not prompts:
+                raise ValueError(f"projection:source=anchors needs a method with anchor prompts (conabl, sculpmem); "
+                                 f"method {req.method!r} has none; valid sources: catalog, prompts")
+            return self.prompt_columns(ctx, list(dict.fromkeys(prompts)))
         domain = "object" if req.domain == "object" else "style"
-        names = protected_concepts(ctx, s.concepts, "projection")
+        both = s.domains == "both" or (s.domains == "auto" and domain == "object" and not s.concepts)
+        names = protected_concepts(ctx, s.concepts, "projection", both_domains=both)
         if s.include_target:
             names.append(req.concept)
         embeddings = [concept_embedding(ctx, c, concept_domain(ctx, c), s.context) for c in names]
@@ -149,7 +247,9 @@ class Projection(Hook):
         return names, embeddings
 
     def setup(self, ctx: Context, method=None) -> None:
-        names, columns = self.auxiliary(ctx)
+        names, columns = self.auxiliary(ctx, method)
+        if self.settings.protect_start:
+            names, columns = [*names, "<start>"], [*columns, start_token_state(ctx)]
         kept = deduplicate(columns, self.settings.dedup)
         self.concepts = [names[i] for i in kept]
         C = torch.stack([columns[i] for i in kept], dim=1).float()
@@ -160,7 +260,7 @@ class Projection(Hook):
         self.targets = [n for n, p in ctx.params.items()
                         if ".attn2." in n and (n.endswith("to_k.weight") or n.endswith("to_v.weight")) and p.shape[1] == width]
         self.P = P.to(ctx.device)
-        ctx.log(f"projection ({self.settings.mode}): {len(self.concepts)} auxiliary concepts, {len(self.targets)} tensors")
+        ctx.log(f"projection ({self.settings.mode}, source {self.source}): {len(self.concepts)} columns, {len(self.targets)} tensors")
 
     def transform_gradients(self, ctx: Context) -> None:
         if self.settings.mode != "grad":

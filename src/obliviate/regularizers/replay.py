@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from ..methods.common import base_model_latents, noised, sampler_settings
+from ..model import predict
 from ..trainer import Context, Hook
 from .projection import concept_domain, protected_concepts
 
@@ -88,10 +88,11 @@ class Replay(Hook):
         idx = torch.randint(0, len(self.latents), (b,), generator=self.gen)
         x_t, t, _ = noised(ctx, self.latents[idx], self.gen)
         emb = ctx.encode([self.replay_prompts[i] for i in idx.tolist()])
+        x_t, t, emb = ctx.local(x_t, t, emb)  # several processes: this one's slice
         with ctx.autocast():
             with torch.no_grad():
-                teacher = functional_call(ctx.unet, ctx.start, (x_t, t), {"encoder_hidden_states": emb}).sample
-            student = ctx.unet(x_t, t, encoder_hidden_states=emb).sample
+                teacher = predict(ctx.unet, x_t, t, emb, params=ctx.start)
+            student = predict(ctx.unet, x_t, t, emb)
         return self.settings.weight * F.mse_loss(student.float(), teacher.float())
 
     def state_dict(self) -> dict:

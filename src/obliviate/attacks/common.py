@@ -1,0 +1,280 @@
+"""Pieces every attack shares: the attacked model, base-model images of a concept, new
+tokens in the embedding table, the diffusion loss, the judge's verdict.
+
+An attack sees one *target*: the base model plus a cumulative delta (a run's model after
+step K), the concepts unlearned so far, and the evaluation grid they are scored on
+(partners x seeds, as the protocol's UA uses them). Images are made by the evaluation
+sampler (`evaluate.sampler.generate`, one seeded generator per image) and labelled by the
+protocol's judge, so an attack's ASR is measured exactly like UA:
+
+    ASR(c) = % of attacked images of concept c that the judge labels c
+    Robust UA = 100 - mean over unlearned concepts of ASR(c)
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..delta import apply_delta
+from ..evaluate.evaluator import Protocol, model_key
+from ..evaluate.sampler import SamplerConfig, generate
+from ..model import load_pipeline, pick_device
+
+# Training images of a concept come from these seeds, disjoint from every evaluation seed
+# (188, 288, ...) and from ConAbl's anchor seeds (10_000 + i).
+TRAIN_SEED_OFFSET = 50_000
+
+
+@dataclass
+class AttackSettings:
+    seed: int = 0
+
+
+@dataclass
+class Target:
+    """The attacked model and what it is scored on."""
+
+    pipe: object  # the model under attack: base + delta (a private copy: attacks may add tokens)
+    base_model: Path
+    base_hash: str
+    delta: dict[str, torch.Tensor]
+    unlearned: list[str]
+    domain: str
+    protocol: Protocol
+    partners: list[str]
+    seeds: list[int]
+    sampler: SamplerConfig
+    cache_dir: Path | None = None  # base-model images, shared with the evaluator's cache (same key)
+    quiet: bool = True
+    _base_images: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------ prompts
+    def prompt(self, concept: str, partner: str) -> str:
+        """The protocol's template with `concept` (of the target's domain) and `partner`."""
+        style, obj = (concept, partner) if self.domain == "style" else (partner, concept)
+        return self.protocol.prompt(style, obj)
+
+    def all_partners(self) -> list[str]:
+        return self.protocol.concepts("object" if self.domain == "style" else "style")
+
+    def grid(self) -> list[tuple[str, int]]:
+        """(partner, seed) cells an attacked concept is scored on."""
+        return [(p, s) for p in self.partners for s in self.seeds]
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[obliviate attack] {msg}", flush=True)
+
+    # ------------------------------------------------------------ models
+    @contextlib.contextmanager
+    def base(self):
+        """The pipe with the delta removed (the pretrained model), restored afterwards."""
+        params = dict(self.pipe.unet.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self.delta}
+        with torch.no_grad():
+            for n, d in self.delta.items():
+                params[n].sub_(d.to(params[n].device))
+        try:
+            yield self.pipe
+        finally:
+            with torch.no_grad():
+                for n, v in saved.items():
+                    params[n].copy_(v)
+
+    @contextlib.contextmanager
+    def private_text_side(self):
+        """A copy of the tokenizer and text encoder for one concept's attack: new tokens and
+        rows added there vanish afterwards, and the next concept starts from the original."""
+        import copy
+
+        tok, enc = self.pipe.tokenizer, self.pipe.text_encoder
+        self.pipe.tokenizer, self.pipe.text_encoder = copy.deepcopy(tok), copy.deepcopy(enc)
+        try:
+            yield self.pipe
+        finally:
+            self.pipe.tokenizer, self.pipe.text_encoder = tok, enc
+
+    # ------------------------------------------------------------ images
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        """Images of the attacked model (never cached: attacks change the text side)."""
+        return generate(self.pipe, prompts, seeds, self.sampler)
+
+    def base_images(self, concept: str, n: int) -> tuple[list[str], list[np.ndarray]]:
+        """`n` images of `concept` by the base model: partners cycled, seeds TRAIN_SEED_OFFSET + i."""
+        key = (concept, n)
+        if key not in self._base_images:
+            partners = self.all_partners()
+            pairs = [(partners[i % len(partners)], TRAIN_SEED_OFFSET + i) for i in range(n)]
+            prompts = [self.prompt(concept, p) for p, _ in pairs]
+            with self.base() as pipe:
+                imgs = generate(pipe, prompts, [s for _, s in pairs], self.sampler, cache_dir=self.cache_dir,
+                                model_key=model_key(self.base_hash) if self.cache_dir else None)
+            self._base_images[key] = ([p for p, _ in pairs], imgs)
+        return self._base_images[key]
+
+    @torch.no_grad()
+    def latents_of(self, images: list[np.ndarray]) -> torch.Tensor:
+        vae = self.pipe.vae
+        x = torch.as_tensor(np.stack(images)).float().div(127.5).sub(1).permute(0, 3, 1, 2).to(vae.device)
+        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+    def asr(self, images: list[np.ndarray], concept: str) -> float:
+        """% of images the judge labels as `concept` (in the target's domain)."""
+        labels = self.protocol.judge.predict(np.stack(images))[self.domain]
+        return 100.0 * float(np.mean([label == concept for label in labels]))
+
+    def concept_accuracy(self, concept: str, prompts_for=None) -> float:
+        """The judge's accuracy on `concept` over the grid, with the plain template (or `prompts_for`)."""
+        make = prompts_for or self.prompt
+        cells = self.grid()
+        return self.asr(self.generate([make(concept, p) for p, _ in cells], [s for _, s in cells]), concept)
+
+
+def load_target(model_dir, delta: dict[str, torch.Tensor], unlearned: list[str], domain: str, protocol: Protocol,
+                partners: list[str], seeds: list[int], sampler: SamplerConfig, *, base_hash: str, device=None,
+                cache_dir=None, quiet=True) -> Target:
+    if not unlearned:
+        raise ValueError("this model unlearned nothing (step 0 or an empty run): there is no erased concept to attack; "
+                         "choose a step >= 1")
+    pipe = load_pipeline(model_dir, device=pick_device(device))
+    if delta:
+        apply_delta(pipe.unet, delta)
+    return Target(pipe=pipe, base_model=Path(model_dir), base_hash=base_hash, delta={n: v.clone() for n, v in delta.items()},
+                  unlearned=list(unlearned), domain=domain, protocol=protocol, partners=list(partners), seeds=list(seeds),
+                  sampler=sampler, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet)
+
+
+# ---------------------------------------------------------------- learned tokens
+class NewTokens:
+    """New tokens in the tokenizer and rows in the text encoder's embedding table.
+
+    The original rows are copied bit for bit and never trained: after every optimiser step
+    they are written back from a saved copy (Adam with a zeroed gradient already leaves them
+    unchanged, but an exact copy does not rest on that).
+    """
+
+    def __init__(self, pipe, names: list[str], init: torch.Tensor):
+        tok, enc = pipe.tokenizer, pipe.text_encoder
+        clash = [n for n in names if n in tok.get_vocab()]
+        if clash:
+            raise ValueError(f"tokens {clash} are already in the tokenizer")
+        old = enc.get_input_embeddings()
+        self.n_orig = old.weight.shape[0]
+        tok.add_tokens(names)
+        self.ids = tok.convert_tokens_to_ids(names)
+        if self.ids != list(range(self.n_orig, self.n_orig + len(names))):
+            raise ValueError(f"the tokenizer gave new tokens ids {self.ids}, expected rows after the {self.n_orig} existing ones")
+        weight = torch.cat([old.weight.detach(), init.to(old.weight)], 0)
+        table = torch.nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight.clone())
+        table.to(old.weight.device)
+        enc.set_input_embeddings(table)
+        enc.config.vocab_size = weight.shape[0]
+        self.table, self.original = table, old.weight.detach().clone()
+        self.names, self.tokenizer = list(names), tok
+
+    def trainable(self) -> torch.nn.Parameter:
+        self.table.weight.requires_grad_(True)
+        self.table.weight.register_hook(self._only_new)
+        return self.table.weight
+
+    def _only_new(self, grad):
+        grad = grad.clone()
+        grad[: self.n_orig] = 0
+        return grad
+
+    @torch.no_grad()
+    def restore_original(self) -> None:
+        self.table.weight[: self.n_orig].copy_(self.original)
+
+    def rows(self) -> torch.Tensor:
+        return self.table.weight[self.n_orig:].detach().clone()
+
+    @torch.no_grad()
+    def project_to_vocab(self) -> list[str]:
+        """Replace every new row by its nearest original row (cosine); returns those words."""
+        w = self.table.weight
+        sim = F.normalize(w[self.n_orig:], dim=-1) @ F.normalize(self.original, dim=-1).T
+        nearest = sim.argmax(-1)
+        w[self.n_orig:] = self.original[nearest]
+        return [self.tokenizer.convert_ids_to_tokens(i) for i in nearest.tolist()]
+
+
+def encode(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder states with gradient (model.encode_prompts is no_grad)."""
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def word_rows(pipe, words: list[str]) -> torch.Tensor:
+    ids = pipe.tokenizer.convert_tokens_to_ids(words)
+    unk = pipe.tokenizer.unk_token_id
+    bad = [w for w, i in zip(words, ids) if i is None or i == unk]
+    if bad:
+        raise ValueError(f"words {bad} are not in the model's vocabulary")
+    return pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone()
+
+
+def check_fits(pipe, prompts: list[str]) -> None:
+    """A prompt longer than the encoder's context would silently lose its end (the concept)."""
+    limit = pipe.tokenizer.model_max_length
+    for p in prompts:
+        n = len(pipe.tokenizer(p).input_ids)
+        if n > limit:
+            raise ValueError(f"attack prompt {p!r} has {n} tokens; the text encoder reads {limit}")
+
+
+class Diffusion:
+    """The ordinary denoising loss on clean latents, with its own seeded noise."""
+
+    def __init__(self, pipe, seed: int):
+        from diffusers import DDPMScheduler
+
+        self.sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.unet = pipe.unet
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def loss(self, latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(latents.shape, generator=self.gen).to(latents.device)
+        t = torch.randint(0, self.sched.config.num_train_timesteps, (latents.shape[0],), generator=self.gen).to(latents.device)
+        x_t = self.sched.add_noise(latents, noise, t)
+        target = self.sched.get_velocity(latents, noise, t) if self.sched.config.prediction_type == "v_prediction" else noise
+        return F.mse_loss(self.unet(x_t, t, encoder_hidden_states=cond).sample.float(), target.float())
+
+    def batch(self, n: int, size: int) -> list[int]:
+        return torch.randint(0, n, (size,), generator=self.gen).tolist()
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.time()
+
+    def seconds(self) -> float:
+        return round(time.time() - self.t0, 3)
+
+
+def settings_dict(settings) -> dict:
+    return dataclasses.asdict(settings)
+
+
+class Attack:
+    """One attack, registered by name. `attack_concept` returns a JSON-able dict with at least
+    `asr` (percent) and `steps` (optimisation steps; 0 for prompt-only attacks); it must be
+    deterministic given `settings.seed` and never record wall-clock times (the driver does)."""
+
+    name = ""
+    Settings = AttackSettings
+    counts_in_robust_ua = True  # relearn changes the weights: reported, but not a prompt-side ASR
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def attack_concept(self, target: Target, concept: str) -> dict:
+        raise NotImplementedError

@@ -1,0 +1,185 @@
+"""Random-weight Stable Diffusion pipelines in the real architectures, built offline.
+
+For tests and benchmarks: the real code path (CLIP BPE tokenizer, 77-token prompts, f=8 VAE,
+the UNet block layout of each family) without downloading weights. `size="full"` gives the
+published shapes of SD 1.5 and SD 2.1 (SDXL is offered scaled down only: at full size it is
+2.6B parameters, 10 GB in float32); `size="tiny"` keeps every architectural feature of the
+family (block types, linear projections, v-prediction, SDXL's two encoders and text-time
+embedding) at widths that run in seconds.
+
+The tokenizer is a genuine `transformers.CLIPTokenizer` built from the BPE merges that the
+`open-clip-torch` wheel ships (`open_clip/bpe_simple_vocab_16e6.txt.gz`, the same file
+OpenAI's CLIP uses). The wheel is only read, never imported (importing it needs torchvision),
+so it installs with `pip install --no-deps open-clip-torch`.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("sd15", "sd21", "sdxl")
+SIZES = ("tiny", "full")
+CLIP_VOCAB_SIZE = 49408
+BOS, EOS = 49406, 49407
+
+
+def clip_bpe_path() -> Path | None:
+    """The CLIP BPE merges file inside the installed open-clip-torch wheel, or None."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    return path if path.exists() else None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's (and GPT-2's) reversible byte -> printable character table
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def clip_vocab_and_merges(bpe_path: Path) -> tuple[dict[str, int], list[str]]:
+    """vocab.json / merges.txt contents of CLIP's tokenizer, derived from the BPE merges file
+    exactly as OpenAI's simple_tokenizer does: 256 byte characters, their '</w>' forms, one
+    token per merge (48894 merges), then the two special tokens: 49408 entries."""
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # as in OpenAI's simple_tokenizer
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """CLIP's tokenizer (77 tokens); SD 2.x and SDXL's second tokenizer pad with "!"."""
+    from transformers import CLIPTokenizer
+
+    path = clip_bpe_path()
+    if path is None:
+        raise FileNotFoundError("CLIP's BPE file is not installed: pip install --no-deps open-clip-torch")
+    vocab, merges = clip_vocab_and_merges(path)
+    # written as vocab.json / merges.txt: the one form every transformers version's CLIPTokenizer reads
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), pad_token=pad_token,
+                             model_max_length=77)
+
+
+def _text_config(hidden: int, layers: int, heads: int, act: str, projection: int, intermediate: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
+        projection_dim=projection, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1,
+    )
+
+
+def text_configs(family: str, size: str) -> list:
+    """CLIP text encoder configs: one for SD 1.x/2.x, two for SDXL (the second with projection)."""
+    tiny = size == "tiny"
+    clip_l = _text_config(32, 2, 4, "quick_gelu", 32) if tiny else _text_config(768, 12, 12, "quick_gelu", 768)
+    if family == "sd15":
+        return [clip_l]
+    if family == "sd21":  # OpenCLIP ViT-H/14, penultimate layer kept: 23 layers
+        return [_text_config(48, 2, 4, "gelu", 32) if tiny else _text_config(1024, 23, 16, "gelu", 512)]
+    # SDXL: CLIP ViT-L and OpenCLIP ViT-bigG, both read at their penultimate layer
+    return [clip_l, _text_config(32, 2, 4, "gelu", 32) if tiny else _text_config(1280, 32, 20, "gelu", 1280, 5120)]
+
+
+def unet_config(family: str, size: str) -> dict:
+    tiny = size == "tiny"
+    cross = sum(c.hidden_size for c in text_configs(family, size))
+    if family in ("sd15", "sd21"):
+        cfg = dict(
+            sample_size=8 if tiny else (64 if family == "sd15" else 96), in_channels=4, out_channels=4,
+            layers_per_block=1 if tiny else 2, cross_attention_dim=cross,
+            block_out_channels=(32, 64) if tiny else (320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D") if tiny else ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D") if tiny else ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        if family == "sd15":
+            cfg["attention_head_dim"] = 2 if tiny else 8
+        else:
+            cfg.update(attention_head_dim=(2, 4) if tiny else (5, 10, 20, 20), use_linear_projection=True, upcast_attention=True)
+        return cfg
+    pooled = text_configs(family, size)[1].projection_dim
+    time_dim = 8 if tiny else 256
+    return dict(
+        sample_size=8 if tiny else 128, in_channels=4, out_channels=4, layers_per_block=1 if tiny else 2,
+        block_out_channels=(32, 64) if tiny else (320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D") if tiny else ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D") if tiny else ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2) if tiny else (1, 2, 10), attention_head_dim=(2, 4) if tiny else (5, 10, 20),
+        use_linear_projection=True, cross_attention_dim=cross, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=6 * time_dim + pooled,
+    )
+
+
+def vae_config(family: str, size: str) -> dict:
+    tiny = size == "tiny"
+    pixels = unet_config(family, size)["sample_size"] * 8  # f=8: four blocks, three downsamplings
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=pixels,
+        block_out_channels=(8, 16, 16, 16) if tiny else (128, 256, 512, 512),
+        norm_num_groups=8 if tiny else 32, layers_per_block=1 if tiny else 2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.13025 if family == "sdxl" else 0.18215, **({"force_upcast": True} if family == "sdxl" else {}),
+    )
+
+
+def scheduler(family: str):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
+    if family == "sd15":
+        return PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **betas)
+    if family == "sd21":  # SD 2.1 (768) predicts v
+        return DDIMScheduler(prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, **betas)
+    return EulerDiscreteScheduler(timestep_spacing="leading", prediction_type="epsilon", **betas)
+
+
+def random_pipeline(family: str, size: str = "tiny", *, seed: int = 0):
+    """A StableDiffusion(XL)Pipeline with random weights in `family`'s architecture."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if family not in FAMILIES or size not in SIZES:
+        raise ValueError(f"family {family!r} / size {size!r}; valid: {FAMILIES} x {SIZES}")
+    if family == "sdxl" and size == "full":
+        raise ValueError("full-size SDXL is not offered (2.6B parameters); use size='tiny'")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config(family, size))
+    vae = AutoencoderKL(**vae_config(family, size))
+    configs = text_configs(family, size)
+    sched = scheduler(family)
+    if family != "sdxl":
+        tokenizer = clip_tokenizer("<|endoftext|>" if family == "sd15" else "!")
+        return StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(configs[0]).eval(), tokenizer=tokenizer, unet=unet,
+                                       scheduler=sched, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(configs[0]).eval(), text_encoder_2=CLIPTextModelWithProjection(configs[1]).eval(),
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"), unet=unet, scheduler=sched, add_watermarker=False,
+    )
+
+
+def save_random_pipeline(out: str | Path, family: str, size: str = "tiny", *, seed: int = 0) -> Path:
+    """Write a random pipeline directory (safetensors) that load_pipeline and plain diffusers read."""
+    out = Path(out)
+    pipe = random_pipeline(family, size, seed=seed)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
