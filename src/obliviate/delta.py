@@ -87,6 +87,17 @@ def load_verified_tensor(path: Path) -> torch.Tensor | None:
     return t if expected is not None and _tensor_sha(t) == expected else None
 
 
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """Content hash of named tensors (float32 values, names and shapes): identifies a
+    model that exists only in memory, e.g. an early-stopping snapshot."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().float().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _tensor_sha(t: torch.Tensor) -> str:
     h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
