@@ -7,6 +7,7 @@ Which model each request starts from is the variant's setting (settings.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..continual import Run, build_hooks, resolved_config, slug
-from ..delta import apply_delta, atomic_write_json
+from ..delta import atomic_write_json, with_delta
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from ..locking import exclusive
 from ..model import load_pipeline, model_hash
@@ -47,21 +48,13 @@ class Runner:
             print(f"[obliviate] {msg}", flush=True)
 
     # ------------------------------------------------------------ models
+    @contextlib.contextmanager
     def pipe_with(self, delta: dict[str, torch.Tensor] | None):
-        """The base pipeline with `delta` applied (a fresh copy of the trained tensors each time)."""
+        """The base pipeline with `delta` applied inside the block; base weights after."""
         if self._base_pipe is None:
             self._base_pipe = load_pipeline(self.exp.model, device=self.device)
-            self._base_state = {n: p.detach().clone() for n, p in self._base_pipe.unet.named_parameters()}
-            self._touched: set[str] = set()
-        pipe = self._base_pipe
-        with torch.no_grad():
-            params = dict(pipe.unet.named_parameters())
-            for n in self._touched:
-                params[n].copy_(self._base_state[n])
-        self._touched = set(delta or {})
-        if delta:
-            apply_delta(pipe.unet, delta)
-        return pipe
+        with with_delta(self._base_pipe.unet, delta):
+            yield self._base_pipe
 
     def evaluation_key(self, key: str, unlearned, plan: EvalPlan) -> str:
         """Everything an evaluation's numbers depend on: the model (`key`: base and delta
@@ -85,9 +78,9 @@ class Runner:
                 cached = {}
             if cached.get("cache_key") == cache_key:
                 return cached
-        pipe = self.pipe_with(delta)
         bar = tqdm(total=len(plan.grid()), desc=f"eval {path.parent.name}/{path.stem}", disable=self.quiet, leave=False)
-        result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
+        with self.pipe_with(delta) as pipe:
+            result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
         bar.close()
         result.update(model_key=key, cache_key=cache_key, seeds=list(plan.seeds), partners=list(plan.partners))
         atomic_write_json(path, result)
@@ -170,8 +163,8 @@ class Runner:
         for k in range(len(steps) + 1):
             hashes = [m["delta_hash"] for m in steps[:k]]
             key = model_key(self.base_hash, *hashes)
-            imgs = generate(self.pipe_with(run.cumulative_delta(k) if k else None), prompts, [seed] * len(prompts),
-                            self.plan.sampler, cache_dir=self.cache, model_key=key)
+            with self.pipe_with(run.cumulative_delta(k) if k else None) as pipe:
+                imgs = generate(pipe, prompts, [seed] * len(prompts), self.plan.sampler, cache_dir=self.cache, model_key=key)
             for r, img in enumerate(imgs):
                 images[r].append(img)
             columns.append("step 0" if k == 0 else f"step {k} (-{steps[k - 1]['request']['concept']})")
