@@ -98,16 +98,18 @@ def test_every_method_and_regularizer_with_multi_token_names(families, family, t
     """A sequence that uses every method and every regularizer, concepts of two or three tokens."""
     run = Run.open_or_create(tmp_path / "run", families[family])
     requests = [
-        Request("Van Gogh", "style", "conabl", FAST["conabl"], [("projection", {"mode": "update", "dedup": "1.0"}), ("l2sp", {"weight": "10"})]),
+        Request("Van Gogh", "style", "conabl", FAST["conabl"], [("projection", {"mode": "update", "dedup": "1.0", "source": "catalog"}), ("l2sp", {"weight": "10"})]),
         Request("Pop Art", "style", "esd", FAST["esd"], [("l1sp", {"weight": "1"}), REPLAY]),
-        Request("golden retriever", "object", "sculpmem", FAST["sculpmem"], [("projection", {"mode": "grad", "dedup": "1.0"})]),
+        Request("golden retriever", "object", "sculpmem", FAST["sculpmem"], [("projection", {"mode": "grad", "dedup": "1.0", "source": "catalog"})]),
         Request("Claude Monet", "style", "erasediff", FAST["erasediff"], [("selft", {"top_k": "0.1"})]),
     ]
     metas = [run.unlearn(r, quiet=True) for r in requests]
     assert [m["step"] for m in metas] == [1, 2, 3, 4]
     assert all(m["drift"]["parent"]["l2"] > 0 for m in metas)
     assert metas[0]["projection_concepts"] == ["Pop Art", "Claude Monet", "Art Nouveau"]
-    assert metas[2]["projection_concepts"] == ["sports car", "tree", "Van Gogh", "Pop Art"]  # + unlearned earlier
+    # an object request protects the catalog's other objects and its styles (the reference's object
+    # recipe), which include the styles unlearned earlier
+    assert metas[2]["projection_concepts"] == ["sports car", "tree", "Van Gogh", "Pop Art", "Claude Monet", "Art Nouveau"]
     # projection (mode=update) keeps the keys/values of the protected multi-token names exactly
     base, after = load_pipeline(families[family], device="cpu"), run.load(1, device="cpu")
     C = torch.stack([concept_token_embedding(base, CATALOG.single(c, "style"), c) for c in metas[0]["projection_concepts"]], 1)
@@ -145,7 +147,7 @@ def test_sdxl_conabl_esd_projection_sampler_export(families, tmp_path, catalog_r
     assert torch.equal(predict(pipe.unet, x, 10, Cond.cat([cond[0], cond[1]])), direct)
 
     run = Run.open_or_create(tmp_path / "run", families["sdxl"])
-    first = run.unlearn(Request("Van Gogh", "style", "conabl", FAST["conabl"], [("projection", {"mode": "update", "dedup": "1.0"})]), quiet=True)
+    first = run.unlearn(Request("Van Gogh", "style", "conabl", FAST["conabl"], [("projection", {"mode": "update", "dedup": "1.0", "source": "catalog"})]), quiet=True)
     second = run.unlearn(Request("Pop Art", "style", "esd", FAST["esd"]), quiet=True)
     assert first["drift"]["parent"]["l2"] > 0 and second["drift"]["parent"]["l2"] > 0
     # the projection acts on k/v weights whose input is the concatenated width (64 here, 2048 in SDXL)

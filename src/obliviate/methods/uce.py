@@ -39,11 +39,20 @@ depend on the order of the requests and drift never compounds. Preservation and
 lam/scales come from the current request. `previous`: W0 = the weights at the start of the
 request (the published repeated application), kept for comparison.
 
+edit: `kv` (default) solves keys and values; `k` or `v` solves only one, the other keeps W0.
+
 Defaults (positions=after, guide per domain, lam 0.5, erase/preserve scale 1, preserve
-others+empty) were chosen on MiniCanvas probe seeds 1, 2 (docs/RESULTS.md).
+others+empty, edit kv) were chosen on MiniCanvas probe seed 1 (docs/RESULTS.md): they keep
+UA and RA-I at the bar; RA-C is what they lose, and most of that loss is the guide itself:
+an erased style's images become the guide's images, and the pretrained model draws objects
+less recognisably in "art style" (54% object accuracy on seeds 1, 2) than in the real
+styles; "picture" draws them better (79%) but is sometimes read as an erased style (UA <
+95). Text states are cached (text_states), so a request costs its own prompts' encoding.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +60,14 @@ from typing import Literal
 
 import torch
 
-from ..model import concept_token_span
+from ..delta import load_verified_tensor, save_verified_tensor
+from ..model import concept_token_span, encode_prompts
 from ..protocols import read_prompt_file
 from ..trainer import Context, Method, parse_settings
 from .common import replace_word
 
 POSITIONS = ("concept", "after")
+EDITS = ("kv", "k", "v")
 ROW_SOURCES = ("template", "neutral", "file")
 PRESERVE_SOURCES = ("others", "empty", "erased-partners", "file")
 DEFAULT_GUIDE = {"style": "art", "object": "object", "other": ""}
@@ -75,10 +86,13 @@ class UCESettings:
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
     anchor: Literal["base", "previous"] = "base"
+    edit: Literal["kv", "k", "v"] = "kv"  # which weights are solved: keys and values, or only one (the other keeps W0)
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
             raise ValueError(f"positions={self.positions!r} is not valid; valid: {', '.join(POSITIONS)}")
+        if self.edit not in EDITS:
+            raise ValueError(f"edit={self.edit!r} is not valid; valid: {', '.join(EDITS)}")
         for key in ("lam", "erase_scale", "preserve_scale", "after_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
@@ -138,6 +152,38 @@ def apply_edit(weights: dict[str, torch.Tensor], m: torch.Tensor) -> dict[str, t
     return {n: (w.double() @ m.to(w.device)).to(w.dtype) for n, w in weights.items()}
 
 
+# ---------------------------------------------------------------- text states, cached
+def text_states(ctx: Context, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder states of `prompts` (n x length x d), each prompt encoded once per base model.
+
+    anchor=base re-solves with every earlier concept's prompts, so without a cache a request
+    re-encodes the whole run (95% of the cost at SD 1.5 size). The encoder is frozen, so a
+    prompt's states depend only on its token ids and the base model: they are kept in memory
+    for the request and on disk under `cache_dir/uce-text/<base hash>/`, keyed by the token
+    ids, each file carrying the checksum of its data (a damaged file is encoded again).
+    Each prompt is encoded alone (batch of one): the bytes then do not depend on which other
+    prompts happened to be missing, so a rerun after a kill, with a warm or cold cache,
+    gives identical weights.
+    """
+    memo = ctx.__dict__.setdefault("_uce_states", {})
+    tok = ctx.pipe.tokenizer
+    directory = Path(ctx.cache_dir) / "uce-text" / str(ctx.base_hash)[:16] if ctx.cache_dir else None
+    for p in dict.fromkeys(prompts):
+        if p in memo:
+            continue
+        ids = tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+        key = hashlib.sha256(json.dumps([str(ctx.base_hash), list(ids)]).encode()).hexdigest()[:32]
+        path = directory / f"{key}.safetensors" if directory else None
+        state = load_verified_tensor(path) if path else None
+        if state is None or state.shape[0] != len(ids):
+            with torch.no_grad():
+                state = encode_prompts(ctx.pipe, [p])[0].detach().float().cpu().contiguous()
+            if path:
+                save_verified_tensor(path, state)
+        memo[p] = state
+    return torch.stack([memo[p] for p in prompts])
+
+
 # ---------------------------------------------------------------- rows from prompts
 def _unk_id(tokenizer):
     return getattr(tokenizer, "unk_token_id", None)
@@ -184,7 +230,7 @@ def erase_rows(ctx: Context, concept: str, domain: str, s: UCESettings):
     length = tok.model_max_length
     prompts = erase_prompts(ctx, concept, domain, s)
     guides = [" ".join(replace_word(p, concept, guide_word).split()) for p in prompts]
-    states = ctx.encode(prompts + guides).hidden
+    states = text_states(ctx, prompts + guides)
     e_rows, g_rows, weights = [], [], []
     for i, (p, g) in enumerate(zip(prompts, guides)):
         start, end = concept_token_span(tok, p, concept)
@@ -227,13 +273,13 @@ def preserve_rows(ctx: Context, erased: list[tuple[str, str]], domain: str, s: U
     if "file" in sources:
         whole += read_prompt_file(s.preserve_prompts)
     if whole:
-        rows.append(ctx.encode(list(dict.fromkeys(whole))).hidden.flatten(0, 1))
+        rows.append(text_states(ctx, list(dict.fromkeys(whole))).flatten(0, 1))
     if "erased-partners" in sources:
         for concept, cdom in erased:
             for p in erase_prompts(ctx, concept, cdom, s):
                 start, _ = concept_token_span(ctx.pipe.tokenizer, p, concept)
                 if start > 0:
-                    rows.append(ctx.encode([p]).hidden[0, :start])
+                    rows.append(text_states(ctx, [p])[0, :start])
     return torch.cat(rows) if rows else None
 
 
@@ -295,5 +341,10 @@ class UCE(Method):
         anchor = ctx.pretrained if s.anchor == "base" else ctx.start
         self.info = {"erase_rows": len(e), "preserve_rows": 0 if p is None else len(p),
                      "erased": [c for c, _, _ in erased], "rows_seconds": time.time() - t0}
-        return apply_edit(anchor, m)
+        if s.edit == "kv":
+            return apply_edit(anchor, m)
+        # only keys or only values: the other weights keep the anchor's values (with anchor=base,
+        # the base values, so an earlier step's edit of them is undone consistently)
+        chosen = {n: w for n, w in anchor.items() if n.endswith(f"to_{s.edit}.weight")}
+        return {**{n: w.clone() for n, w in anchor.items()}, **apply_edit(chosen, m)}
 
