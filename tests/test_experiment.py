@@ -99,3 +99,29 @@ def test_experiment_file_errors_name_the_problem(tmp_path, quick_model):
         path.write_text(yaml.safe_dump(cfg))
         with pytest.raises(ValueError, match=message):
             load_experiment(path)
+
+
+def test_defaults_apply_to_every_variant_unless_overridden():
+    spelled = {
+        "domain": "style", "sequence": ["fire"], "eval": {"seeds": [188], "probe_seeds": [1]},
+        "variants": [
+            {"name": "a", "method": "conabl", "method_settings": {"steps": 7, "lr": 1e-4}},
+            {"name": "b", "method": "conabl", "method_settings": {"steps": 7, "lr": 2e-4}, "regularizers": ["l2sp"]},
+            {"name": "c", "method": "esd", "method_settings": {"steps": 3, "lr": 1e-4}},
+        ],
+    }
+    shared = {**spelled, "defaults": {"method": "conabl", "method_settings": {"steps": 7, "lr": 1e-4}},
+              "variants": [{"name": "a"},
+                           {"name": "b", "method_settings": {"lr": 2e-4}, "regularizers": ["l2sp"]},  # key by key
+                           {"name": "c", "method": "esd", "method_settings": {"steps": 3}}]}
+    got = load_experiment(shared).variants
+    assert got == load_experiment(spelled).variants
+    assert [(v.method, v.method_settings) for v in got] == [
+        ("conabl", {"steps": 7, "lr": 1e-4}), ("conabl", {"steps": 7, "lr": 2e-4}), ("esd", {"steps": 3, "lr": 1e-4})]
+    # a default is checked like a variant field, before any work; a variant name cannot be a default
+    with pytest.raises(ValueError, match="defaults: unknown keys \\['name'\\]"):
+        load_experiment({**spelled, "defaults": {"name": "x"}})
+    with pytest.raises(ValueError, match="defaults: method_settings must be a mapping"):
+        load_experiment({**spelled, "defaults": {"method_settings": "steps=3"}})
+    with pytest.raises(ValueError, match="unknown method"):
+        load_experiment({**spelled, "defaults": {"method": "nope"}, "variants": [{"name": "a"}]})

@@ -100,7 +100,7 @@ def cmd_minicanvas(args) -> int:
             raise ValueError("minicanvas build needs --out DIR")
         build(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
     elif args.action == "check":
-        from .minicanvas.check import check
+        from .evaluate.minicanvas_card import check
 
         if not args.out:
             raise ValueError("minicanvas check needs --out DIR")
@@ -163,6 +163,93 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .distributed import validate_device
+    from .experiment import Runner, apply_overrides, load_experiment, short_table
+
+    validate_device(args.device)
+    exp = apply_overrides(load_experiment(args.file), args)
+    if args.seed is not None:
+        exp.seed = args.seed
+    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
+                     gradient_checkpointing=args.gradient_checkpointing).run()
+    print(short_table(summary))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .continual import Run
+    from .delta import apply_delta, atomic_write_json
+    from .distributed import validate_device
+    from .evaluate.evaluator import evaluate, load_protocol, make_plan, model_key
+    from .model import load_pipeline, model_hash
+
+    validate_device(args.device)
+    unlearned = [c for c in (args.unlearned or "").split(",") if c]
+    domain = args.domain
+    if args.run:
+        run = Run(args.run)
+        run.check_base()  # deltas are only applied to the base model they were made on
+        steps = run.verify_chain(args.step)
+        unlearned = [m["request"]["concept"] for m in steps] + [a for m in steps for a in m["request"].get("also", [])]
+        domain = domain or (steps[0]["request"]["domain"] if steps else None)
+        model_dir = run.base_model
+        delta = run.cumulative_delta(args.step)
+        key = model_key(run.info["base_hash"], *[m["delta_hash"] for m in steps])
+    else:
+        model_dir, delta, key = args.model, None, None
+    if not model_dir:
+        raise ValueError("obliviate eval needs --model DIR or --run RUN")
+    protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
+                             object_classifier=args.object_classifier,
+                             **({"device": args.device or "cpu"} if args.protocol == "unlearncanvas" else {}))
+    domain = domain or "style"
+    sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 188,288") from None
+    partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
+    plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
+    key = key or model_key(model_hash(model_dir))
+    pipe = load_pipeline(model_dir, device=args.device)
+    if delta:
+        apply_delta(pipe.unet, delta)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
+    result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds, "partners": plan.partners})
+    atomic_write_json(out / "metrics.json", result)
+    fmt = lambda x: "-" if x is None else f"{x:.1f}"
+    print(f"UA {fmt(result['UA'])}  RA-I {fmt(result['RA_I'])}  RA-C {fmt(result['RA_C'])}  -> {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import time
+    from importlib import resources
+
+    import yaml
+
+    from .distributed import validate_device
+    from .experiment import Runner, load_experiment, short_table
+
+    validate_device(args.device)
+
+    text = resources.files("obliviate").joinpath("configs/demo.yaml").read_text()
+    exp = load_experiment(yaml.safe_load(text))
+    t0 = time.time()
+    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device).run()
+    print()
+    print(short_table(summary))
+    print(f"\ndemo finished in {time.time() - t0:.0f} s")
+    print(f"report: {(Path(args.out) / 'report.html').resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
     from .regularizers import REGULARIZERS
@@ -213,9 +300,42 @@ def build_parser() -> argparse.ArgumentParser:
                          "as one LoRA directory for pipe.load_lora_weights (runs trained with --param-group lora:...)")
     ex.set_defaults(func=cmd_export)
 
-    from .experiment import add_commands  # eval, run, demo
+    ev = sub.add_parser("eval", help="evaluate a model (or a run's step) with a protocol")
+    ev.add_argument("--model", help="pipeline directory")
+    ev.add_argument("--run", help="a run directory: evaluate its model after --step requests")
+    ev.add_argument("--step", type=int, help="with --run: after this many requests (default: all)")
+    ev.add_argument("--protocol", default="minicanvas", help="minicanvas (default) or unlearncanvas")
+    ev.add_argument("--domain", choices=["style", "object"],
+                    help="the domain whose concepts are scored (default: the run's, else style)")
+    ev.add_argument("--unlearned", help="comma-separated concepts counted in UA (with --model)")
+    ev.add_argument("--seeds", help="comma-separated evaluation seeds (default: the protocol's first two: "
+                                    "188,288 for both minicanvas and unlearncanvas)")
+    ev.add_argument("--partners", help="comma-separated concepts of the other domain each concept is drawn with "
+                                       "(default: minicanvas: every concept of the other domain; unlearncanvas: "
+                                       "the protocol's retained concepts of the other domain)")
+    ev.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint")
+    ev.add_argument("--object-classifier", help="unlearncanvas: object classifier checkpoint")
+    ev.add_argument("--out", required=True, help="output directory: metrics.json and the generated images")
+    ev.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ev.set_defaults(func=cmd_eval)
 
-    add_commands(sub)
+    rn = sub.add_parser("run", help="run an experiment file (every variant, every step, evaluated, with a report)")
+    rn.add_argument("file", help="experiment YAML file (see configs/)")
+    rn.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
+    rn.add_argument("--seed", type=int, help="training seed (overrides the file's `seed`)")
+    rn.add_argument("--model", help="base pipeline directory (overrides the file's `model`)")
+    rn.add_argument("--style-classifier", help="unlearncanvas: style classifier checkpoint (overrides the file)")
+    rn.add_argument("--object-classifier", help="unlearncanvas: object classifier checkpoint (overrides the file)")
+    rn.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    rn.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="training autocast dtype")
+    rn.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward")
+    rn.set_defaults(func=cmd_run)
+
+    dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")
+    dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    dm.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    dm.set_defaults(func=cmd_demo)
+
     from .attacks.runner import add_command as add_attack_command  # attack
 
     add_attack_command(sub)

@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .locking import exclusive
-from .delta import apply_delta, atomic_write_json, drift, file_hash, load_delta, save_delta
+from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file_hash, load_delta, save_delta, swapped
 from .methods import get_method
 from . import distributed, lora
 from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
@@ -204,10 +204,7 @@ class Run:
             raise ValueError(f"--out {out} is a file, not a directory")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
-        tmp = out.with_name(f".{out.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)  # an unwritable destination fails now, not after loading the model
-        try:
+        with atomic_directory(out) as tmp:  # created now: an unwritable destination fails before loading the model
             pipe = self.load(step, device=device or "cpu")
             pipe.to("cpu")
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -218,12 +215,6 @@ class Run:
                 elif src.exists():
                     shutil.copy2(src, tmp / extra)
             _portable_tokenizer(tmp)
-        except BaseException:  # e.g. a full disk: leave nothing half-written behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
         return out
 
     # ------------------------------------------------------------ applying a request
@@ -248,8 +239,32 @@ class Run:
 
     def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir,
                  precision="auto", gradient_checkpointing=False) -> dict:
+        job = self._validate(request, device, precision, choose)
+        done = self._completed(job, quiet)
+        if done is not None:
+            return done
+        self._claim_partial(job)
+        model = self._assemble(job, gradient_checkpointing)
+        ctx = Context(
+            pipe=model.pipe, request=request, params=model.params, pretrained=model.pretrained, start=model.start,
+            catalog=job.catalog, unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in job.steps],
+            cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"],
+            restore_base=model.restore_base, quiet=quiet, earlier_requests=[m["request"] for m in job.steps],
+            precision=precision, dist=job.dist,
+        )
+        result = self._train_or_solve(job, ctx, stop_after=stop_after, checkpoint_every=checkpoint_every, choose=choose,
+                                      snapshots=snapshots)
+        if result["interrupted"]:
+            return {"interrupted": True, "partial": str(job.partial)}
+        if job.dist is not None and not job.dist.is_main:  # the main process writes the (identical) step
+            job.dist.barrier()
+            return {**json.loads((job.final_dir / "step.json").read_text()), "dir": str(job.final_dir)}
+        return self._write_step(job, model, result)
+
+    # ---- the steps of a request, in order
+    def _validate(self, request: Request, device, precision, choose) -> "_Job":
+        """Every setting, the device, the concept and what a closed-form method needs, before any work."""
         method, regs = build_hooks(request)
-        config = resolved_config(method, regs)
         dist = distributed.current()
         if dist is not None:
             dist.check(method, regs)
@@ -266,7 +281,16 @@ class Run:
             if choose is not None:
                 raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
             method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
-        for meta in steps:
+        index = len(steps) + 1
+        final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
+        return _Job(request=request, method=method, regs=regs, config=resolved_config(method, regs), dist=dist, device=device,
+                    catalog=catalog, steps=steps, index=index, final_dir=final_dir,
+                    partial=self.path / "steps" / f".{final_dir.name}.partial")
+
+    def _completed(self, job: "_Job", quiet: bool) -> dict | None:
+        """The step of the same request when it already completed; another request for the concept is refused."""
+        request = job.request
+        for meta in job.steps:
             if meta["request"]["concept"] == request.concept:
                 if same_request(meta["request"], request):
                     if not quiet:
@@ -276,9 +300,11 @@ class Run:
                     f"concept {request.concept!r} was already unlearned in step {meta['step']} of {self.path} "
                     "with other settings; start a new run to compare settings"
                 )
-        index = len(steps) + 1
-        final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
-        partial = self.path / "steps" / f".{final_dir.name}.partial"
+        return None
+
+    def _claim_partial(self, job: "_Job") -> None:
+        """The request's .partial directory: resumed when it holds the same request, created otherwise."""
+        request, partial, dist = job.request, job.partial, job.dist
         # An unfinished request that never wrote a checkpoint has no training to lose (it
         # failed in setup, or was killed before its first checkpoint): a corrected request
         # replaces it. One with a checkpoint must be resumed or deleted by the user.
@@ -301,10 +327,12 @@ class Run:
         if dist is not None:
             dist.barrier()
 
-        parent_hash = "base" if not steps else steps[-1]["delta_hash"]
+    def _assemble(self, job: "_Job", gradient_checkpointing: bool) -> "_Model":
+        """The run's latest model: base pipeline + earlier deltas, the request's trained tensors selected."""
+        request, steps = job.request, job.steps
         self.check_base()
         previous = self.cumulative_delta()
-        pipe = load_pipeline(self.base_model, device=device)
+        pipe = load_pipeline(self.base_model, device=job.device)
         started_from = None
         if lora.is_lora(request.param_group):
             # the earlier changes go into the weights first, while they still have their own names
@@ -326,28 +354,17 @@ class Run:
             distributed.enable_gradient_checkpointing(pipe.unet)
         start = {n: p.detach().clone() for n, p in params.items()}
 
-        @contextlib.contextmanager
-        def restore_base():
-            touched = base_params
-            saved = {n: p.detach().clone() for n, p in touched.items()}
-            with torch.no_grad():
-                for n, p in touched.items():
-                    p.sub_(previous[n].to(p.device))
-            try:
-                yield
-            finally:
-                with torch.no_grad():
-                    for n, p in touched.items():
-                        p.copy_(saved[n])
+        def restore_base():  # the base model's weights for the block (e.g. anchor images), evaluated on entry
+            return swapped(base_params, {n: p.detach() - previous[n].to(p.device) for n, p in base_params.items()})
 
-        ctx = Context(
-            pipe=pipe, request=request, params=params, pretrained=pretrained, start=start, catalog=catalog,
-            unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in steps],
-            cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"], restore_base=restore_base, quiet=quiet,
-            earlier_requests=[m["request"] for m in steps], precision=precision, dist=dist,
-        )
+        return _Model(pipe=pipe, params=params, pretrained=pretrained, start=start, previous=previous,
+                      started_from=started_from, restore_base=restore_base)
+
+    def _train_or_solve(self, job: "_Job", ctx: Context, *, stop_after, checkpoint_every, choose, snapshots) -> dict:
+        """Hooks set up, then the training loop (or a closed-form solve); early stopping picks a snapshot."""
+        method, regs, dist, params = job.method, job.regs, job.dist, ctx.params
         t0 = time.time()
-        torch.manual_seed(request.seed)
+        torch.manual_seed(job.request.seed)
         with dist.main_first() if dist is not None else contextlib.nullcontext():  # the main process writes caches
             method.setup(ctx)
             for reg in regs:
@@ -360,47 +377,48 @@ class Run:
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(solved[n])
+            # tests: stop_after during the solve = a kill, which leaves no step behind
             result = {"interrupted": stop_after is not None, "losses": [], "train_seconds": time.time() - t1}
-            if result["interrupted"]:  # tests: a kill during the solve leaves no step behind
-                return {"interrupted": True, "partial": str(partial)}
-        elif choose is not None:  # early stopping: keep snapshots, let `choose` pick one
-            total = method.settings.steps
-            keeper = SnapshotKeeper(sorted({max(1, round(total * (i + 1) / snapshots)) for i in range(snapshots)}))
-            hooks.append(keeper)
-        if not method.closed_form:
-            result = train(ctx, method, hooks, checkpoint_path=partial / "checkpoint.pt", stop_after=stop_after,
+        else:
+            if choose is not None:  # early stopping: keep snapshots, let `choose` pick one
+                total = method.settings.steps
+                keeper = SnapshotKeeper(sorted({max(1, round(total * (i + 1) / snapshots)) for i in range(snapshots)}))
+                hooks.append(keeper)
+            result = train(ctx, method, hooks, checkpoint_path=job.partial / "checkpoint.pt", stop_after=stop_after,
                            checkpoint_every=checkpoint_every)
-        if result["interrupted"]:
-            return {"interrupted": True, "partial": str(partial)}
-        if dist is not None and not dist.is_main:  # the main process writes the (identical) step
-            dist.barrier()
-            return {**json.loads((final_dir / "step.json").read_text()), "dir": str(final_dir)}
-        early = None
+        result["setup_seconds"] = setup_seconds
+        if result["interrupted"] or (dist is not None and not dist.is_main):
+            return result
         if choose is not None:
             chosen, info = choose(ctx, keeper.snapshots)
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(keeper.snapshots[chosen][n])
-            early = {"chosen_step": chosen, "candidates": sorted(keeper.snapshots), **info}
+            result["early"] = {"chosen_step": chosen, "candidates": sorted(keeper.snapshots), **info}
+        return result
 
-        file_meta = {"base_hash": self.info["base_hash"], "step": str(index)}
+    def _write_step(self, job: "_Job", model: "_Model", result: dict) -> dict:
+        """The delta and step.json into the .partial directory, then one rename makes the step complete."""
+        request, partial, method, dist = job.request, job.partial, job.method, job.dist
+        params = model.params
+        file_meta = {"base_hash": self.info["base_hash"], "step": str(job.index)}
         if lora.is_lora(request.param_group):  # the ledger keeps the adapter; drift is of its weight change
             stored = lora.adapter_tensors(params)
-            stored.update({lora.PREVIOUS + n: v for n, v in (started_from or {}).items()})
+            stored.update({lora.PREVIOUS + n: v for n, v in (model.started_from or {}).items()})
             file_meta.update(lora.metadata(request.param_group))
             delta = lora.densify(stored, lora.parse_group(request.param_group).scale)
         else:
-            stored = delta = {n: (p.detach() - start[n]).cpu() for n, p in params.items()}
-        cumulative = {n: v.clone() for n, v in previous.items()}
+            stored = delta = {n: (p.detach() - model.start[n]).cpu() for n, p in params.items()}
+        cumulative = {n: v.clone() for n, v in model.previous.items()}
         for n, v in delta.items():
             cumulative[n] = cumulative[n] + v if n in cumulative else v.clone()
         save_delta(partial / "delta.safetensors", stored, metadata=file_meta)
         losses = result["losses"]
         meta = {
-            "step": index, "request": request.to_dict(), "config": config,
-            "base_hash": self.info["base_hash"], "parent_hash": parent_hash,
+            "step": job.index, "request": request.to_dict(), "config": job.config,
+            "base_hash": self.info["base_hash"], "parent_hash": "base" if not job.steps else job.steps[-1]["delta_hash"],
             "delta_hash": file_hash(partial / "delta.safetensors"),
-            "timings": {"setup_seconds": setup_seconds, "train_seconds": result["train_seconds"]},
+            "timings": {"setup_seconds": result["setup_seconds"], "train_seconds": result["train_seconds"]},
             "processes": dist.world if dist is not None else 1,
             "loss_first": sum(losses[:10]) / max(1, len(losses[:10])), "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "drift": {"parent": drift(delta), "pretrained": drift(cumulative)},
@@ -409,19 +427,18 @@ class Run:
         }
         if lora.is_lora(request.param_group):
             meta["adapter"] = {**lora.metadata(request.param_group), **lora.size_report(stored, delta, partial / "delta.safetensors")}
-        if early is not None:
-            meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in early.items()}
+        if result.get("early") is not None:
+            meta["early_stopping"] = {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v)
+                                      for k, v in result["early"].items()}
         if getattr(method, "info", None):
             meta["closed_form"] = method.info
-        if hasattr(method, "anchor") and method.anchor:
-            meta["anchor"] = method.anchor
-        if regs and any(r.name == "projection" for r in regs):
-            meta["projection_concepts"] = next(r for r in regs if r.name == "projection").concepts
+        for hook in [method, *job.regs]:  # what each hook wants recorded (ConAbl's anchor, the projection's concepts)
+            meta.update(hook.report())
         atomic_write_json(partial / "step.json", meta)
         (partial / "checkpoint.pt").unlink(missing_ok=True)
         (partial / "request.json").unlink(missing_ok=True)
-        partial.rename(final_dir)
-        meta["dir"] = str(final_dir)
+        partial.rename(job.final_dir)
+        meta["dir"] = str(job.final_dir)
         if dist is not None:
             dist.barrier()
         return meta
@@ -442,6 +459,36 @@ class Run:
             raise ValueError(
                 f"unknown {domain} {concept!r} for the {catalog.name} model{hint}; valid {domain}s: {', '.join(known)}"
             )
+
+
+@dataclasses.dataclass
+class _Job:
+    """One request as validated: its hooks, where it stands in the ledger, where it writes."""
+
+    request: Request
+    method: object
+    regs: list
+    config: dict
+    dist: object
+    device: object
+    catalog: Catalog
+    steps: list[dict]
+    index: int
+    final_dir: Path
+    partial: Path
+
+
+@dataclasses.dataclass
+class _Model:
+    """The model a request trains: the pipeline, its trained tensors and their starting points."""
+
+    pipe: object
+    params: dict
+    pretrained: dict
+    start: dict
+    previous: dict
+    started_from: dict | None
+    restore_base: object
 
 
 class SnapshotKeeper(Hook):
@@ -478,11 +525,11 @@ def _load_tokenizer(model_dir: Path):
 
 
 def _portable_tokenizer(directory: Path) -> None:
-    from .minicanvas.build import _portable_tokenizer_class
+    from .minicanvas.tokenizer import make_portable
 
     index = json.loads((directory / "model_index.json").read_text())
     if index.get("tokenizer", [None, None])[1] in ("TokenizersBackend",):
-        _portable_tokenizer_class(directory)
+        make_portable(directory)
 
 
 def unlearn_sequence(run_dir: str | Path, requests: list[Request], *, model_dir=None, quiet: bool = False) -> list[dict]:

@@ -330,13 +330,9 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
     for module, pairs in parts.items():
         state[f"{module}.lora_A.weight"] = torch.cat([a for a, _ in pairs], dim=0).contiguous()
         state[f"{module}.lora_B.weight"] = torch.cat([b for _, b in pairs], dim=1).contiguous()
-    tmp = out.with_name(f".{out.name}.partial")
-    import shutil
+    from .delta import atomic_directory
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(state),
-                                              safe_serialization=True)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(state),
+                                                  safe_serialization=True)
     return out

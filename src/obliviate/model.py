@@ -243,12 +243,12 @@ def layer_group(name: str) -> str:
 
 
 def hash_files(paths: list[Path]) -> str:
+    from .delta import file_hash  # delta imports this module
+
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        file_hash(p, into=h)
     return h.hexdigest()
 
 

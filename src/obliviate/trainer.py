@@ -238,7 +238,16 @@ class Context:
 
 
 class Hook:
-    """What methods and regularizers may plug into the loop. Every hook is optional."""
+    """What methods and regularizers may plug into the loop. Every hook is optional.
+
+    State and randomness: whatever a hook must carry across a checkpoint goes into
+    `state_dict` / `load_state_dict`, so a killed request resumes to the same tensors. A hook
+    that draws random numbers owns a `torch.Generator` (seeded from the request's seed) and
+    saves it in `state_dict` (`gen.get_state()`), never the global RNG.
+
+    `report` returns what the hook wants recorded in the step's step.json (merged into it
+    after training, e.g. ConAbl's anchor, the projection's protected concepts).
+    """
 
     name = "hook"
     order = 50
@@ -264,6 +273,10 @@ class Hook:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def report(self) -> dict:
+        """Entries for step.json, read after training (keys must not clash with the ledger's)."""
+        return {}
 
 
 @dataclass
@@ -349,13 +362,12 @@ def train(ctx: Context, method: Method, regularizers: list[Hook], *, checkpoint_
             "hooks": {h.name: h.state_dict() for h in hooks}, "losses": losses, "step": step,
             "elapsed": elapsed_before + time.time() - t0,
         }
-        tmp = checkpoint_path.with_suffix(".tmp")
+        from .delta import atomic_write
+
         try:
-            torch.save(state, tmp)
+            atomic_write(checkpoint_path, lambda f: torch.save(state, f))
         except RuntimeError as err:  # torch reports a full disk as a RuntimeError; say which file
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"cannot write the checkpoint {tmp}: {err}") from None
-        tmp.replace(checkpoint_path)
+            raise OSError(f"cannot write the checkpoint {checkpoint_path}: {err}") from None
 
     needs_before = any(h.needs_update_transform for h in hooks)
     from .distributed import autocast_dtype

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..delta import atomic_write
+
 SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
     "pndm": "PNDMScheduler", "ddpm": "DDPMScheduler",
@@ -85,9 +87,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], config: SamplerConfig, 
             images[i] = img
             if folder is not None:
                 path = folder / image_filename(prompts[i], seeds[i])
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray(img).save(tmp)
-                tmp.replace(path)
+                atomic_write(path, lambda f, img=img: Image.fromarray(img).save(f, format="PNG"))
         if progress is not None:
             progress(len(chunk))
     return images  # type: ignore[return-value]

@@ -107,6 +107,9 @@ class ConAbl(Method):
     name = "conabl"
     Settings = ConAblSettings
 
+    def report(self) -> dict:
+        return {"anchor": self.anchor} if getattr(self, "anchor", None) else {}
+
     def setup(self, ctx: Context, method=None) -> None:
         s, domain = self.settings, ctx.request.domain
         steps, guidance = sampler_settings(ctx, s.sampler_steps, s.guidance)

@@ -324,7 +324,6 @@ def train_classifiers(images, style_labels, object_labels, vae, size: BuildSize,
 
 
 # kept for callers of the old private name (continual.py until it imports make_portable)
-_portable_tokenizer_class = make_portable
 
 
 # ---------------------------------------------------------------- the whole build

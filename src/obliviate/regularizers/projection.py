@@ -151,6 +151,9 @@ class Projection(Hook):
         super().__init__(settings)
         self.needs_update_transform = settings.mode == "update"
 
+    def report(self) -> dict:
+        return {"projection_concepts": self.concepts}
+
     def resolved_source(self, ctx: Context, method=None) -> str:
         s = self.settings
         if s.source != "auto":

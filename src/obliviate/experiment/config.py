@@ -1,0 +1,258 @@
+"""Experiment files: parsed and validated (names, types, ranges) before any work starts.
+
+A file names a model, a protocol, a concept sequence and variants. Variant fields given
+under a top-level `defaults:` apply to every variant unless the variant sets them;
+`method_settings` is merged key by key (the variant's keys win), so a file states a shared
+`steps:` once instead of in every variant.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..continual import build_hooks
+from ..evaluate.sampler import SamplerConfig
+from ..merge import MERGE_METHODS
+from ..trainer import Request
+from .settings import SETTINGS
+
+
+@dataclass
+class Variant:
+    name: str
+    setting: str = "sequential"
+    method: str = "conabl"
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    regularizers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    early_stopping: bool = False  # simultaneous only
+    merge: dict[str, Any] = field(default_factory=dict)  # independent+merge only
+    param_group: str = "kv-xattn"
+
+
+@dataclass
+class Experiment:
+    name: str
+    model: str
+    protocol: str
+    domain: str
+    sequence: list[str]
+    retained: list[str] | None
+    partners: list[str] | None
+    seeds: list[int]
+    probe_seeds: list[int]
+    sampler: SamplerConfig
+    variants: list[Variant]
+    seed: int = 0
+    grid_variant: str | None = None
+    grid_prompts: int = 6
+    style_classifier: str | None = None
+    object_classifier: str | None = None
+    raw: dict = field(default_factory=dict)
+    attacks: list[dict] = field(default_factory=list)  # see attacks/runner.py
+
+
+EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
+                   "grid", "classifiers", "attacks", "defaults"}
+VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group"}
+
+
+def _regs(items, where: str) -> list[tuple[str, dict]]:
+    out = []
+    for item in items or []:
+        if isinstance(item, str):
+            out.append((item, {}))
+        elif isinstance(item, dict) and "name" in item:
+            settings = {k: v for k, v in item.items() if k != "name"}
+            out.append((item["name"], settings))
+        else:
+            raise ValueError(f"{where}: a regularizer is a name or a mapping with 'name', got {item!r}")
+    return out
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# The type of every field of an experiment file: YAML turns `seeds: "188"` into a string
+# that iterates as ['1', '8', '8'] and slips past later checks, so types are checked first.
+_TYPES = {
+    "str": (lambda x: isinstance(x, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "mapping": (lambda x: isinstance(x, dict), "a mapping"),
+    "list[str]": (lambda x: isinstance(x, list) and all(isinstance(i, str) for i in x), "a list of names"),
+    "list[int]": (lambda x: isinstance(x, list) and bool(x) and all(_is_int(i) for i in x), "a non-empty list of integers"),
+    "list": (lambda x: isinstance(x, list), "a list"),
+    "number|list[number]": (lambda x: _is_number(x) or (isinstance(x, list) and bool(x) and all(_is_number(i) for i in x)),
+                            "a number or a non-empty list of numbers"),
+}
+_EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
+                     "retained": "list[str]", "partners": "list[str]", "eval": "mapping", "variants": "list", "seed": "int",
+                     "grid": "mapping", "classifiers": "mapping", "attacks": "list", "defaults": "mapping"}
+_EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
+_GRID_TYPES = {"variant": "str", "prompts": "int"}
+_CLASSIFIER_TYPES = {"style": "str", "object": "str", "arch": "mapping"}  # arch: ViT shape overrides (tests: tiny judges)
+_VARIANT_TYPES = {"name": "str", "setting": "str", "method": "str", "method_settings": "mapping", "regularizers": "list",
+                  "early_stopping": "bool", "merge": "mapping", "param_group": "str"}
+_DEFAULTS_TYPES = {k: t for k, t in _VARIANT_TYPES.items() if k != "name"}  # a shared name would clash
+_MERGE_TYPES = {"method": "str", "lam": "number|list[number]", "top_k": "number|list[number]"}
+
+
+def _check_types(mapping: dict, types: dict, where: str) -> None:
+    """Unknown keys and wrong types, each error naming the field, its value and what is valid."""
+    unknown = set(mapping) - set(types)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(types))}")
+    for key, value in mapping.items():
+        if value is None:  # YAML `key:` with nothing = the default
+            continue
+        test, what = _TYPES[types[key]]
+        if not test(value):
+            raise ValueError(f"{where}: {key} must be {what}, got {value!r}")
+
+
+def with_defaults(variant: dict, defaults: dict) -> dict:
+    """A variant's fields over the file's `defaults:`; method_settings merged key by key."""
+    out = {k: copy.deepcopy(v) for k, v in defaults.items() if v is not None}
+    for key, value in variant.items():
+        if value is None:  # `key:` with nothing keeps the default
+            continue
+        if key == "method_settings" and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_model(model: str | None) -> str:
+    if model in (None, "minicanvas", "bundled"):
+        from ..minicanvas import bundled_path
+
+        return str(bundled_path())
+    return str(model)
+
+
+def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
+    merge = v.get("merge") or {}
+    _check_types(merge, _MERGE_TYPES, f"{vw} ({v['name']}): merge")
+    tops = 1.0 if merge.get("top_k") is None else merge["top_k"]
+    for k in tops if isinstance(tops, list) else [tops]:
+        if not 0 < k <= 1:
+            raise ValueError(f"{vw} ({v['name']}): merge top_k {k!r} is out of range; valid: (0, 1]")
+    variant = Variant(name=str(v["name"]), setting=v.get("setting", "sequential"), method=v.get("method", "conabl"),
+                      method_settings=dict(v.get("method_settings", {}) or {}), regularizers=_regs(v.get("regularizers"), vw),
+                      early_stopping=bool(v.get("early_stopping", False)), merge=dict(v.get("merge", {}) or {}),
+                      param_group=v.get("param_group", "kv-xattn"))
+    if variant.setting not in SETTINGS:
+        raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
+    from ..model import check_param_group
+
+    try:
+        check_param_group(variant.param_group)  # kv-xattn, xattn, full or lora:...
+    except ValueError as err:
+        raise ValueError(f"{vw} ({variant.name}): param_group {variant.param_group!r} is not valid: {err}") from None
+    # every method / regularizer name and setting is checked now, not after an hour of work
+    build_hooks(Request("x", domain if domain in ("style", "object") else "other", variant.method,
+                        variant.method_settings, variant.regularizers, param_group=variant.param_group))
+    if variant.setting == "independent+merge":
+        m = variant.merge.get("method", "ties")
+        if m not in MERGE_METHODS:
+            raise ValueError(f"{vw}: merge method {m!r} is not valid; valid: {', '.join(MERGE_METHODS)}")
+    return variant
+
+
+def load_experiment(path_or_dict) -> Experiment:
+    """Parse and validate an experiment file before any work starts."""
+    if isinstance(path_or_dict, dict):
+        raw, where = copy.deepcopy(path_or_dict), "experiment"
+    else:
+        path = Path(path_or_dict)
+        if not path.exists():
+            raise FileNotFoundError(f"experiment file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {err}") from None
+        where = str(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: an experiment file is a mapping")
+    unknown = set(raw) - EXPERIMENT_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(EXPERIMENT_KEYS))}")
+    for key in ("domain", "sequence", "variants"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    _check_types(raw, _EXPERIMENT_TYPES, where)
+    if raw["domain"] not in ("style", "object"):
+        raise ValueError(f"{where}: domain {raw['domain']!r} is not valid; valid: style, object")
+    if not raw["sequence"]:
+        raise ValueError(f"{where}: sequence is empty; list the concepts to unlearn in order")
+    ev = raw.get("eval", {}) or {}
+    _check_types(ev, _EVAL_TYPES, f"{where}: eval")
+    _check_types(raw.get("grid") or {}, _GRID_TYPES, f"{where}: grid")
+    _check_types(raw.get("classifiers") or {}, _CLASSIFIER_TYPES, f"{where}: classifiers")
+    defaults = raw.get("defaults") or {}
+    _check_types(defaults, _DEFAULTS_TYPES, f"{where}: defaults")
+    from ..trainer import parse_settings
+
+    sampler = parse_settings(SamplerConfig, ev["sampler"], f"{where}: eval.sampler") if ev.get("sampler") else None
+    variants = []
+    for i, v in enumerate(raw["variants"]):
+        vw = f"{where}: variants[{i}]"
+        if not isinstance(v, dict) or "name" not in v:
+            raise ValueError(f"{vw}: each variant is a mapping with a 'name'")
+        _check_types(v, _VARIANT_TYPES, f"{vw} ({v['name']})")
+        variants.append(_parse_variant(with_defaults(v, defaults), raw["domain"], vw))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: variant names must be unique, got {names}")
+    grid = raw.get("grid", {}) or {}
+    classifiers = raw.get("classifiers", {}) or {}
+    exp = Experiment(
+        name=str(raw.get("name", "experiment")), model=resolve_model(raw.get("model")), protocol=raw.get("protocol", "minicanvas"),
+        domain=raw["domain"], sequence=list(raw["sequence"]), retained=raw.get("retained"), partners=raw.get("partners"),
+        seeds=list(ev.get("seeds", [188, 288])), probe_seeds=list(ev.get("probe_seeds", [1, 2])), sampler=sampler,
+        variants=variants, seed=int(raw.get("seed", 0)), grid_variant=grid.get("variant"), grid_prompts=int(grid.get("prompts", 6)),
+        style_classifier=classifiers.get("style"), object_classifier=classifiers.get("object"), raw=raw,
+    )
+    if set(exp.seeds) & set(exp.probe_seeds):
+        raise ValueError(f"{where}: probe_seeds {exp.probe_seeds} must be disjoint from the reported seeds {exp.seeds}")
+    if exp.grid_prompts < 1:
+        raise ValueError(f"{where}: grid.prompts must be >= 1, got {exp.grid_prompts}")
+    if exp.grid_variant and exp.grid_variant not in names:
+        raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
+    if len(set(exp.sequence)) != len(exp.sequence):
+        raise ValueError(f"{where}: the sequence repeats a concept")
+    # attacks on erased concepts (attacks/runner.py): checked now, run after each variant
+    from ..attacks.runner import parse_attacks_section
+
+    exp.attacks = parse_attacks_section(raw.get("attacks"), where)
+    return exp
+
+
+def apply_overrides(exp: Experiment, args) -> Experiment:
+    """Command-line paths win over the file's (UnlearnCanvas: the user's checkpoint locations)."""
+    if getattr(args, "model", None):
+        exp.model = resolve_model(args.model)
+    if getattr(args, "style_classifier", None):
+        exp.style_classifier = args.style_classifier
+    if getattr(args, "object_classifier", None):
+        exp.object_classifier = args.object_classifier
+    if exp.protocol == "unlearncanvas" and not (exp.style_classifier and exp.object_classifier):
+        raise ValueError("the unlearncanvas protocol needs both classifier checkpoints: pass --style-classifier FILE "
+                         "and --object-classifier FILE (or set classifiers.style / classifiers.object in the file)")
+    for flag, path in (("--style-classifier", exp.style_classifier), ("--object-classifier", exp.object_classifier)):
+        if path and not Path(path).is_file():  # before building two ViT-L judges
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    from ..model import check_pipeline_dir
+
+    check_pipeline_dir(exp.model)
+    return exp

@@ -1,0 +1,213 @@
+"""The experiment runner: every variant, every step, evaluated, resumable, with a report.
+
+`obliviate run FILE --out DIR` runs every variant, evaluates every step, resumes where it
+stopped (completed steps and evaluations are files; an evaluation is reused only while
+everything it depends on is unchanged), and writes DIR/summary.json and DIR/report.{md,html}.
+Which model each request starts from is the variant's setting (settings.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..continual import Run, build_hooks, resolved_config, slug
+from ..delta import atomic_write_json, with_delta
+from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
+from ..locking import exclusive
+from ..model import load_pipeline, model_hash
+from ..trainer import Request
+from .config import Experiment, Variant
+from .settings import SETTINGS
+
+
+class Runner:
+    def __init__(self, exp: Experiment, out: str | Path, *, quiet: bool = False, device: str | None = None,
+                 precision: str = "auto", gradient_checkpointing: bool = False):
+        self.exp, self.out, self.quiet = exp, Path(out), quiet
+        self.catalog = {"catalog": "unlearncanvas"} if exp.protocol == "unlearncanvas" else {}
+        self.device, self.train_options = device, {"device": device, "precision": precision,
+                                                   "gradient_checkpointing": gradient_checkpointing}
+        self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
+                                      object_classifier=exp.object_classifier, **judge_options(exp, device))
+        self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained, exp.partners, exp.seeds, exp.sampler)
+        self.probe = EvalPlan(self.plan.domain, self.plan.sequence, self.plan.retained, self.plan.partners,
+                              exp.probe_seeds, self.plan.sampler)
+        self.base_hash = model_hash(exp.model)
+        self.judge_id = judge_identity(exp)
+        self.cache = self.out / "cache" / "images"
+        self.anchors = self.out / "cache" / "base-model"  # anchor / forget / remain images, shared by variants
+        self._base_pipe = None
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[obliviate] {msg}", flush=True)
+
+    # ------------------------------------------------------------ models
+    @contextlib.contextmanager
+    def pipe_with(self, delta: dict[str, torch.Tensor] | None):
+        """The base pipeline with `delta` applied inside the block; base weights after."""
+        if self._base_pipe is None:
+            self._base_pipe = load_pipeline(self.exp.model, device=self.device)
+        with with_delta(self._base_pipe.unet, delta):
+            yield self._base_pipe
+
+    def evaluation_key(self, key: str, unlearned, plan: EvalPlan) -> str:
+        """Everything an evaluation's numbers depend on: the model (`key`: base and delta
+        hashes), the protocol and its judge, the grid (concepts, partners, seeds), the
+        sampler, the concepts counted as unlearned, and the code version."""
+        from .. import __version__
+
+        return model_key(key, self.exp.protocol, self.judge_id, plan.domain, json.dumps(
+            [plan.sequence, plan.retained, plan.partners, plan.seeds, plan.sampler.__dict__, list(unlearned)], sort_keys=True),
+            __version__)
+
+    def evaluate(self, delta, unlearned, key, path: Path, plan: EvalPlan | None = None) -> dict:
+        """Cached per file and key: a finished evaluation is read back when everything it
+        depends on is unchanged (see `evaluation_key`), and recomputed otherwise."""
+        plan = plan or self.plan
+        cache_key = self.evaluation_key(key, unlearned, plan)
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text())
+            except ValueError:
+                cached = {}
+            if cached.get("cache_key") == cache_key:
+                return cached
+        bar = tqdm(total=len(plan.grid()), desc=f"eval {path.parent.name}/{path.stem}", disable=self.quiet, leave=False)
+        with self.pipe_with(delta) as pipe:
+            result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
+        bar.close()
+        result.update(model_key=key, cache_key=cache_key, seeds=list(plan.seeds), partners=list(plan.partners))
+        atomic_write_json(path, result)
+        return result
+
+    def request(self, variant: Variant, concept: str, also: list[str] | None = None, steps_scale: int = 1) -> Request:
+        settings = dict(variant.method_settings)
+        if steps_scale > 1:
+            method_cls = build_hooks(Request(concept, self.exp.domain, variant.method, settings))[0]
+            settings["steps"] = int(method_cls.settings.steps) * steps_scale
+        req = Request(concept, self.exp.domain, variant.method, settings, variant.regularizers, seed=self.exp.seed,
+                      param_group=variant.param_group)
+        req.also = list(also or [])
+        return req
+
+    # ------------------------------------------------------------ table rows
+    def step0(self) -> dict:
+        res = self.evaluate(None, [], model_key(self.base_hash), self.out / "eval" / "base.json")
+        return {"step": 0, "concept": None, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": 0.0,
+                "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"]}
+
+    def row(self, t, concept, res, drift_l2, train_seconds, **extra) -> dict:
+        return {"step": t, "concept": concept, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": drift_l2,
+                "train_seconds": train_seconds, "eval_seconds": res["eval_seconds"],
+                "per_concept_accuracy": res["per_concept_accuracy"], **extra}
+
+    # ------------------------------------------------------------ the whole experiment
+    def run(self) -> dict:
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file, not a directory")
+        self.out.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.out, "experiment output directory"):  # one `obliviate run` per output directory
+            return self._run()
+
+    def _run(self) -> dict:
+        atomic_write_json(self.out / "experiment.json", {**self.exp.raw, "seed": self.exp.seed})
+        summary = {"name": self.exp.name, "protocol": self.exp.protocol, "domain": self.exp.domain,
+                   "sequence": self.exp.sequence, "retained": self.plan.retained, "partners": self.plan.partners,
+                   "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
+                   "base_model": {"path": str(self.exp.model), "hash": self.base_hash},
+                   "images_per_evaluation": len(self.plan.grid()), "images_per_probe": len(self.probe.grid()),
+                   "variants": {}}
+        t0 = time.time()
+        for i, variant in enumerate(self.exp.variants, start=1):
+            self.log(f"variant {i}/{len(self.exp.variants)}: {variant.name} ({variant.setting})")
+            vdir = self.out / "variants" / slug(variant.name)
+            rows = SETTINGS[variant.setting](self, variant, vdir)
+            summary["variants"][variant.name] = {
+                "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
+                # every setting as run, defaults included, for the report
+                "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
+                "param_group": variant.param_group, "early_stopping": variant.early_stopping,
+                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
+            if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
+                from ..attacks.runner import attack_variant
+
+                summary["variants"][variant.name]["attacks"] = attack_variant(self, variant, vdir, rows)
+            atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
+        summary["wall_seconds"] = time.time() - t0
+        atomic_write_json(self.out / "summary.json", summary)
+        self.write_report(summary)
+        return summary
+
+    def image_grid(self) -> dict | None:
+        """Fixed prompts (rows) across steps (columns) for one variant, from the eval cache."""
+        name = self.exp.grid_variant or self.exp.variants[-1].name
+        variant = next(v for v in self.exp.variants if v.name == name)
+        if variant.setting != "sequential":
+            return None
+        from ..evaluate.sampler import generate
+
+        run = Run(self.out / "variants" / slug(name) / "run")
+        steps = run.steps()
+        concepts = self.exp.sequence[: max(1, self.exp.grid_prompts - 2)] + self.plan.retained[:2]
+        partner = self.plan.partners[0]
+        cells = [(c, partner) if self.exp.domain == "style" else (partner, c) for c in concepts]
+        prompts = [self.protocol.prompt(s, o) for s, o in cells]
+        seed = self.exp.seeds[0]
+        columns, images = [], [[] for _ in prompts]
+        for k in range(len(steps) + 1):
+            hashes = [m["delta_hash"] for m in steps[:k]]
+            key = model_key(self.base_hash, *hashes)
+            with self.pipe_with(run.cumulative_delta(k) if k else None) as pipe:
+                imgs = generate(pipe, prompts, [seed] * len(prompts), self.plan.sampler, cache_dir=self.cache, model_key=key)
+            for r, img in enumerate(imgs):
+                images[r].append(img)
+            columns.append("step 0" if k == 0 else f"step {k} (-{steps[k - 1]['request']['concept']})")
+        marked = [[k > 0 and c in self.exp.sequence[:k] for k in range(len(steps) + 1)] for c in concepts]
+        return {"variant": name, "rows": prompts, "columns": columns, "images": images, "marked": marked}
+
+    def write_report(self, summary: dict) -> dict:
+        from ..report import write_report
+
+        return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def judge_identity(exp: Experiment) -> str:
+    """What identifies the judge: its protocol and its weight files (content hash for the
+    small MiniCanvas classifiers, path/size/mtime for large user checkpoints)."""
+    from ..delta import file_hash
+
+    files = sorted((Path(exp.model) / "classifiers").glob("*")) if exp.protocol == "minicanvas" else \
+        [Path(p) for p in (exp.style_classifier, exp.object_classifier) if p]
+    parts = [exp.protocol]
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            parts.append(file_hash(f) if st.st_size < (64 << 20) else f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return model_key(*parts)
+
+
+def short_table(summary: dict) -> str:
+    lines = [f"{'variant':28s} {'step':>4s} {'UA':>6s} {'RA-I':>6s} {'RA-C':>6s} {'drift':>7s}"]
+    for name, v in summary["variants"].items():
+        last = v["steps"][-1]
+        fmt = lambda x: f"{x:6.1f}" if x is not None else "     -"
+        lines.append(f"{name:28s} {last['step']:4d} {fmt(last['UA'])} {fmt(last['RA_I'])} {fmt(last['RA_C'])} {last['drift_l2']:7.3f}")
+    return "\n".join(lines)
+
+
+
+def judge_options(exp: Experiment, device: str | None) -> dict:
+    """UnlearnCanvas judges: on the run's device, with the architecture the file names (tests: tiny ViTs)."""
+    if exp.protocol != "unlearncanvas":
+        return {}
+    from ..model import pick_device
+
+    return {"device": str(pick_device(device)), **(exp.raw.get("classifiers", {}) or {}).get("arch", {})}
+
+
