@@ -323,9 +323,6 @@ def train_classifiers(images, style_labels, object_labels, vae, size: BuildSize,
     return models
 
 
-# kept for callers of the old private name (continual.py until it imports make_portable)
-
-
 # ---------------------------------------------------------------- the whole build
 def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: bool = False) -> dict:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
