@@ -47,7 +47,7 @@ def test_one_command_from_checkpoints_to_the_report(checkpoints, tmp_path, domai
     raw["eval"] = {"seeds": [188], "probe_seeds": [1], "sampler": {"steps": 2, "guidance": 9.0, "scheduler": "ddim"}}
     raw["classifiers"]["arch"] = TINY
     keep = raw["variants"][1] if domain == "styles" else raw["variants"][2]  # projection; LoRA + projection
-    keep["method_settings"].update(steps=3, anchor_images=4, batch_size=2, sampler_steps=2)
+    keep.setdefault("method_settings", {}).update(steps=3, anchor_images=4, batch_size=2, sampler_steps=2)  # over the file's defaults:
     raw["variants"], raw["grid"] = [keep], {"variant": keep["name"], "prompts": 3}
     cfg = tmp_path / "uc.yaml"
     cfg.write_text(yaml.safe_dump(raw))
