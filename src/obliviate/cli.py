@@ -63,16 +63,12 @@ def check_device(device: str | None) -> None:
 
 def parse_reg(text: str) -> tuple[str, dict[str, str]]:
     """`NAME[:key=value,...]` -> (name, settings)."""
-    name, _, rest = text.partition(":")
-    settings = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--reg {text!r}: settings must look like NAME:key=value,key=value")
-        settings[key.strip()] = value.strip()
+    from .trainer import parse_named
+
+    name, settings = parse_named(text, "--reg")
     if not name:
         raise ValueError(f"--reg {text!r}: missing regularizer name")
-    return name.strip(), settings
+    return name, settings
 
 
 def parse_kv(items: list[str], flag: str) -> dict[str, str]:

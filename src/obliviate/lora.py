@@ -88,15 +88,9 @@ def is_lora(group: str) -> bool:
 
 def parse_group(group: str) -> LoraSettings:
     """`lora:r=4,targets=kv-xattn,alpha=4` -> settings, with errors naming the input."""
-    from .trainer import parse_settings
+    from .trainer import parse_named, parse_settings
 
-    _, _, rest = group.partition(":")
-    values = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--param-group {group!r}: settings must look like lora:r=4,targets=kv-xattn")
-        values[key.strip()] = value.strip()
+    _, values = parse_named(group, "--param-group", "lora:r=4,targets=kv-xattn")
     return parse_settings(LoraSettings, values, f"--param-group {group}")
 
 

@@ -79,6 +79,19 @@ SETTING_RANGES: dict[str, tuple] = {
 }
 
 
+def parse_named(text: str, flag: str, example: str = "NAME:key=value,key=value") -> tuple[str, dict[str, str]]:
+    """`NAME[:key=value,...]` -> (name, raw settings): the one syntax of --reg, --attack and
+    --param-group, with errors that name the flag and the input."""
+    name, _, rest = text.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{flag} {text!r}: settings must look like {example}")
+        settings[key.strip()] = value.strip()
+    return name.strip(), settings
+
+
 def check_ranges(settings, where: str) -> None:
     """Refuse a numeric setting outside its range, naming the setting and the range."""
     ranges = {**SETTING_RANGES, **getattr(settings, "ranges", {})}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..delta import atomic_write_json
-from ..trainer import parse_settings
+from ..trainer import parse_named, parse_settings
 from .common import Attack, Target, Timer, load_target, settings_dict
 from .inversion import Inversion
 from .paraphrase import Paraphrase
@@ -37,16 +37,10 @@ def build_attack(name: str, settings: dict | None = None) -> Attack:
 
 def parse_attack(text: str) -> tuple[str, dict[str, str]]:
     """`NAME[:key=value,...]` -> (name, settings)."""
-    name, _, rest = text.partition(":")
-    settings = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--attack {text!r}: settings must look like NAME:key=value,key=value")
-        settings[key.strip()] = value.strip()
-    if not name.strip():
+    name, settings = parse_named(text, "--attack")
+    if not name:
         raise ValueError(f"--attack {text!r}: missing attack name; valid attacks: {', '.join(ATTACKS)}")
-    return name.strip(), settings
+    return name, settings
 
 
 def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **info) -> dict:
