@@ -20,11 +20,11 @@ def request(concept="fire", domain="style", regs=(), **settings):
                    regularizers=list(regs))
 
 
-def test_style_request_protects_its_own_anchor_captions_by_default(quick_model, tmp_path):
+def test_style_request_protects_its_own_anchor_captions_by_default(random_model, tmp_path):
     """Reference: for styles, C comes from the anchor captions ("an image of a X" -> X), deduplicated
     greedily in order, a column dropped when its cosine to a kept one reaches 0.95 -- not from the
     other styles. 16 anchors over 12 objects: the repeats go (cosine 1), and so do near-duplicates."""
-    model, _ = quick_model
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     meta = run.unlearn(request(anchor_images="16", steps="2", regs=[("projection", {})]), quiet=True)
     objects = run.catalog().objects
@@ -47,10 +47,10 @@ def test_style_request_protects_its_own_anchor_captions_by_default(quick_model, 
     assert "circle" not in names and names & set(world.STYLE_NAMES) and names & set(world.OBJECT_NAMES)
 
 
-def test_prompt_file_line_gives_the_word_after_the_prefix(quick_model, tmp_path):
+def test_prompt_file_line_gives_the_word_after_the_prefix(random_model, tmp_path):
     """Reference: the state of the word(s) after "an image of a" / "an image in the style of";
     without a prefix, the last word before the end token. extract=mean (ours) averages all."""
-    model, _ = quick_model
+    model = random_model
     pipe = load_pipeline(model, device="cpu")
     tok = pipe.tokenizer
     line = "an image of a circle"
@@ -75,8 +75,8 @@ def test_prompt_file_line_gives_the_word_after_the_prefix(quick_model, tmp_path)
     assert max(float((d @ C).norm() / (d.norm() * C.norm())) for d in delta.values() if d.norm() > 0) < 1e-5
 
 
-def test_start_token_detachment_removes_token_zero_from_the_weight_gradient(quick_model):
-    model, _ = quick_model
+def test_start_token_detachment_removes_token_zero_from_the_weight_gradient(random_model):
+    model = random_model
     pipe = load_pipeline(model, device="cpu")
     unet = pipe.unet
     layer = key_value_projections(unet)[0]
@@ -136,8 +136,8 @@ def test_reference_recipe_elements_and_phrasings():
         "In Van Gogh Style, a photo of a dog.", "A photo of a dog, in Van Gogh Style."]
 
 
-def test_reference_recipe_runs_and_is_recorded_in_step_json(quick_model, tmp_path):
-    model, _ = quick_model
+def test_reference_recipe_runs_and_is_recorded_in_step_json(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     meta = run.unlearn(request(recipe="reference", steps="3"), quiet=True)
     recorded = json.loads((tmp_path / "run" / "steps" / "001-fire" / "step.json").read_text())["config"]["method"]

@@ -198,8 +198,7 @@ def cmd_eval(args) -> int:
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
     protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
-                             object_classifier=args.object_classifier,
-                             **({"device": args.device or "cpu"} if args.protocol == "unlearncanvas" else {}))
+                             object_classifier=args.object_classifier, device=args.device or "cpu")
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
     try:
