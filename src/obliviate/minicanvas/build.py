@@ -63,6 +63,16 @@ def _log(msg: str, quiet: bool) -> None:
         print(f"[minicanvas] {msg}", flush=True)
 
 
+def _descend(opt, sched, loss, clip=None) -> None:
+    """One optimiser step of a build stage (gradient norm clipped to 1 where `clip` names parameters)."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+
+
 # ---------------------------------------------------------------- tokenizer
 def build_tokenizer(out_dir: Path):
     """A word-level tokenizer saved as standard Hugging Face files (tokenizer.json & co)."""
@@ -172,10 +182,7 @@ def train_text_encoder(tokenizer, images, style_labels, object_labels, size: Bui
         loss_i = -(F.log_softmax(logits, dim=1) * match / match.sum(1, keepdim=True)).sum(1).mean()
         loss_t = -(F.log_softmax(logits.T, dim=1) * match.T / match.T.sum(1, keepdim=True)).sum(1).mean()
         loss = (loss_i + loss_t) / 2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _descend(opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     text_model.eval().requires_grad_(False)
     return text_model, float(loss.item())
@@ -213,10 +220,7 @@ def train_vae(images, size: BuildSize, gen: torch.Generator, quiet: bool):
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
         kl = post.kl().mean() / x[0].numel()
         loss = rec + 1e-4 * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _descend(opt, sched, loss)
         bar.set_postfix(rec=f"{rec.item():.4f}")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
@@ -278,11 +282,7 @@ def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSi
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, embeddings[cap]).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _descend(opt, sched, loss, clip=unet.parameters())
         with torch.no_grad():
             decay = min(size.ema_decay, (1 + step) / (10 + step))
             for k, v in unet.state_dict().items():
@@ -329,10 +329,7 @@ def train_classifiers(images, style_labels, object_labels, vae, size: BuildSize,
             x = torch.where(use_recon, recon[idx], images[idx])
             x = x + 0.03 * torch.randn(x.shape, generator=gen)
             loss = F.cross_entropy(model(x), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+            _descend(opt, sched, loss)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         models[name] = model.eval().requires_grad_(False)
     return models

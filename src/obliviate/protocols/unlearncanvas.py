@@ -191,22 +191,23 @@ def _from_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _from_legacy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _relayer(sd: Mapping[str, torch.Tensor], pattern: re.Pattern, prefix: str, frm: int, to: int) -> dict[str, torch.Tensor]:
+    """Rename per-layer keys between the current ("vit.layers.N", column 0 of _LEGACY_LAYER)
+    and the pre-5.x ("vit.encoder.layer.N", column 1) transformers naming; others kept."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        m = _LEGACY_LAYER_RE.match(key)
-        new = _swap_suffix(m.group(2), _LEGACY_LAYER, 1, 0) if m else None
-        out[f"vit.layers.{m.group(1)}.{new}" if new is not None else key] = value
+        m = pattern.match(key)
+        new = _swap_suffix(m.group(2), _LEGACY_LAYER, frm, to) if m else None
+        out[f"{prefix}.{m.group(1)}.{new}" if new is not None else key] = value
     return out
+
+
+def _from_legacy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _relayer(sd, _LEGACY_LAYER_RE, "vit.layers", 1, 0)
 
 
 def _to_legacy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        m = _CANON_LAYER_RE.match(key)
-        new = _swap_suffix(m.group(2), _LEGACY_LAYER, 0, 1) if m else None
-        out[f"vit.encoder.layer.{m.group(1)}.{new}" if new is not None else key] = value
-    return out
+    return _relayer(sd, _CANON_LAYER_RE, "vit.encoder.layer", 0, 1)
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
