@@ -370,6 +370,57 @@ def test_attacks_with_multi_token_names_on_a_clip_tokenizer(families, judges, na
         assert any("<new>" in q for q, _, _ in seen)
 
 
+def test_attacks_on_sdxl_paraphrase_runs_learned_token_attacks_are_refused(families, judges, tmp_path, capsys):
+    """Paraphrase only prompts the pipeline, so it runs on SDXL; inversion, prefix and relearn
+    train through one text encoder and are refused with a clear message (also by `obliviate run`
+    before any training)."""
+    from obliviate.attacks import build_attack, load_target, run_attack
+    from obliviate.evaluate.evaluator import load_protocol
+    from obliviate.evaluate.sampler import SamplerConfig
+    from obliviate.model import model_hash
+
+    (style, obj), p = (judges[0]["style"], judges[0]["object"]), judges[1]
+    protocol = load_protocol("unlearncanvas", style_classifier=style, object_classifier=obj, **TINY_VIT)
+    model = families["sdxl"]
+    target = load_target(model, {}, ["Van_Gogh"], "style", protocol, p.retained_objects[:1], [188],
+                         SamplerConfig(steps=2, guidance=3.0, scheduler="ddim"), base_hash=model_hash(model))
+    assert 0 <= run_attack(target, build_attack("paraphrase", {"phrasings": "1"}))["mean_asr"] <= 100
+    for name in ("inversion", "prefix", "relearn"):
+        with pytest.raises(ValueError, match=f"attack '{name}' does not support SDXL.*use attack paraphrase"):
+            run_attack(target, build_attack(name, ATTACK_SETTINGS[name]))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(experiment(p, ["Van_Gogh"], attacks=["inversion:steps=1"])))
+    out = tmp_path / "out"
+    code = main(["--quiet", "run", str(cfg), "--out", str(out), "--model", str(model), "--style-classifier", str(style),
+                 "--object-classifier", str(obj)])
+    assert code == 2 and "does not support SDXL" in capsys.readouterr().err and not out.exists()
+
+
+def test_full_size_configs_are_the_published_architectures():
+    """size="full" reproduces the published parameter counts of each family, SDXL included (built
+    on the meta device: no memory; full-size SDXL weights are 13.9 GB in float32, never built)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from obliviate.testing import text_configs, unet_config, vae_config
+
+    published = {"sd15": (859_520_964, [123_060_480]), "sd21": (865_910_724, [340_387_840]),
+                 "sdxl": (2_567_463_684, [123_060_480, 694_659_840])}
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    with torch.device("meta"):
+        for family, (unet, encoders) in published.items():
+            configs = text_configs(family, "full")
+            models = [CLIPTextModel(configs[0])] + [CLIPTextModelWithProjection(c) for c in configs[1:]]
+            assert count(UNet2DConditionModel(**unet_config(family, "full"))) == unet, family
+            assert [count(m) for m in models] == encoders, family
+            assert count(AutoencoderKL(**vae_config(family, "full"))) == 83_653_863
+            # the lower sampling resolution of the full-size tests changes no weight
+            assert count(UNet2DConditionModel(**unet_config(family, "full", latent_size=8))) == unet
+
+
 # ---------------------------------------------------------------- real size (marked)
 # The published weight shapes at a 64x64 sample resolution (8x8 latents): no weight's shape
 # depends on the resolution, and at 512x512 one CPU training step of the 860M-parameter UNet

@@ -261,4 +261,8 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
             f"protocol minicanvas judges images with the classifiers that MiniCanvas models carry (classifiers/), and "
             f"{exp.model} has none. For a Stable Diffusion model use protocol: unlearncanvas with --style-classifier "
             "FILE --object-classifier FILE (the UnlearnCanvas judges), or unlearn without an evaluation: obliviate unlearn")
+    from ..attacks import check_model
+
+    for attack in exp.attacks:  # before the training, not after it
+        check_model(attack["name"], exp.model)
     return exp
