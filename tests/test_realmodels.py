@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -434,6 +435,14 @@ def test_fullsize_every_method_one_step(family, tmp_path, catalog_run):
     """SD 1.5 / SD 2.1 shapes (768/1024-wide text encoders, 77 tokens, f=8 VAE, 860M-parameter
     UNet, v-prediction for 2.1): one short request of each method with multi-token names, the
     export loads with plain diffusers and samples through the evaluation sampler."""
+    try:
+        fullsize_requests_and_export(family, tmp_path)
+    finally:  # 9-10 GB of model files per family: not left for pytest's retention of temporary directories
+        for big in (tmp_path / family, tmp_path / "exported"):
+            shutil.rmtree(big, ignore_errors=True)
+
+
+def fullsize_requests_and_export(family, tmp_path):
     import gc
 
     from diffusers import StableDiffusionPipeline
