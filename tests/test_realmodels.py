@@ -424,8 +424,8 @@ def test_full_size_configs_are_the_published_architectures():
 
 # ---------------------------------------------------------------- real size (marked)
 # The published weight shapes at a 64x64 sample resolution (8x8 latents): no weight's shape
-# depends on the resolution, and at 512x512 one CPU training step of the 860M-parameter UNet
-# takes minutes (docs/results/bench-realsize.json) where at 64x64 it takes seconds.
+# depends on the resolution, and one CPU training step of the 860M-parameter UNet takes minutes
+# at 512-768 px against 5-8 CPU-seconds at 64 px (docs/results/bench-realsize*.json).
 FULL_UNET_PARAMETERS = {"sd15": 859_520_964, "sd21": 865_910_724}  # the published SD 1.5 / SD 2.1 UNets
 
 

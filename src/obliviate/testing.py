@@ -161,7 +161,8 @@ def random_pipeline(family: str, size: str = "tiny", *, seed: int = 0, latent_si
 
     `latent_size` (>= 8, a multiple of 8) lowers the default sample resolution: the full-size
     tests keep every weight at its published shape but sample and train at 64x64 pixels
-    (8x8 latents), which makes a UNet call at SD 1.5 size ~64x cheaper than at 512x512."""
+    (8x8 latents): a ConAbl step at SD 2.1 size took 4.7 CPU-seconds there against 139 at its
+    own 768 px (docs/results/bench-realsize*.json)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
