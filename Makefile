@@ -25,7 +25,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# random-weight SD 1.5 and SD 2.1 at real size: one step of each method (not part of `make test`)
+# random-weight SD 1.5 and SD 2.1 at real size (64 px): one request of each method, export, sampling
+# (not part of `make test`: ~5 CPU-minutes, 7.3 GiB peak memory; .ci/run runs it)
 test-fullsize: $(STAMP)
 	$(BIN)/python -m pytest tests -m fullsize
 

@@ -255,4 +255,14 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
     from ..model import check_pipeline_dir
 
     check_pipeline_dir(exp.model)
+    if exp.protocol == "minicanvas" and not (Path(exp.model) / "classifiers" / "config.json").exists():
+        # the MiniCanvas judge ships inside the MiniCanvas model; say so before any work
+        raise ValueError(
+            f"protocol minicanvas judges images with the classifiers that MiniCanvas models carry (classifiers/), and "
+            f"{exp.model} has none. For a Stable Diffusion model use protocol: unlearncanvas with --style-classifier "
+            "FILE --object-classifier FILE (the UnlearnCanvas judges), or unlearn without an evaluation: obliviate unlearn")
+    from ..attacks import check_model
+
+    for attack in exp.attacks:  # before the training, not after it
+        check_model(attack["name"], exp.model)
     return exp
