@@ -42,6 +42,19 @@ class Runner:
         self.cache = self.out / "cache" / "images"
         self.anchors = self.out / "cache" / "base-model"  # anchor / forget / remain images, shared by variants
         self._base_pipe = None
+        self._probing = False
+        self._vdirs: dict[str, Path] = {}  # variant name -> its directory (a swept variant: the chosen value's)
+
+    @contextlib.contextmanager
+    def probing(self):
+        """Inside: settings evaluate on the probe plan, into `probe-eval/` instead of `eval/`
+        (a strength sweep, strength.py; the reported evaluation of the chosen value reuses
+        the sweep's training and writes `eval/`)."""
+        plan, self.plan, self._probing = self.plan, self.probe, True
+        try:
+            yield
+        finally:
+            self.plan, self._probing = plan, False
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -70,6 +83,8 @@ class Runner:
         """Cached per file and key: a finished evaluation is read back when everything it
         depends on is unchanged (see `evaluation_key`), and recomputed otherwise."""
         plan = plan or self.plan
+        if self._probing and path.parent.name == "eval":
+            path = path.parent.with_name("probe-eval") / path.name
         cache_key = self.evaluation_key(key, unlearned, plan)
         if path.exists():
             try:
@@ -100,12 +115,13 @@ class Runner:
     def step0(self) -> dict:
         res = self.evaluate(None, [], model_key(self.base_hash), self.out / "eval" / "base.json")
         return {"step": 0, "concept": None, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": 0.0,
-                "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"]}
+                "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"],
+                **power_fields(res)}
 
     def row(self, t, concept, res, drift_l2, train_seconds, **extra) -> dict:
         return {"step": t, "concept": concept, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": drift_l2,
                 "train_seconds": train_seconds, "eval_seconds": res["eval_seconds"],
-                "per_concept_accuracy": res["per_concept_accuracy"], **extra}
+                "per_concept_accuracy": res["per_concept_accuracy"], **power_fields(res), **extra}
 
     # ------------------------------------------------------------ the whole experiment
     def run(self) -> dict:
@@ -127,13 +143,20 @@ class Runner:
         for i, variant in enumerate(self.exp.variants, start=1):
             self.log(f"variant {i}/{len(self.exp.variants)}: {variant.name} ({variant.setting})")
             vdir = self.out / "variants" / slug(variant.name)
+            choice = None
+            if variant.sweep:  # strength chosen on the probe seeds (strength.py); the sweep's training is reused
+                from .strength import choose_strength
+
+                variant, vdir, choice = choose_strength(self, variant, vdir)
+            self._vdirs[variant.name] = vdir
             rows = SETTINGS[variant.setting](self, variant, vdir)
             summary["variants"][variant.name] = {
                 "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
                 # every setting as run, defaults included, for the report
                 "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
                 "param_group": variant.param_group, "early_stopping": variant.early_stopping,
-                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
+                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}),
+                **({"strength": choice} if choice else {}), "steps": rows}
             if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
                 from ..attacks.runner import attack_variant
 
@@ -152,7 +175,7 @@ class Runner:
             return None
         from ..evaluate.sampler import generate
 
-        run = Run(self.out / "variants" / slug(name) / "run")
+        run = Run(self._vdirs.get(name, self.out / "variants" / slug(name)) / "run")
         steps = run.steps()
         concepts = self.exp.sequence[: max(1, self.exp.grid_prompts - 2)] + self.plan.retained[:2]
         partner = self.plan.partners[0]
@@ -175,6 +198,11 @@ class Runner:
         from ..report import write_report
 
         return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def power_fields(res: dict) -> dict:
+    """RA-I two ways, the intervals and the per-image predictions (evaluate/power.py), for a row."""
+    return {k: res[k] for k in ("RA_I_all", "RA_I_neighbours", "intervals", "predictions") if k in res}
 
 
 def judge_identity(exp: Experiment) -> str:

@@ -93,7 +93,7 @@ def parse_policy(spec, where: str) -> dict:
     for k, v in spec.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             raise ValueError(f"{where}: strength {k} must be a number, got {v!r}")
-    return {"policy": name, **{k: float(v) for k, v in spec.items()}}
+    return {"policy": name, **POLICY_OPTIONS[name], **{k: float(v) for k, v in spec.items()}}
 
 
 def with_value(variant, key: str, value):
