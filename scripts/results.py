@@ -316,6 +316,53 @@ def bench_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def bench_eval_section(path: Path) -> list[str]:
+    """Cheaper evaluation samplers against the 20-step reference (scripts/bench_eval.py)."""
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    ref = b["reference"]
+    cands = b["candidates"]
+    fmt = lambda x: "–" if x is None else f"{x:+.1f}"
+    models = ", ".join(f"{m} ({' -> '.join(e['requests']) or 'no request'})" for m, e in b["models"].items())
+    lines = ["## Faster evaluation (benchmark)", "",
+             f"`python scripts/bench_eval.py` (figures: [{path.as_posix().split('docs/')[-1]}]({path.as_posix().split('docs/')[-1]})): "
+             f"the same models ({models}), the same grid (every style x every object x seeds {b['seeds']}) and the same "
+             f"judge for every sampler. Bar (issue 11): >= {b['bar']['unet_ratio_min']:g}x fewer UNet evaluations per "
+             f"scored image than `{ref}` with every metric (UA, RA-I, RA-I over all not-unlearned concepts, RA-I over "
+             f"designed neighbours, RA-C) of every (model, domain) within {b['bar']['max_abs_difference']:g} points of it. "
+             "UNet evaluations are counted with a hook on the UNet (CFG runs the conditional and unconditional halves: "
+             "two per step).", "",
+             "| sampler | settings | UNet evaluations / image | fewer than reference | largest difference (points) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name, c in cands.items():
+        settings = f"{c['scheduler']} {c['steps']} steps, guidance {c['guidance']:g}" + (f", x0 after step {c['x0_at']}" if c.get("x0_at") else "")
+        missing = f" (not run on {', '.join(c['not_evaluated_on'])})" if c.get("not_evaluated_on") else ""
+        lines.append(f"| {name} | {settings} | {c['unet_evaluations_per_image']:g} | {c['ratio_to_reference']:.1f}x | "
+                     f"{c['max_abs_difference']:.1f}{missing} | {'**meets**' if c['meets_bar'] else 'misses'} |")
+    lines += ["", "Difference from the reference per metric (candidate - reference, points; in brackets the 95% paired "
+              "bootstrap interval of the difference on the same images):", "",
+              "| model | domain | sampler | UA | RA-I | RA-I all | RA-I neighbours | RA-C |", "|---|---|---|---|---|---|---|---|"]
+    for mname, e in b["models"].items():
+        for dom, d in e["domains"].items():
+            r = d["candidates"][ref]["metrics"]
+            lines.append(f"| {mname} | {dom} | {ref} (value) | " + " | ".join("–" if r[k] is None else f"{r[k]:.1f}" for k in
+                         ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C")) + " |")
+            for cand, c in d["candidates"].items():
+                if cand == ref:
+                    continue
+                cells = []
+                for k in ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C"):
+                    p = (c.get("paired_vs_reference") or {}).get(k)
+                    cells.append(fmt(c["difference"][k]) + (f" [{p['lo']:+.1f}, {p['hi']:+.1f}]" if p else ""))
+                lines.append(f"| {mname} | {dom} | {cand} | " + " | ".join(cells) + " |")
+    met = [n for n, c in cands.items() if c["meets_bar"]]
+    lines += ["", "**Verdict:** " + (f"{', '.join(met)} meet{'s' if len(met) == 1 else ''} the bar." if met else
+              f"no candidate meets the bar; the study keeps `{ref}` (the default, `eval.sampler` unset). Every candidate "
+              "is still selectable by name (`eval: {sampler: NAME}`) for quick looks."), ""]
+    return lines
+
+
 def sweep_section(studies) -> list[str]:
     lines = []
     for path in run_files(studies, "sweep-*/summary.json").values():
@@ -393,6 +440,7 @@ def main() -> None:
                 *holdout(studies, domain, runs, variants, n)]
         commands.append((domain, runs))
     doc += bench_section(out / "results" / "bench-requests.json")
+    doc += bench_eval_section(out / "results" / "bench-eval.json")
     doc += projection_leak(study)
     sweeps = sweep_section(studies)
     if sweeps:

@@ -166,3 +166,25 @@ def test_x0_at_stops_early_and_no_cfg_halves_the_unet_rows(quick_model):
     # x0 predicted one step before the end is closer to the full trajectory than x0 at step 2
     late, early = (np.abs(images[k] - images["full"]).mean() for k in ("x0", "x0early"))
     assert late < early
+
+
+def test_compare_variants_pairs_two_rows_of_a_summary():
+    from obliviate.evaluate.evaluator import EvalPlan
+    from obliviate.evaluate.power import compare_variants
+
+    seq, retained, partners, seeds = ["fire", "ice"], ["lava", "sky"], OBJECTS, [1, 2, 3]
+    cells = EvalPlan("style", seq, retained, partners, seeds).grid()
+    kw = dict(domain="style", unlearned=["fire"], retained=retained, partners=partners, neighbours=NEIGHBOURS,
+              styles=STYLES, objects=OBJECTS)
+    noisy = power_metrics(cells, *random_predictions(cells, 5), **kw)
+    perfect = power_metrics(cells, [c[0] for c in cells], [c[1] for c in cells], **kw)
+    summary = {"domain": "style", "sequence": seq, "retained": retained, "partners": partners, "seeds": seeds,
+               "labels": {"style": STYLES, "object": OBJECTS}, "neighbours": NEIGHBOURS,
+               "variants": {"a": {"steps": [{}, perfect]}, "b": {"steps": [{}, noisy]}}}
+    res = compare_variants(summary, "a", "b", 1)
+    assert res["RA_I_all"]["verdict"] == "a higher"
+    assert compare_variants(summary, "b", "b", 1)["RA_I"]["verdict"] == "inconclusive"
+    with pytest.raises(ValueError, match="no per-image predictions"):
+        compare_variants(summary, "a", "b", 0)
+    with pytest.raises(ValueError, match="not in the summary"):
+        compare_variants(summary, "a", "c", 1)

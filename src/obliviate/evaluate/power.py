@@ -157,3 +157,23 @@ def compare(a: dict, b: dict, cells, *, domain: str, unlearned, retained, partne
     ha = hits(cells, decode_labels(a["predictions"]["style"], styles), decode_labels(a["predictions"]["object"], objects), domain)
     hb = hits(cells, decode_labels(b["predictions"]["style"], styles), decode_labels(b["predictions"]["object"], objects), domain)
     return {name: paired(ha[side], hb[side], g, flip, names=names) for name, (side, flip, g) in groups.items()}
+
+
+def compare_variants(summary: dict, a: str, b: str, step: int, *, seed: int = 0) -> dict:
+    """Paired comparison of two variants of one experiment's summary.json after `step`
+    requests, on the same images (the summary's grid and each row's predictions)."""
+    from .evaluator import EvalPlan
+
+    rows = {}
+    for name in (a, b):
+        if name not in summary["variants"]:
+            raise ValueError(f"variant {name!r} is not in the summary; variants: {', '.join(summary['variants'])}")
+        steps = summary["variants"][name]["steps"]
+        if step >= len(steps) or "predictions" not in steps[step]:
+            raise ValueError(f"variant {name!r} has no per-image predictions after request {step}")
+        rows[name] = steps[step]
+    plan = EvalPlan(summary["domain"], summary["sequence"], summary["retained"], summary["partners"], summary["seeds"])
+    labels = summary["labels"]
+    return compare(rows[a], rows[b], plan.grid(), domain=summary["domain"], unlearned=summary["sequence"][:step],
+                   retained=summary["retained"], partners=summary["partners"], neighbours=summary.get("neighbours"),
+                   styles=labels["style"], objects=labels["object"], names=(a, b))

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..continual import Run, build_hooks, resolved_config, slug
 from ..delta import atomic_write_json, with_delta
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
+from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive
 from ..model import load_pipeline, model_hash
 from ..trainer import Request
@@ -138,6 +139,9 @@ class Runner:
                    "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
                    "base_model": {"path": str(self.exp.model), "hash": self.base_hash},
                    "images_per_evaluation": len(self.plan.grid()), "images_per_probe": len(self.probe.grid()),
+                   # what paired comparisons of the rows' predictions need (evaluate/power.compare_variants)
+                   "labels": {"style": list(self.protocol.styles), "object": list(self.protocol.objects)},
+                   "neighbours": protocol_neighbours(self.protocol),
                    "variants": {}}
         t0 = time.time()
         for i, variant in enumerate(self.exp.variants, start=1):
