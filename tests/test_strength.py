@@ -115,8 +115,15 @@ def test_experiment_files_check_sweeps_and_policies(tmp_path):
 def test_power_settings_in_experiment_files():
     base = {"domain": "style", "sequence": ["fire"], "eval": {"seeds": [188, 288, 588], "probe_seeds": [1]},
             "variants": [{"name": "a"}]}
+    from obliviate.evaluate.evaluator import load_protocol
+    from obliviate.experiment.runner import resolve_partners
+    from obliviate.minicanvas import bundled_path
+
     exp = load_experiment({**base, "partners": "all", "eval": {**base["eval"], "sampler": "dpm5"}})
-    assert exp.partners is None  # every concept of the other domain
+    protocol = load_protocol("minicanvas", bundled_path())
+    assert resolve_partners(protocol, "style", exp.partners) == protocol.objects  # every concept of the other domain
+    assert resolve_partners(protocol, "object", exp.partners) == protocol.styles
+    assert resolve_partners(protocol, "style", ["ring"]) == ["ring"]
     assert (exp.sampler.steps, exp.sampler.guidance, exp.sampler.scheduler) == (5, 5.0, "dpm")
     exp = load_experiment({**base, "eval": {**base["eval"], "sampler": {"preset": "x0at5of20", "guidance": 3.0}}})
     assert (exp.sampler.x0_at, exp.sampler.guidance) == (5, 3.0)

@@ -42,7 +42,7 @@ class Experiment:
     domain: str
     sequence: list[str]
     retained: list[str] | None
-    partners: list[str] | None
+    partners: list[str] | str | None
     seeds: list[int]
     probe_seeds: list[int]
     sampler: SamplerConfig
@@ -240,7 +240,7 @@ def load_experiment(path_or_dict) -> Experiment:
     exp = Experiment(
         name=str(raw.get("name", "experiment")), model=resolve_model(raw.get("model")), protocol=raw.get("protocol", "minicanvas"),
         domain=raw["domain"], sequence=list(raw["sequence"]), retained=raw.get("retained"),
-        partners=None if raw.get("partners") == "all" else raw.get("partners"),  # all: every concept of the other domain
+        partners=raw.get("partners"),  # "all": every concept of the other domain (runner.resolve_partners)
         seeds=list(ev.get("seeds", [188, 288])), probe_seeds=list(ev.get("probe_seeds", [1, 2])), sampler=sampler,
         variants=variants, seed=int(raw.get("seed", 0)), grid_variant=grid.get("variant"), grid_prompts=int(grid.get("prompts", 6)),
         style_classifier=classifiers.get("style"), object_classifier=classifiers.get("object"), raw=raw,

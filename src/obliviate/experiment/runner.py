@@ -35,7 +35,8 @@ class Runner:
                                                    "gradient_checkpointing": gradient_checkpointing}
         self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
                                       object_classifier=exp.object_classifier, **judge_options(exp, device))
-        self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained, exp.partners, exp.seeds, exp.sampler)
+        self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained,
+                              resolve_partners(self.protocol, exp.domain, exp.partners), exp.seeds, exp.sampler)
         self.probe = EvalPlan(self.plan.domain, self.plan.sequence, self.plan.retained, self.plan.partners,
                               exp.probe_seeds, self.plan.sampler)
         self.base_hash = model_hash(exp.model)
@@ -202,6 +203,13 @@ class Runner:
         from ..report import write_report
 
         return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def resolve_partners(protocol, domain: str, partners):
+    """`partners: all` = every concept of the other domain, whatever the protocol's default."""
+    if partners == "all":
+        return list(protocol.concepts("object" if domain == "style" else "style"))
+    return partners
 
 
 def power_fields(res: dict) -> dict:
