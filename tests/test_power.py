@@ -188,3 +188,21 @@ def test_compare_variants_pairs_two_rows_of_a_summary():
         compare_variants(summary, "a", "b", 0)
     with pytest.raises(ValueError, match="not in the summary"):
         compare_variants(summary, "a", "c", 1)
+
+
+def test_intervals_are_the_same_in_another_process():
+    """Deterministic given the seed: no set-order (hash-seed) dependence across processes."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json; from test_power import *; cells = grid(); ps, po = random_predictions(cells, 7); "
+            "print(json.dumps(power_metrics(cells, ps, po, domain='style', unlearned=['fire'], retained=['sky'], "
+            "partners=OBJECTS, neighbours=NEIGHBOURS, styles=STYLES, objects=OBJECTS)['intervals']))")
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    outs = {subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": str(h)}, capture_output=True,
+                           text=True, check=True).stdout for h in (1, 2)}
+    assert len(outs) == 1 and json.loads(outs.pop())["RA_C"]["lo"] > 0

@@ -46,7 +46,8 @@ def metric_groups(cells, domain: str, unlearned, retained, partners, neighbours:
     if domain not in ("style", "object"):
         raise ValueError(f"metrics need domain style or object, got {domain!r}")
     own_i, other_i = (0, 1) if domain == "style" else (1, 0)
-    partners, unlearned = set(partners), list(unlearned)
+    ordered = list(dict.fromkeys(partners))  # list order, not set order: the bootstrap draws go group by group
+    partners, unlearned = set(ordered), list(unlearned)
 
     def own_groups(concepts):
         out = []
@@ -66,7 +67,7 @@ def metric_groups(cells, domain: str, unlearned, retained, partners, neighbours:
         "RA_I_all": ("own", False, own_groups(every)),
         "RA_I_neighbours": ("own", False, own_groups([c for c in every if c in near]) if neighbours else []),
         "RA_C": ("other", False, [np.array([i for i, cell in enumerate(cells) if cell[other_i] == p], dtype=int)
-                                  for p in partners if any(cell[other_i] == p for cell in cells)]),
+                                  for p in ordered if any(cell[other_i] == p for cell in cells)]),
     }
     return groups
 
