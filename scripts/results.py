@@ -357,9 +357,21 @@ def bench_eval_section(path: Path) -> list[str]:
                     cells.append(fmt(c["difference"][k]) + (f" [{p['lo']:+.1f}, {p['hi']:+.1f}]" if p else ""))
                 lines.append(f"| {mname} | {dom} | {cand} | " + " | ".join(cells) + " |")
     met = [n for n, c in cands.items() if c["meets_bar"]]
+    cheap = {n: c for n, c in cands.items() if n != ref and (c["ratio_to_reference"] or 0) >= b["bar"]["unet_ratio_min"]}
+    closest = min(cheap, key=lambda n: cheap[n]["max_abs_difference"]) if cheap else None
+    near = min((n for n in cands if n != ref), key=lambda n: cands[n]["max_abs_difference"], default=None)
+    notes = []
+    if closest:
+        notes.append(f"Closest at >= {b['bar']['unet_ratio_min']:g}x: `{closest}`, {cheap[closest]['max_abs_difference']:.1f} "
+                     "points off at worst.")
+    if near and near != closest:
+        notes.append(f"Closest of all: `{near}` ({cands[near]['ratio_to_reference']:.1f}x fewer, "
+                     f"{cands[near]['max_abs_difference']:.1f} points at worst"
+                     + (f"; not run on {', '.join(cands[near]['not_evaluated_on'])}" if cands[near].get("not_evaluated_on") else "")
+                     + ").")
     lines += ["", "**Verdict:** " + (f"{', '.join(met)} meet{'s' if len(met) == 1 else ''} the bar." if met else
               f"no candidate meets the bar; the study keeps `{ref}` (the default, `eval.sampler` unset). Every candidate "
-              "is still selectable by name (`eval: {sampler: NAME}`) for quick looks."), ""]
+              "is still selectable by name (`eval: {sampler: NAME}`) for quick looks.") + " " + " ".join(notes), ""]
     return lines
 
 
