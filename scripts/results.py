@@ -369,6 +369,10 @@ def bench_eval_section(path: Path) -> list[str]:
                      f"{cands[near]['max_abs_difference']:.1f} points at worst"
                      + (f"; not run on {', '.join(cands[near]['not_evaluated_on'])}" if cands[near].get("not_evaluated_on") else "")
                      + ").")
+    skipped = [n for n, c in cands.items() if c.get("not_evaluated_on")]
+    if skipped:
+        notes.append(f"Left out of some models to save time: {', '.join(f'`{n}`' for n in skipped)}; each had already "
+                     "missed the bar (on the ratio or the differences) where it ran, and a miss anywhere is a miss.")
     lines += ["", "**Verdict:** " + (f"{', '.join(met)} meet{'s' if len(met) == 1 else ''} the bar." if met else
               f"no candidate meets the bar; the study keeps `{ref}` (the default, `eval.sampler` unset). Every candidate "
               "is still selectable by name (`eval: {sampler: NAME}`) for quick looks.") + " " + " ".join(notes), ""]
