@@ -10,6 +10,7 @@ import numpy as np
 
 from ..protocols import Catalog, family, get_protocol, other_family
 from .metrics import Record, compute_metrics
+from .power import power_metrics, protocol_neighbours
 from .sampler import SamplerConfig, generate
 
 # A protocol is a Catalog carrying its judge (Catalog.with_judge); the name stays for callers.
@@ -80,6 +81,10 @@ def evaluate(pipe, protocol: Protocol, plan: EvalPlan, unlearned: list[str], *, 
     retained = [c for c in plan.retained if c not in unlearned]
     result = compute_metrics(records, domain=plan.domain, unlearned=list(unlearned), retained=retained,
                              retained_partners=plan.partners)
+    # RA-I two ways, intervals, per-image predictions for paired comparisons (power.py)
+    result.update(power_metrics(cells, pred["style"], pred["object"], domain=plan.domain, unlearned=list(unlearned),
+                                retained=retained, partners=plan.partners, neighbours=protocol_neighbours(protocol),
+                                styles=protocol.styles, objects=protocol.objects))
     result["eval_seconds"] = time.time() - t0
     own = family(plan.domain)
     result["per_concept_accuracy"] = {
