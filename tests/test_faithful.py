@@ -147,3 +147,23 @@ def test_reference_recipe_runs_and_is_recorded_in_step_json(random_model, tmp_pa
         assert recorded[key] == value, key
     assert meta["drift"]["parent"]["l2"] > 0
     assert any(p.name.startswith("anchors-images-") for p in (tmp_path / "run" / "cache").iterdir())
+
+
+def test_overlapped_reference_forward_gives_the_same_delta_bit_for_bit(quick_model, tmp_path, monkeypatch):
+    """The anchor prompt's no-gradient forward runs on a second thread (CPU speed, issue 10
+    gap 5); the trained tensors must be exactly those of the sequential loop."""
+    from obliviate import diffusion
+    from obliviate.delta import load_delta
+
+    model, _ = quick_model
+    deltas = {}
+    for overlap in ("0", "1"):
+        monkeypatch.setenv("OBLIVIATE_OVERLAP", overlap)
+        monkeypatch.setattr(diffusion, "_REFERENCE_THREAD", None)
+        run = Run.open_or_create(tmp_path / f"run{overlap}", model)
+        run.unlearn(request(steps="3"), quiet=True)
+        deltas[overlap] = load_delta(next((tmp_path / f"run{overlap}" / "steps").iterdir()) / "delta.safetensors")
+        assert (diffusion._REFERENCE_THREAD is not None) == (overlap == "1")  # the path taken
+    assert deltas["0"].keys() == deltas["1"].keys()
+    assert all(torch.equal(deltas["0"][k], deltas["1"][k]) for k in deltas["0"])
+    assert any(bool(d.abs().max() > 0) for d in deltas["1"].values())
