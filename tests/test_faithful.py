@@ -149,13 +149,13 @@ def test_reference_recipe_runs_and_is_recorded_in_step_json(random_model, tmp_pa
     assert any(p.name.startswith("anchors-images-") for p in (tmp_path / "run" / "cache").iterdir())
 
 
-def test_overlapped_reference_forward_gives_the_same_delta_bit_for_bit(quick_model, tmp_path, monkeypatch):
+def test_overlapped_reference_forward_gives_the_same_delta_bit_for_bit(random_model, tmp_path, monkeypatch):
     """The anchor prompt's no-gradient forward runs on a second thread (CPU speed, issue 10
     gap 5); the trained tensors must be exactly those of the sequential loop."""
     from obliviate import diffusion
     from obliviate.delta import load_delta
 
-    model, _ = quick_model
+    model = random_model
     deltas = {}
     for overlap in ("0", "1"):
         monkeypatch.setenv("OBLIVIATE_OVERLAP", overlap)
