@@ -26,15 +26,18 @@ def _quiet_libraries() -> None:
 
 
 def pick_threads() -> int | None:
-    """Torch's default of one thread per core collapses when several processes share the
-    cores (one training step measured 30x slower on a loaded 2-core machine). Unless the
-    user chose with OMP_NUM_THREADS, use min(cores available to this process, 4)."""
+    """Torch's default of one thread per core collapses when anything else uses the cores:
+    on the 2-core machine, with one other busy process, a MiniCanvas ConAbl step took 0.7-5 s
+    at 2 threads and 0.2 s at 1 (scripts/bench_conabl.py). Unless the user chose with
+    OMP_NUM_THREADS, use half the cores available to this process (1 to 4): the other half
+    serves ConAbl's overlapped no-gradient forward (diffusion.reference_and_prediction) or
+    whatever else runs."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, min(cores, 4))
+    threads = max(1, min(cores // 2, 4))
     torch.set_num_threads(threads)
     return threads
 
