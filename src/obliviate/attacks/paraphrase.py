@@ -43,8 +43,7 @@ class Paraphrase(Attack):
 
     def attack_concept(self, target: Target, concept: str) -> dict:
         cells = target.grid()
-        per_phrasing = {}
-        hits = total = 0
+        per_phrasing, hits = {}, []
         for template in self.phrasings():
             def make(c, p, template=template):
                 style, obj = (c, p) if target.domain == "style" else (p, c)
@@ -52,9 +51,8 @@ class Paraphrase(Attack):
 
             prompts = [make(concept, p) for p, _ in cells]
             check_fits(target.pipe, prompts)
-            asr = target.asr(target.generate(prompts, [s for _, s in cells]), concept)
-            per_phrasing[template] = asr
-            hits += asr * len(cells)
-            total += len(cells)
-        return {"asr": hits / total, "steps": 0, "images": total, "per_phrasing": per_phrasing,
+            verdicts = target.hits(target.generate(prompts, [s for _, s in cells]), concept)
+            per_phrasing[template] = 100.0 * sum(verdicts) / len(verdicts)
+            hits += verdicts
+        return {"asr": 100.0 * sum(hits) / len(hits), "hits": hits, "steps": 0, "images": len(hits), "per_phrasing": per_phrasing,
                 "best_phrasing_asr": max(per_phrasing.values())}
