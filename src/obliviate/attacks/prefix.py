@@ -7,7 +7,7 @@ reading "<adv0> <adv1> <adv2> A circle image in fire style", denoises them as th
 would. One prefix per concept, shared over partners (the images cycle through the partners),
 not one per prompt: cheaper, and a stronger claim when it works.
 
-Defaults (MiniCanvas): k 3, K 16 images, 100 steps, batch 8, Adam lr 1e-2, rows initialised
+Defaults (MiniCanvas): k 3, K 16 images, 50 steps, batch 8, Adam lr 2e-2, rows initialised
 from k vocabulary words drawn with the seed (never a concept name). UnlearnDiffAtk uses 40
 iterations at lr 0.01 against one target image and projects the soft tokens to real tokens; `project=true` does
 that projection (nearest vocabulary row by cosine) after optimising; the default keeps the
@@ -19,24 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import Attack, AttackSettings, NewTokens, Target, learn_rows
+from .common import Attack, LearnedRowsSettings, NewTokens, Target, learn_rows
 
 
 @dataclass
-class PrefixSettings(AttackSettings):
+class PrefixSettings(LearnedRowsSettings):
     tokens: int = 3
-    images: int = 16
-    steps: int = 50
-    lr: float = 2e-2
-    batch_size: int = 8
     project: bool = False
-
-    def __post_init__(self):
-        for key in ("tokens", "images", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+    counts = ("tokens", *LearnedRowsSettings.counts)
 
 
 class Prefix(Attack):

@@ -29,13 +29,14 @@ Defaults: rounds 3, norm 1.0, adv_scale 1 (adversarial rows weigh what their era
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ..trainer import Context
-from .uce import UCE, UCESettings
+from .uce import UCE, UCESettings, erase_rows
 
 
 @dataclass
@@ -43,11 +44,14 @@ class RECESettings(UCESettings):
     rounds: int = 3
     norm: float = 1.0  # |c'| <= norm x |c*| (0: no bound other than a tiny ridge)
     adv_scale: float = 1.0  # weight of each adversarial row relative to its erase row
+    adv_positions: str = "concept"  # which erase rows get an adversary: the concept's tokens, or every row (`after`)
 
     def __post_init__(self):
         super().__post_init__()
         if self.rounds < 0:
             raise ValueError(f"rounds={self.rounds} must be >= 0")
+        if self.adv_positions not in ("concept", "after"):
+            raise ValueError(f"adv_positions={self.adv_positions!r} is not valid; valid: concept, after")
         for key in ("norm", "adv_scale"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
@@ -115,20 +119,29 @@ class RECE(UCE):
         rounds = []
         if s.rounds:
             k = gram(self.edited(ctx))
+            # the rows an adversary imitates: the concept's own tokens (default), or every erase row.
+            # The rows after the concept (end and padding tokens) look alike in every prompt, retained
+            # concepts' too: adversaries of those rows erase retained concepts with them.
+            if s.adv_positions == "after":
+                te, tg, tw = e, g, w
+            else:
+                parts = [erase_rows(ctx, c, d, dataclasses.replace(cs, positions="concept")) for c, d, cs in erased]
+                te, tg, tw = (torch.cat([q[i] for q in parts]) for i in range(3))
             adv_e, adv_g, adv_w = [e], [g], [w]
             for _ in range(s.rounds):
-                adv = adversarial_embeddings(m, k, e, s.norm).to(e.dtype)
-                rounds.append({"gap": adversary_gap(m, k, adv, e, g),
-                               "norm_ratio": float((adv.norm(dim=1) / e.norm(dim=1).clamp_min(1e-12)).mean())})
+                adv = adversarial_embeddings(m, k, te, s.norm).to(e.dtype)
+                rounds.append({"gap": adversary_gap(m, k, adv, te, tg),
+                               "norm_ratio": float((adv.norm(dim=1) / te.norm(dim=1).clamp_min(1e-12)).mean())})
                 adv_e.append(adv)
-                adv_g.append(g)
-                adv_w.append(w * s.adv_scale)
+                adv_g.append(tg)
+                adv_w.append(tw * s.adv_scale)
                 m = self.edit_of(torch.cat(adv_e), torch.cat(adv_g), torch.cat(adv_w), p)
             # the adversary against the final model: what hardening left an attacker
-            adv = adversarial_embeddings(m, k, e, s.norm)
-            rounds.append({"gap": adversary_gap(m, k, adv, e, g),
-                           "norm_ratio": float((adv.norm(dim=1) / e.norm(dim=1).clamp_min(1e-12)).mean())})
-        self.info = {"erase_rows": len(e) * (1 + s.rounds), "preserve_rows": 0 if p is None else len(p),
+            adv = adversarial_embeddings(m, k, te, s.norm)
+            rounds.append({"gap": adversary_gap(m, k, adv, te, tg),
+                           "norm_ratio": float((adv.norm(dim=1) / te.norm(dim=1).clamp_min(1e-12)).mean())})
+        self.info = {"erase_rows": len(e) + sum(len(a) for a in adv_e[1:]) if s.rounds else len(e),
+                     "preserve_rows": 0 if p is None else len(p),
                      "erased": [c for c, _, _ in erased], "rows_seconds": time.time() - t0,
                      "adversary": rounds}
         return self.weights(ctx, m)
