@@ -80,28 +80,31 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="uce,rece", help="comma-separated: uce, rece[:key=value...]")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--attack-partners", type=int, default=4)
+    ap.add_argument("--eval-seeds", help="comma-separated seeds of the clean evaluation (default: the config's eval.seeds)")
+    ap.add_argument("--attack-seeds", help="comma-separated seeds of the attack grid (default: the evaluation's)")
     ap.add_argument("--json", help="also write the figures here (atomically)")
     args = ap.parse_args(argv)
     exp = yaml.safe_load(Path(args.config).read_text())
     model = bundled_path() if exp.get("model", "minicanvas") == "minicanvas" else Path(exp["model"])
     base_hash = model_hash(model)
     protocol = load_protocol("minicanvas", model)
-    seeds = exp.get("eval", {}).get("seeds")
+    seeds = [int(k) for k in args.eval_seeds.split(",")] if args.eval_seeds else exp.get("eval", {}).get("seeds")
     plan = make_plan(protocol, exp["domain"], sequence=exp["sequence"], retained=exp["retained"], seeds=seeds)
     out, cache = Path(args.out), Path(args.out) / "cache"
+    attack_seeds = [int(k) for k in args.attack_seeds.split(",")] if args.attack_seeds else plan.seeds
     figures = {"config": args.config, "domain": exp["domain"], "sequence": exp["sequence"], "retained": exp["retained"],
                "eval_partners": plan.partners, "eval_seeds": plan.seeds, "attack_partners": plan.partners[: args.attack_partners],
+               "attack_seeds": attack_seeds,
                "intervals": "95% bootstrap over images, stratified by concept, 2000 resamples", "variants": {}}
     variants = [parse_variant(v) for v in args.variants.split(",") if v]
-    for i, (name, method, settings) in enumerate(variants):
+    models = {}
+    for name, method, settings in variants:  # every model and its clean evaluation first
         vdir = out / name.replace(":", "-").replace("=", "").replace(",", "-")
         t0 = time.time()
         run, delta = final_model(vdir, model, exp, method, settings)
         row = {"method": method, "settings": settings, "unlearn_seconds": round(time.time() - t0, 1)}
         eval_path = vdir / "eval.json"
-        if eval_path.exists():
-            row.update(json.loads(eval_path.read_text()))
-        else:
+        if not eval_path.exists():
             timer = Timer()
             records = evaluate_records(model, base_hash, delta, protocol, plan, cache)
             unlearned = list(exp["sequence"])
@@ -109,14 +112,19 @@ def main(argv=None) -> int:
             clean = metric_intervals(records, domain=exp["domain"], unlearned=unlearned, retained=retained,
                                      partners=plan.partners)
             atomic_write_json(eval_path, {"clean": clean, "images": len(records), "eval_seconds": timer.seconds()})
-            row.update(json.loads(eval_path.read_text()))
+        row.update(json.loads(eval_path.read_text()))
         row["attacks"] = {}
-        for name_a in [a for a in args.attacks.split(",") if a]:
+        figures["variants"][name] = row
+        models[name] = (vdir, delta)
+        print(f"[robustness] {name}: model and evaluation done", file=sys.stderr, flush=True)
+    for name_a in [a for a in args.attacks.split(",") if a]:  # then attack by attack, every variant
+        for i, (name, _, _) in enumerate(variants):
+            vdir, delta = models[name]
             apath = vdir / name_a / "attack.json"
             if not apath.exists():
                 settings_a = dict(RELEARN, yardstick=(i == 0)) if name_a == "relearn" else {}
                 target = load_target(model, delta, list(exp["sequence"]), exp["domain"], protocol,
-                                     plan.partners[: args.attack_partners], plan.seeds, plan.sampler, base_hash=base_hash,
+                                     plan.partners[: args.attack_partners], attack_seeds, plan.sampler, base_hash=base_hash,
                                      cache_dir=cache, quiet=False)
                 run_attack(target, build_attack(name_a, settings_a), vdir / name_a, variant=name, step=len(exp["sequence"]))
             res = json.loads(apath.read_text())
@@ -128,9 +136,8 @@ def main(argv=None) -> int:
                 entry["yardstick_steps"] = {c: e.get("yardstick_steps") for c, e in res["concepts"].items()}
             else:
                 entry["robust_UA"] = attack_interval(res)
-            row["attacks"][name_a] = entry
-        figures["variants"][name] = row
-        print(f"[robustness] {name} done", file=sys.stderr, flush=True)
+            figures["variants"][name]["attacks"][name_a] = entry
+            print(f"[robustness] {name} {name_a}: done", file=sys.stderr, flush=True)
     if args.json:
         atomic_write_json(Path(args.json), figures)
     print(json.dumps(figures, indent=1))
