@@ -25,19 +25,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# random-weight SD 1.5 and SD 2.1 at real size: one step of each method (not part of `make test`)
+# random-weight SD 1.5 and SD 2.1 at real size (64 px): one request of each method, export, sampling
+# (not part of `make test`: ~5 CPU-minutes, 7.3 GiB peak memory; .ci/run runs it)
 test-fullsize: $(STAMP)
 	$(BIN)/python -m pytest tests -m fullsize
 
 # The study behind docs/RESULTS.md (about 2.2 hours on 2 cores; every run resumes if interrupted).
-# Two runs at a time with one torch thread each: on 2 cores that beats one 2-thread run after another.
+# scripts/study.py runs two at a time with one torch thread each (on 2 cores that beats one
+# 2-thread run after another), skips every run whose finished summary.json is committed under
+# docs/results/study/, and copies each run's summary there when it finishes (commit them).
 study: $(STAMP)
-	$(BIN)/obliviate --quiet run configs/sweep-styles.yaml --out runs/study/sweep-styles
-	for seed in 0 1; do \
-	  OMP_NUM_THREADS=1 $(BIN)/obliviate --quiet run configs/styles.yaml --out runs/study/styles-s$$seed --seed $$seed & a=$$!; \
-	  OMP_NUM_THREADS=1 $(BIN)/obliviate --quiet run configs/objects.yaml --out runs/study/objects-s$$seed --seed $$seed & b=$$!; \
-	  wait $$a && wait $$b || exit 1; \
-	done
+	$(BIN)/python scripts/study.py --jobs 2
 	$(BIN)/python scripts/bench_requests.py configs/styles.yaml --requests 3 --out docs/results/bench-requests.json
 	$(BIN)/python scripts/results.py --study runs/study --out docs
 

@@ -5,8 +5,11 @@ Random weights in the published shapes (obliviate.testing, no download): 860M-pa
 Each (family, method) runs in its own process so that peak resident memory
 (resource.getrusage ru_maxrss: model, activations, gradients, optimizer state) is its own.
 The first step is a warm-up; seconds per step is the mean of the later ones.
+`--latent-size 8` keeps every weight's shape and trains at 64x64 pixels, as the full-size
+tests do (tests/test_realmodels.py).
 
     python scripts/bench_realsize.py --out docs/results/bench-realsize.json
+    python scripts/bench_realsize.py --latent-size 8 --out docs/results/bench-realsize-64px.json
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ METHOD_SETTINGS = {  # one short request; batch sizes of the SD 1.5 references (
 }
 
 
-def one(family: str, method_name: str, steps: int, batch_size: int) -> dict:
+def one(family: str, method_name: str, steps: int, batch_size: int, latent_size: int | None = None) -> dict:
     import torch
 
     from obliviate.methods import get_method
@@ -38,7 +41,7 @@ def one(family: str, method_name: str, steps: int, batch_size: int) -> dict:
     from obliviate.trainer import Context, Hook, Request, train
 
     t0 = time.time()
-    pipe = random_pipeline(family, "full")
+    pipe = random_pipeline(family, "full", latent_size=latent_size)
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False).eval()
@@ -98,13 +101,14 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHOD_SETTINGS), choices=list(METHOD_SETTINGS))
     ap.add_argument("--steps", type=int, default=3, help="training steps per measurement (the first is a warm-up)")
     ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--latent-size", type=int, default=None, help="latent resolution (default: the family's, 64 / 96)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--one", nargs=2, metavar=("FAMILY", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.steps < 1 or args.batch_size < 1:
         ap.error("--steps and --batch-size must be >= 1")
     if args.one:
-        print(json.dumps(one(*args.one, args.steps, args.batch_size)))
+        print(json.dumps(one(*args.one, args.steps, args.batch_size, args.latent_size)))
         return
     import torch
 
@@ -115,12 +119,14 @@ def main() -> None:
         rows = [r for r in json.loads(args.out.read_text())["results"] if r["family"] in args.families]
     done = {(r["family"], r["method"]) for r in rows}
     result = {"device": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "results": rows}
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "results": rows,
+              **({"latent_size": args.latent_size} if args.latent_size else {})}
     for family in args.families:
         for method in args.methods:
             if (family, method) in done:
                 continue
             cmd = [sys.executable, __file__, "--one", family, method, "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+            cmd += ["--latent-size", str(args.latent_size)] if args.latent_size else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)

@@ -28,10 +28,32 @@ OURS = ("Our variants (strengths from the probe-seed sweep): `nearest-projection
         "diagnosis section below shows why), alone and with L2-SP.")
 
 
-def load(study: Path, domain: str) -> dict[int, dict]:
+def run_files(studies, pattern: str) -> dict[str, Path]:
+    """Run name -> its file matching `pattern` (e.g. "styles-s*/summary.json"), over the study
+    folders in order: runs/study first, then the summaries committed under docs/results/study
+    (scripts/study.py). A finished summary (with wall_seconds) beats an unfinished one; among
+    equals the earlier folder wins."""
+    found: dict[str, Path] = {}
+    for folder in studies:
+        for path in sorted(Path(folder).glob(pattern)):
+            name = path.parent.name
+            if name not in found or (not finished(found[name]) and finished(path)):
+                found[name] = path
+    return dict(sorted(found.items()))
+
+
+def finished(path: Path) -> bool:
+    try:
+        return json.loads(Path(path).read_text()).get("wall_seconds") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load(studies, domain: str) -> dict[int, dict]:
+    studies = [studies] if isinstance(studies, (str, Path)) else studies
     out = {}
-    for path in sorted(study.glob(f"{domain}-s*/summary.json")):
-        seed = int(path.parent.name.split("-s")[-1])
+    for name, path in run_files(studies, f"{domain}-s*/summary.json").items():
+        seed = int(name.split("-s")[-1])
         out[seed] = json.loads(path.read_text())
     return out
 
@@ -182,12 +204,15 @@ def beyond(runs, last, variants) -> list[str]:
     return lines
 
 
-def holdout(study: Path, domain: str, runs, variants, last) -> list[str]:
+def holdout(studies, domain: str, runs, variants, last) -> list[str]:
     """Replay protects the catalog, which contains the evaluated retained concepts. A variant
     that excludes some of them from replay shows how much retention carries over to concepts
     it never saw: RA-I over the held-out concepts only, next to the other variants' RA-I on
     the same concepts (per-concept accuracies from the summaries)."""
-    raw = json.loads(next(study.glob(f"{domain}-s*/experiment.json")).read_text())
+    files = run_files(studies, f"{domain}-s*/experiment.json")
+    if not files:
+        return []
+    raw = json.loads(next(iter(files.values())).read_text())
     held = {}
     for v in raw["variants"]:
         for r in v.get("regularizers", []):
@@ -291,9 +316,72 @@ def bench_section(path: Path) -> list[str]:
     return lines + [""]
 
 
-def sweep_section(study: Path) -> list[str]:
+def bench_eval_section(path: Path) -> list[str]:
+    """Cheaper evaluation samplers against the 20-step reference (scripts/bench_eval.py)."""
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    ref = b["reference"]
+    cands = b["candidates"]
+    fmt = lambda x: "–" if x is None else f"{x:+.1f}"
+    models = ", ".join(f"{m} ({' -> '.join(e['requests']) or 'no request'})" for m, e in b["models"].items())
+    lines = ["## Faster evaluation (benchmark)", "",
+             f"`python scripts/bench_eval.py` (figures: [{path.as_posix().split('docs/')[-1]}]({path.as_posix().split('docs/')[-1]})): "
+             f"the same models ({models}), the same grid (every style x every object x seeds {b['seeds']}) and the same "
+             f"judge for every sampler. Bar (issue 11): >= {b['bar']['unet_ratio_min']:g}x fewer UNet evaluations per "
+             f"scored image than `{ref}` with every metric (UA, RA-I, RA-I over all not-unlearned concepts, RA-I over "
+             f"designed neighbours, RA-C) of every (model, domain) within {b['bar']['max_abs_difference']:g} points of it. "
+             "UNet evaluations are counted with a hook on the UNet (CFG runs the conditional and unconditional halves: "
+             "two per step).", "",
+             "| sampler | settings | UNet evaluations / image | fewer than reference | largest difference (points) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name, c in cands.items():
+        settings = f"{c['scheduler']} {c['steps']} steps, guidance {c['guidance']:g}" + (f", x0 after step {c['x0_at']}" if c.get("x0_at") else "")
+        missing = f" (not run on {', '.join(c['not_evaluated_on'])})" if c.get("not_evaluated_on") else ""
+        lines.append(f"| {name} | {settings} | {c['unet_evaluations_per_image']:g} | {c['ratio_to_reference']:.1f}x | "
+                     f"{c['max_abs_difference']:.1f}{missing} | {'**meets**' if c['meets_bar'] else 'misses'} |")
+    lines += ["", "Difference from the reference per metric (candidate - reference, points; in brackets the 95% paired "
+              "bootstrap interval of the difference on the same images):", "",
+              "| model | domain | sampler | UA | RA-I | RA-I all | RA-I neighbours | RA-C |", "|---|---|---|---|---|---|---|---|"]
+    for mname, e in b["models"].items():
+        for dom, d in e["domains"].items():
+            r = d["candidates"][ref]["metrics"]
+            lines.append(f"| {mname} | {dom} | {ref} (value) | " + " | ".join("–" if r[k] is None else f"{r[k]:.1f}" for k in
+                         ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C")) + " |")
+            for cand, c in d["candidates"].items():
+                if cand == ref:
+                    continue
+                cells = []
+                for k in ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C"):
+                    p = (c.get("paired_vs_reference") or {}).get(k)
+                    cells.append(fmt(c["difference"][k]) + (f" [{p['lo']:+.1f}, {p['hi']:+.1f}]" if p else ""))
+                lines.append(f"| {mname} | {dom} | {cand} | " + " | ".join(cells) + " |")
+    met = [n for n, c in cands.items() if c["meets_bar"]]
+    cheap = {n: c for n, c in cands.items() if n != ref and (c["ratio_to_reference"] or 0) >= b["bar"]["unet_ratio_min"]}
+    closest = min(cheap, key=lambda n: cheap[n]["max_abs_difference"]) if cheap else None
+    near = min((n for n in cands if n != ref), key=lambda n: cands[n]["max_abs_difference"], default=None)
+    notes = []
+    if closest:
+        notes.append(f"Closest at >= {b['bar']['unet_ratio_min']:g}x: `{closest}`, {cheap[closest]['max_abs_difference']:.1f} "
+                     "points off at worst.")
+    if near and near != closest:
+        notes.append(f"Closest of all: `{near}` ({cands[near]['ratio_to_reference']:.1f}x fewer, "
+                     f"{cands[near]['max_abs_difference']:.1f} points at worst"
+                     + (f"; not run on {', '.join(cands[near]['not_evaluated_on'])}" if cands[near].get("not_evaluated_on") else "")
+                     + ").")
+    skipped = [n for n, c in cands.items() if c.get("not_evaluated_on")]
+    if skipped:
+        notes.append(f"Left out of some models to save time: {', '.join(f'`{n}`' for n in skipped)}; each had already "
+                     "missed the bar (on the ratio or the differences) where it ran, and a miss anywhere is a miss.")
+    lines += ["", "**Verdict:** " + (f"{', '.join(met)} meet{'s' if len(met) == 1 else ''} the bar." if met else
+              f"no candidate meets the bar; the study keeps `{ref}` (the default, `eval.sampler` unset). Every candidate "
+              "is still selectable by name (`eval: {sampler: NAME}`) for quick looks.") + " " + " ".join(notes), ""]
+    return lines
+
+
+def sweep_section(studies) -> list[str]:
     lines = []
-    for path in sorted(study.glob("sweep-*/summary.json")):
+    for path in run_files(studies, "sweep-*/summary.json").values():
         s = json.loads(path.read_text())
         lines += [f"### {path.parent.name} (probe seeds {s['seeds']}, {len(s['sequence'])} requests)", "",
                   "| variant | UA | RA-I | RA-C | mean |", "|---|---|---|---|---|"]
@@ -325,9 +413,11 @@ def compute_minutes(summary: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--study", default="runs/study")
+    ap.add_argument("--committed", default="docs/results/study", help="finished summaries kept by scripts/study.py")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()
     study, out = Path(args.study), Path(args.out)
+    studies = [study, Path(args.committed)]
     (out / "results").mkdir(parents=True, exist_ok=True)
     doc = ["# Results: continual unlearning on MiniCanvas", "",
            "Generated by `scripts/results.py` from the `summary.json` files of the runs listed at the end. "
@@ -346,7 +436,7 @@ def main() -> None:
            "Recipes. Published variants (every name without `ours:`: conabl and its regularizer variants, sculpmem, simultaneous, ties-merge) use ConAbl's reference recipe (`recipe: reference` in configs/styles.yaml and configs/objects.yaml): masked loss without a one-latent-pixel border, anchors from 100 DPM-Solver steps at guidance 6 stored as images and re-encoded every step with a sampled VAE latent and a random horizontal flip, training prompts \"In X Style, <caption>\" / \"<caption>, in X Style.\", start-token key/value detachment, and the reference's projection columns (styles: the anchor captions; objects: the catalog's objects and styles plus earlier requests). `ours:` variants keep obliviate's own recipe (plain MSE, the catalog sampler's cached latents, no flip, and for styles training on the evaluation template itself, which flatters UA); `esd` has no recipe choice.", ""]
     commands = []
     for domain in ("styles", "objects"):
-        runs = load(study, domain)
+        runs = load(studies, domain)
         if not runs:
             continue
         first = next(iter(runs.values()))
@@ -363,11 +453,12 @@ def main() -> None:
                 "### Verdicts on the published claims", "", *verdicts(runs, n, has), "",
                 "### Cost", "", *cost_rows(runs, variants), ""]
         doc += ["### Beyond the paper", "", OURS, "", *beyond(runs, n, variants), "", *beyond(runs, n // 2, variants), "",
-                *holdout(study, domain, runs, variants, n)]
+                *holdout(studies, domain, runs, variants, n)]
         commands.append((domain, runs))
     doc += bench_section(out / "results" / "bench-requests.json")
+    doc += bench_eval_section(out / "results" / "bench-eval.json")
     doc += projection_leak(study)
-    sweeps = sweep_section(study)
+    sweeps = sweep_section(studies)
     if sweeps:
         doc += ["## Regularizer strength sweeps (probe seeds only)", "", *sweeps]
     doc += ["## Regenerate", "", "`make study` runs all of the below (the sweep, then the styles and objects runs of one seed "
@@ -375,7 +466,7 @@ def main() -> None:
             "stopped. The minutes are the measured training + evaluation seconds summed over every step of the file "
             "(not model loading); with two runs side by side the wall time is about the sweep plus the longer run of "
             "each seed.", "", "```bash"]
-    for path in sorted(study.glob("sweep-*/summary.json")):
+    for path in run_files(studies, "sweep-*/summary.json").values():
         doc.append(f"obliviate run configs/{path.parent.name}.yaml --out {path.parent}   "
                    f"# {compute_minutes(json.loads(path.read_text())):.0f} min of training + evaluation")
     for domain, runs in commands:

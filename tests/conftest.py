@@ -1,4 +1,5 @@
-"""Shared fixtures: a quick MiniCanvas model built once per session, tiny request helpers."""
+"""Shared fixtures: MiniCanvas models built once per session (an untrained one for tests of
+the machinery, a quickly trained one for tests of learned behaviour), tiny request helpers."""
 from __future__ import annotations
 
 import os
@@ -12,8 +13,18 @@ import torch
 
 
 @pytest.fixture(scope="session")
+def random_model(tmp_path_factory):
+    """The quick model's architecture, tokenizer, classifiers and catalog with random weights
+    (about a second): for tests of I/O, the ledger, hooks, export and the command line."""
+    from obliviate.minicanvas.build import build_untrained
+
+    return build_untrained(tmp_path_factory.mktemp("random") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
 def quick_model(tmp_path_factory):
-    """A MiniCanvas pipeline from `build(quick=True)`: real code path, tiny and fast."""
+    """A MiniCanvas pipeline from `build(quick=True)` (about a minute): only for tests whose
+    assertions need a model that has learned its concepts."""
     from obliviate.minicanvas.build import build
 
     out = tmp_path_factory.mktemp("quick") / "model"

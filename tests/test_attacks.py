@@ -40,8 +40,8 @@ def test_attack_recovers_the_concept_on_the_pretrained_model(bundled_model, tmp_
     assert (tmp_path / "out" / "attack.json").exists()
 
 
-def test_inversion_leaves_every_original_token_embedding_bit_identical(quick_model, tmp_path):
-    model, _ = quick_model
+def test_inversion_leaves_every_original_token_embedding_bit_identical(random_model, tmp_path):
+    model = random_model
     target = base_target(model, concept="fire", partners=("circle",), seeds=(188,), sampler=SamplerConfig(steps=3))
     pipe = target.pipe
     vocab = dict(pipe.tokenizer.get_vocab())
@@ -59,15 +59,15 @@ def test_inversion_leaves_every_original_token_embedding_bit_identical(quick_mod
     assert all(pipe.tokenizer.convert_tokens_to_ids(w) == i for w, i in vocab.items())
 
 
-def test_new_tokens_refuse_a_word_already_in_the_vocabulary(quick_model):
-    model, _ = quick_model
+def test_new_tokens_refuse_a_word_already_in_the_vocabulary(random_model):
+    model = random_model
     target = base_target(model, partners=("circle",), seeds=(188,))
     with pytest.raises(ValueError, match="already in the tokenizer"):
         NewTokens(target.pipe, ["fire"], torch.zeros(1, 64))
 
 
-def test_run_attack_keeps_the_model_and_text_side_unchanged(quick_model, tmp_path):
-    model, _ = quick_model
+def test_run_attack_keeps_the_model_and_text_side_unchanged(random_model, tmp_path):
+    model = random_model
     target = base_target(model, partners=("circle",), seeds=(188,), sampler=SamplerConfig(steps=3))
     vocab_size = len(target.pipe.tokenizer)
     unet = {n: p.detach().clone() for n, p in target.pipe.unet.named_parameters()}
@@ -79,8 +79,8 @@ def test_run_attack_keeps_the_model_and_text_side_unchanged(quick_model, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def tiny_run(quick_model, tmp_path_factory):
-    model, _ = quick_model
+def tiny_run(random_model, tmp_path_factory):
+    model = random_model
     run = Run.open_or_create(tmp_path_factory.mktemp("attacked") / "run", model)
     run.unlearn(Request("fire", "style", "conabl", FAST_CONABL), quiet=True)
     return run
@@ -90,15 +90,15 @@ def cli(*args):
     return main(["--quiet", *map(str, args)])
 
 
-def test_attack_refused_on_a_step_that_unlearned_nothing(tiny_run, quick_model, tmp_path, capsys):
+def test_attack_refused_on_a_step_that_unlearned_nothing(tiny_run, random_model, tmp_path, capsys):
     assert cli("attack", "--run", tiny_run.path, "--step", 0, "--attack", "paraphrase", "--out", tmp_path / "a") == 2
     assert "unlearned nothing" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
-    empty = Run.open_or_create(tmp_path / "empty", quick_model[0])
+    empty = Run.open_or_create(tmp_path / "empty", random_model)
     assert cli("attack", "--run", empty.path, "--attack", "paraphrase", "--out", tmp_path / "b") == 2
     assert "no completed request" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unlearned nothing"):
-        load_target(quick_model[0], {}, [], "style", load_protocol("minicanvas", quick_model[0]), ["circle"], [1],
+        load_target(random_model, {}, [], "style", load_protocol("minicanvas", random_model), ["circle"], [1],
                     FAST_SAMPLER, base_hash="x")
 
 
@@ -134,10 +134,10 @@ def test_reruns_with_the_same_seed_give_the_same_attack_json(tiny_run, tmp_path,
         assert "steps_to_revival" in entry and "yardstick_steps" in entry and outs[0]["robust_UA"] is None
 
 
-def test_experiment_attacks_section(quick_model, tmp_path):
+def test_experiment_attacks_section(random_model, tmp_path):
     from obliviate.experiment import Runner, load_experiment
 
-    model, _ = quick_model
+    model = random_model
     fast = {"steps": 4, "anchor_images": 4, "sampler_steps": 3, "batch_size": 2}
     raw = {"name": "tiny", "model": str(model), "domain": "style", "sequence": ["fire", "ice"], "retained": ["lava"],
            "partners": ["circle"], "eval": {"seeds": [188], "probe_seeds": [5], "sampler": {"steps": 3, "guidance": 3.0}},

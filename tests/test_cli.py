@@ -23,8 +23,8 @@ def run_cli(args, capsys):
     (["--concept", "star"], "(it is a object)"),
     (["--param-group", "everything"], "valid groups"),
 ])
-def test_bad_unlearn_inputs_fail_cleanly(quick_model, tmp_path, capsys, args, message):
-    model, _ = quick_model
+def test_bad_unlearn_inputs_fail_cleanly(random_model, tmp_path, capsys, args, message):
+    model = random_model
     base = ["unlearn", "--run", str(tmp_path / "run"), "--model", str(model), "--concept", "fire", "--domain", "style"]
     # later flags override earlier ones
     code, out = run_cli(base + args, capsys)
@@ -40,8 +40,8 @@ def test_bad_model_directory(tmp_path, capsys):
     assert code == 2 and "model_index.json is missing" in out.err and not (tmp_path / "r").exists()
 
 
-def test_unlearn_and_export_from_the_command_line(quick_model, tmp_path, capsys):
-    model, _ = quick_model
+def test_unlearn_and_export_from_the_command_line(random_model, tmp_path, capsys):
+    model = random_model
     run = str(tmp_path / "run")
     for concept in ("fire", "ice"):
         code, out = run_cli(["unlearn", "--run", run, "--model", str(model), "--concept", concept, "--domain", "style",

@@ -49,8 +49,8 @@ def _delta(meta):
     return load_delta(Path(meta["dir"]) / "delta.safetensors")
 
 
-def test_bf16_autocast_keeps_float32_masters_and_close_deltas(quick_model, tmp_path):
-    model, _ = quick_model
+def test_bf16_autocast_keeps_float32_masters_and_close_deltas(random_model, tmp_path):
+    model = random_model
     seen = {}
     orig = torch.optim.AdamW.step
 
@@ -74,10 +74,10 @@ def test_bf16_autocast_keeps_float32_masters_and_close_deltas(quick_model, tmp_p
     assert torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0) > 0.9
 
 
-def test_gradient_checkpointing_recomputes_and_gives_the_same_delta(quick_model, tmp_path, monkeypatch):
+def test_gradient_checkpointing_recomputes_and_gives_the_same_delta(random_model, tmp_path, monkeypatch):
     import torch.utils.checkpoint as ckpt
 
-    model, _ = quick_model
+    model = random_model
     plain = Run.open_or_create(tmp_path / "plain", model).unlearn(request(steps="4"), quiet=True)
     calls = []
     orig = ckpt.checkpoint
@@ -89,9 +89,9 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_delta(quick_model,
         assert torch.allclose(a[n], b[n], atol=1e-6, rtol=1e-4), n
 
 
-def test_two_processes_give_the_delta_of_one_with_the_same_batch(quick_model, tmp_path):
+def test_two_processes_give_the_delta_of_one_with_the_same_batch(random_model, tmp_path):
     """Two processes joined with gloo: each takes half of the batch; the step is written once."""
-    model, _ = quick_model
+    model = random_model
     args = ["unlearn", "--concept", "fire", "--domain", "style", "--model", str(model), "--device", "cpu",
             *[f"--method-setting={k}={v}" for k, v in FAST_CONABL.items() if k != "steps"], "--steps", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -1,4 +1,4 @@
-"""The engine's defining properties on the quick MiniCanvas model."""
+"""The engine's defining properties on MiniCanvas models (untrained unless a property needs learning)."""
 import math
 
 import pytest
@@ -40,8 +40,8 @@ def test_projector_is_symmetric_idempotent_and_annihilates_C():
         assert (P @ C).norm() / C.norm() < max(tol, 1e-8)
 
 
-def test_projection_update_mode_is_exact_and_grad_mode_reduces_leakage(quick_model, tmp_path):
-    model, _ = quick_model
+def test_projection_update_mode_is_exact_and_grad_mode_reduces_leakage(random_model, tmp_path):
+    model = random_model
     metas = {}
     for mode in ("none", "grad", "update"):
         regs = [] if mode == "none" else [("projection", {"mode": mode, "concepts": "ice+ocean+sunset+lava+forest"})]
@@ -56,10 +56,10 @@ def test_projection_update_mode_is_exact_and_grad_mode_reduces_leakage(quick_mod
     assert metas["update"]["drift"]["parent"]["l2"] > 0
 
 
-def test_template_context_protects_the_states_generation_uses(quick_model, tmp_path):
+def test_template_context_protects_the_states_generation_uses(random_model, tmp_path):
     """context=template annihilates each protected concept's state inside the prompt template
     (averaged over partners); the published neutral-prefix columns do not."""
-    model, _ = quick_model
+    model = random_model
     pipe = load_pipeline(model, device="cpu")
     cat = minicanvas_catalog()
     concepts = ["ice", "ocean", "lava"]
@@ -76,8 +76,8 @@ def test_template_context_protects_the_states_generation_uses(quick_model, tmp_p
     assert ratio["neutral"] > 100 * ratio["template"], ratio
 
 
-def test_selft_leaves_masked_elements_bit_identical(quick_model, tmp_path):
-    model, _ = quick_model
+def test_selft_leaves_masked_elements_bit_identical(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     # weight decay on: AdamW would move masked weights if the update were not undone
     meta = run.unlearn(request(regs=[("selft", {"top_k": "0.1"}), ("projection", {"mode": "update"})], weight_decay="0.1"), quiet=True)
@@ -87,8 +87,8 @@ def test_selft_leaves_masked_elements_bit_identical(quick_model, tmp_path):
     assert 0 < changed <= math.ceil(0.1 * total) + 2  # exactly the top-k elements may move (ties aside)
 
 
-def test_l2sp_drift_shrinks_as_the_weight_grows(quick_model, tmp_path):
-    model, _ = quick_model
+def test_l2sp_drift_shrinks_as_the_weight_grows(random_model, tmp_path):
+    model = random_model
     drifts = []
     for weight in (0.0, 10.0, 100.0, 1000.0):
         run = Run.open_or_create(tmp_path / f"w{weight}", model)
@@ -98,6 +98,7 @@ def test_l2sp_drift_shrinks_as_the_weight_grows(quick_model, tmp_path):
 
 
 def test_replay_keeps_protected_predictions_closer_to_the_start(quick_model, tmp_path):
+    # a trained model: this property failed on the untrained one (random_model)
     model, _ = quick_model
     protected = ["A circle image in ice style", "A ring image in ocean style"]
     target = ["A circle image in fire style", "A ring image in fire style"]
@@ -129,8 +130,8 @@ def test_replay_keeps_protected_predictions_closer_to_the_start(quick_model, tmp
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_runs_alone_and_with_all_regularizers(quick_model, tmp_path, method):
-    model, _ = quick_model
+def test_every_method_runs_alone_and_with_all_regularizers(random_model, tmp_path, method):
+    model = random_model
     fast = {"steps": "6", "batch_size": "2"}
     if method in ("conabl", "sculpmem"):
         fast.update(anchor_images="4", sampler_steps="3")

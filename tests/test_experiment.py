@@ -10,8 +10,8 @@ from obliviate.experiment import Runner, load_experiment
 from obliviate.model import load_pipeline
 
 
-def test_an_image_does_not_depend_on_its_batch(quick_model, tmp_path):
-    model, _ = quick_model
+def test_an_image_does_not_depend_on_its_batch(random_model, tmp_path):
+    model = random_model
     pipe = load_pipeline(model, device="cpu")
     cfg = SamplerConfig(steps=4, guidance=3.0)
     alone = generate(pipe, ["A star image in fire style"], [7], cfg)[0]
@@ -42,8 +42,8 @@ def tiny_experiment(model):
     }
 
 
-def test_tiny_experiment_runs_end_to_end_and_resumes(quick_model, tmp_path, monkeypatch):
-    model, _ = quick_model
+def test_tiny_experiment_runs_end_to_end_and_resumes(random_model, tmp_path, monkeypatch):
+    model = random_model
     exp = load_experiment(tiny_experiment(model))
     out = tmp_path / "exp"
     # interrupt during the second variant
@@ -83,8 +83,8 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(quick_model, tmp_path, monk
         assert name in md and name in html
 
 
-def test_experiment_file_errors_name_the_problem(tmp_path, quick_model):
-    model, _ = quick_model
+def test_experiment_file_errors_name_the_problem(tmp_path, random_model):
+    model = random_model
     base = tiny_experiment(model)
     bad_cases = [
         ({"variants": [{"name": "a", "method": "nope"}]}, "unknown method"),

@@ -20,11 +20,11 @@ def request(concept="fire", domain="style", regs=(), **settings):
                    regularizers=list(regs))
 
 
-def test_style_request_protects_its_own_anchor_captions_by_default(quick_model, tmp_path):
+def test_style_request_protects_its_own_anchor_captions_by_default(random_model, tmp_path):
     """Reference: for styles, C comes from the anchor captions ("an image of a X" -> X), deduplicated
     greedily in order, a column dropped when its cosine to a kept one reaches 0.95 -- not from the
     other styles. 16 anchors over 12 objects: the repeats go (cosine 1), and so do near-duplicates."""
-    model, _ = quick_model
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     meta = run.unlearn(request(anchor_images="16", steps="2", regs=[("projection", {})]), quiet=True)
     objects = run.catalog().objects
@@ -47,10 +47,10 @@ def test_style_request_protects_its_own_anchor_captions_by_default(quick_model, 
     assert "circle" not in names and names & set(world.STYLE_NAMES) and names & set(world.OBJECT_NAMES)
 
 
-def test_prompt_file_line_gives_the_word_after_the_prefix(quick_model, tmp_path):
+def test_prompt_file_line_gives_the_word_after_the_prefix(random_model, tmp_path):
     """Reference: the state of the word(s) after "an image of a" / "an image in the style of";
     without a prefix, the last word before the end token. extract=mean (ours) averages all."""
-    model, _ = quick_model
+    model = random_model
     pipe = load_pipeline(model, device="cpu")
     tok = pipe.tokenizer
     line = "an image of a circle"
@@ -75,8 +75,8 @@ def test_prompt_file_line_gives_the_word_after_the_prefix(quick_model, tmp_path)
     assert max(float((d @ C).norm() / (d.norm() * C.norm())) for d in delta.values() if d.norm() > 0) < 1e-5
 
 
-def test_start_token_detachment_removes_token_zero_from_the_weight_gradient(quick_model):
-    model, _ = quick_model
+def test_start_token_detachment_removes_token_zero_from_the_weight_gradient(random_model):
+    model = random_model
     pipe = load_pipeline(model, device="cpu")
     unet = pipe.unet
     layer = key_value_projections(unet)[0]
@@ -136,8 +136,8 @@ def test_reference_recipe_elements_and_phrasings():
         "In Van Gogh Style, a photo of a dog.", "A photo of a dog, in Van Gogh Style."]
 
 
-def test_reference_recipe_runs_and_is_recorded_in_step_json(quick_model, tmp_path):
-    model, _ = quick_model
+def test_reference_recipe_runs_and_is_recorded_in_step_json(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     meta = run.unlearn(request(recipe="reference", steps="3"), quiet=True)
     recorded = json.loads((tmp_path / "run" / "steps" / "001-fire" / "step.json").read_text())["config"]["method"]
@@ -147,3 +147,23 @@ def test_reference_recipe_runs_and_is_recorded_in_step_json(quick_model, tmp_pat
         assert recorded[key] == value, key
     assert meta["drift"]["parent"]["l2"] > 0
     assert any(p.name.startswith("anchors-images-") for p in (tmp_path / "run" / "cache").iterdir())
+
+
+def test_overlapped_reference_forward_gives_the_same_delta_bit_for_bit(random_model, tmp_path, monkeypatch):
+    """The anchor prompt's no-gradient forward runs on a second thread (CPU speed, issue 10
+    gap 5); the trained tensors must be exactly those of the sequential loop."""
+    from obliviate import diffusion
+    from obliviate.delta import load_delta
+
+    model = random_model
+    deltas = {}
+    for overlap in ("0", "1"):
+        monkeypatch.setenv("OBLIVIATE_OVERLAP", overlap)
+        monkeypatch.setattr(diffusion, "_REFERENCE_THREAD", None)
+        run = Run.open_or_create(tmp_path / f"run{overlap}", model)
+        run.unlearn(request(steps="3"), quiet=True)
+        deltas[overlap] = load_delta(next((tmp_path / f"run{overlap}" / "steps").iterdir()) / "delta.safetensors")
+        assert (diffusion._REFERENCE_THREAD is not None) == (overlap == "1")  # the path taken
+    assert deltas["0"].keys() == deltas["1"].keys()
+    assert all(torch.equal(deltas["0"][k], deltas["1"][k]) for k in deltas["0"])
+    assert any(bool(d.abs().max() > 0) for d in deltas["1"].values())

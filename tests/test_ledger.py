@@ -27,8 +27,8 @@ def test_delta_round_trip_is_exact(tmp_path):
     assert all(torch.equal(back[k], delta[k]) for k in delta)
 
 
-def test_step_files_and_model_reconstruction(quick_model, tmp_path):
-    model, _ = quick_model
+def test_step_files_and_model_reconstruction(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     m1 = run.unlearn(req("fire"), quiet=True)
     m2 = run.unlearn(req("ice"), quiet=True)
@@ -54,8 +54,8 @@ def test_step_files_and_model_reconstruction(quick_model, tmp_path):
     assert again["step"] == 1 and len(run.steps()) == 2
 
 
-def test_killed_request_resumes_to_the_same_delta(quick_model, tmp_path):
-    model, _ = quick_model
+def test_killed_request_resumes_to_the_same_delta(random_model, tmp_path):
+    model = random_model
     straight = Run.open_or_create(tmp_path / "straight", model).unlearn(req(regs=WITH_REPLAY), quiet=True, checkpoint_every=4)
     run = Run.open_or_create(tmp_path / "killed", model)
     out = run.unlearn(req(regs=WITH_REPLAY), quiet=True, checkpoint_every=4, stop_after=7)  # dies after step 7; checkpoint at 4
@@ -67,8 +67,8 @@ def test_killed_request_resumes_to_the_same_delta(quick_model, tmp_path):
     assert not list((tmp_path / "killed" / "steps").glob(".*"))
 
 
-def test_refusals(quick_model, tmp_path):
-    model, _ = quick_model
+def test_refusals(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     meta = run.unlearn(req(), quiet=True)
     delta_path = tmp_path / "run" / "steps" / "001-fire" / "delta.safetensors"
@@ -90,8 +90,8 @@ def test_refusals(quick_model, tmp_path):
         run.cumulative_delta(5)
 
 
-def test_export_loads_with_plain_diffusers(quick_model, tmp_path):
-    model, _ = quick_model
+def test_export_loads_with_plain_diffusers(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     run.unlearn(req(), quiet=True)
     out = run.export(tmp_path / "exported")

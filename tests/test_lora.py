@@ -32,8 +32,8 @@ def test_bad_groups_and_unsupported_regularizers_are_refused_before_work():
         build_hooks(request(method="sculpmem"))
 
 
-def test_stacked_adapters_ledger_sizes_and_exact_dense_change(quick_model, tmp_path):
-    model, _ = quick_model
+def test_stacked_adapters_ledger_sizes_and_exact_dense_change(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     m1 = run.unlearn(request("fire"), quiet=True)
     m2 = run.unlearn(request("ice"), quiet=True)
@@ -58,8 +58,8 @@ def test_stacked_adapters_ledger_sizes_and_exact_dense_change(quick_model, tmp_p
     assert torch.allclose(total[name], expected, atol=1e-6)
 
 
-def test_projection_on_A_keeps_protected_keys_values_exactly(quick_model, tmp_path):
-    model, _ = quick_model
+def test_projection_on_A_keeps_protected_keys_values_exactly(random_model, tmp_path):
+    model = random_model
     protected = "ice+ocean+sunset"
     run = Run.open_or_create(tmp_path / "run", model)
     meta = run.unlearn(request(regs=[("projection", {"mode": "update", "concepts": protected})]), quiet=True)
@@ -75,8 +75,8 @@ def test_projection_on_A_keeps_protected_keys_values_exactly(quick_model, tmp_pa
     assert max(float((d @ C).norm() / (d.norm() * C.norm())) for d in dense.values()) > 1e-3
 
 
-def test_l2sp_on_BA_shrinks_the_change(quick_model, tmp_path):
-    model, _ = quick_model
+def test_l2sp_on_BA_shrinks_the_change(random_model, tmp_path):
+    model = random_model
     drifts = []
     for weight in (0, 1e5):
         regs = [("l2sp", {"weight": weight, "reference": "pretrained"})]
@@ -86,10 +86,10 @@ def test_l2sp_on_BA_shrinks_the_change(quick_model, tmp_path):
     assert drifts[1] < 0.7 * drifts[0]
 
 
-def test_export_lora_loads_in_plain_diffusers_and_matches_the_merged_model(quick_model, tmp_path):
+def test_export_lora_loads_in_plain_diffusers_and_matches_the_merged_model(random_model, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    model, _ = quick_model
+    model = random_model
     run_dir = tmp_path / "run"
     run = Run.open_or_create(run_dir, model)
     run.unlearn(request("fire"), quiet=True)
@@ -112,8 +112,8 @@ def test_export_lora_loads_in_plain_diffusers_and_matches_the_merged_model(quick
     assert (a - base).abs().max() > 1e-4  # the adapters do change the model
 
 
-def test_export_lora_refuses_full_delta_runs(quick_model, tmp_path, capsys):
-    model, _ = quick_model
+def test_export_lora_refuses_full_delta_runs(random_model, tmp_path, capsys):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     run.unlearn(request("fire", group="kv-xattn"), quiet=True)
     assert main(["--quiet", "export", str(tmp_path / "run"), "--format", "lora", "--out", str(tmp_path / "x")]) == 2
@@ -121,10 +121,10 @@ def test_export_lora_refuses_full_delta_runs(quick_model, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_keep_training_one_adapter_telescopes_and_exports_the_last(quick_model, tmp_path):
+def test_keep_training_one_adapter_telescopes_and_exports_the_last(random_model, tmp_path):
     """The measured alternative (continual=keep): each step stores the adapter it ended with and
     the one it started from; the model is base + s B_T A_T, and export writes that one adapter."""
-    model, _ = quick_model
+    model = random_model
     keep = "lora:r=2,targets=kv-xattn,continual=keep"
     with pytest.raises(ValueError, match="continual=stack"):
         build_hooks(request(group=keep, regs=[("projection", {})]))

@@ -69,3 +69,20 @@ def test_build_refuses_a_non_empty_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         build(tmp_path, quick=True, quiet=True)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_the_untrained_model_stands_in_for_the_quick_one(random_model, quick_model):
+    """Tests of the machinery use random_model: it must be the quick model's architecture,
+    tokenizer, judge and catalog, only untrained."""
+    from obliviate.protocols import catalog_for_model
+
+    quick, _ = quick_model
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = (json.loads((m / part / "config.json").read_text()) for m in (random_model, quick))
+        drop = {"_name_or_path", "scaling_factor", "transformers_version", "_diffusers_version"}
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}, part
+    vocab = [json.loads((m / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"] for m in (random_model, quick)]
+    assert vocab[0] == vocab[1]
+    assert catalog_for_model(random_model).name == "minicanvas"
+    pred = MiniCanvasJudge(random_model).predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert set(pred) == {"style", "object"} and all(p in world.STYLE_NAMES for p in pred["style"])

@@ -40,8 +40,8 @@ def one_variant_experiment(model, seeds):
             "variants": [{"name": "seq", "method_settings": {k: int(v) for k, v in TINY.items()}}]}
 
 
-def test_rerun_with_other_seeds_recomputes_the_evaluations(quick_model, tmp_path):
-    model, _ = quick_model
+def test_rerun_with_other_seeds_recomputes_the_evaluations(random_model, tmp_path):
+    model = random_model
     out = tmp_path / "exp"
     Runner(load_experiment(one_variant_experiment(model, [188])), out, quiet=True).run()
     delta = out / "variants" / "seq" / "run" / "steps" / "001-fire" / "delta.safetensors"
@@ -95,16 +95,16 @@ def test_experiment_field_types_are_checked(tmp_path, patch, message):
     (["--device", "gpu7"], "--device 'gpu7' is not valid"),
     *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU is available")]),
 ])
-def test_bad_ranges_and_devices_fail_before_any_work(quick_model, tmp_path, capsys, args, message):
-    model, _ = quick_model
+def test_bad_ranges_and_devices_fail_before_any_work(random_model, tmp_path, capsys, args, message):
+    model = random_model
     code, out = cli(["unlearn", "--run", str(tmp_path / "run"), "--model", str(model), "--concept", "fire",
                      "--domain", "style", *args], capsys)
     assert code == 2 and message in out.err
     assert not (tmp_path / "run").exists()
 
 
-def test_a_partial_that_never_trained_does_not_block_a_corrected_request(quick_model, tmp_path, monkeypatch):
-    model, _ = quick_model
+def test_a_partial_that_never_trained_does_not_block_a_corrected_request(random_model, tmp_path, monkeypatch):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     from obliviate.methods.conabl import ConAbl
 
@@ -123,8 +123,8 @@ def test_a_partial_that_never_trained_does_not_block_a_corrected_request(quick_m
 
 
 # 4 ------------------------------------------------------------- locks
-def test_a_second_process_is_refused_while_a_run_is_busy(quick_model, tmp_path):
-    model, _ = quick_model
+def test_a_second_process_is_refused_while_a_run_is_busy(random_model, tmp_path):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     cmd = [sys.executable, "-m", "obliviate.cli", "unlearn", "--quiet", "--run", str(run.path), "--concept", "fire",
            "--domain", "style", *[a for k, v in TINY.items() for a in ("--method-setting", f"{k}={v}")]]
@@ -136,8 +136,8 @@ def test_a_second_process_is_refused_while_a_run_is_busy(quick_model, tmp_path):
     assert list((run.path / "steps").iterdir()) == []  # nothing was started
 
 
-def test_an_experiment_output_directory_is_locked(quick_model, tmp_path):
-    model, _ = quick_model
+def test_an_experiment_output_directory_is_locked(random_model, tmp_path):
+    model = random_model
     out = tmp_path / "exp"
     out.mkdir()
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
@@ -151,8 +151,8 @@ def test_an_experiment_output_directory_is_locked(quick_model, tmp_path):
 
 
 # 5 ------------------------------------------------------------- base model and anchor cache verified
-def test_eval_of_a_run_checks_the_base_model(quick_model, tmp_path, capsys):
-    model, _ = quick_model
+def test_eval_of_a_run_checks_the_base_model(random_model, tmp_path, capsys):
+    model = random_model
     copy = tmp_path / "model"
     shutil.copytree(model, copy)
     run = Run.open_or_create(tmp_path / "run", copy)
@@ -166,8 +166,8 @@ def test_eval_of_a_run_checks_the_base_model(quick_model, tmp_path, capsys):
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
-def test_a_damaged_anchor_cache_is_regenerated(quick_model, tmp_path):
-    model, _ = quick_model
+def test_a_damaged_anchor_cache_is_regenerated(random_model, tmp_path):
+    model = random_model
     cache = tmp_path / "cache"
     request = Request("fire", "style", "conabl", TINY, seed=1)
     first = Run.open_or_create(tmp_path / "a", model).unlearn(request, quiet=True, cache_dir=cache)
@@ -207,8 +207,8 @@ def test_delta_bytes_are_the_same_in_every_process(tmp_path):
 
 
 # 7 ------------------------------------------------------------- OS errors at the command line
-def test_a_file_where_a_directory_belongs_is_a_clean_error(quick_model, tmp_path, capsys):
-    model, _ = quick_model
+def test_a_file_where_a_directory_belongs_is_a_clean_error(random_model, tmp_path, capsys):
+    model = random_model
     a_file = tmp_path / "file"
     a_file.write_text("x")
     code, out = cli(["unlearn", "--run", str(a_file), "--model", str(model), "--concept", "fire", "--domain", "style"], capsys)
@@ -225,8 +225,8 @@ def test_a_file_where_a_directory_belongs_is_a_clean_error(quick_model, tmp_path
     assert "Traceback" not in out.err
 
 
-def test_export_checks_its_destination_before_loading(quick_model, tmp_path, capsys, monkeypatch):
-    model, _ = quick_model
+def test_export_checks_its_destination_before_loading(random_model, tmp_path, capsys, monkeypatch):
+    model = random_model
     run = Run.open_or_create(tmp_path / "run", model)
     (tmp_path / "file").write_text("x")
 
@@ -238,8 +238,8 @@ def test_export_checks_its_destination_before_loading(quick_model, tmp_path, cap
     assert code == 1 and str(tmp_path / "file") in out.err and "Traceback" not in out.err
 
 
-def test_a_full_disk_names_the_file(quick_model, tmp_path, capsys, monkeypatch):
-    model, _ = quick_model
+def test_a_full_disk_names_the_file(random_model, tmp_path, capsys, monkeypatch):
+    model = random_model
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -253,8 +253,8 @@ def test_a_full_disk_names_the_file(quick_model, tmp_path, capsys, monkeypatch):
 
 
 # 8 ------------------------------------------------------------- typed settings compare equal
-def test_the_same_request_with_typed_settings_is_not_refused(quick_model, tmp_path, capsys):
-    model, _ = quick_model
+def test_the_same_request_with_typed_settings_is_not_refused(random_model, tmp_path, capsys):
+    model = random_model
     run_dir = tmp_path / "run"
     code, out = cli(["unlearn", "--run", str(run_dir), "--model", str(model), "--concept", "fire", "--domain", "style",
                      "--steps", "3", *[a for k, v in TINY.items() if k != "steps" for a in ("--method-setting", f"{k}={v}")],

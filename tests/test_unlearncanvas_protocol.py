@@ -21,7 +21,7 @@ from obliviate.protocols.unlearncanvas import (
     UnlearnCanvasJudge,
     build_vit_classifier,
     load_classifier,
-    load_protocol,
+    unlearncanvas_catalog,
     prompt_name,
     to_timm_state_dict,
 )
@@ -32,12 +32,12 @@ TINY = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2, n
 
 # ------------------------------------------------------------------------------------------- protocol
 def test_protocol_lists():
-    p = load_protocol()
-    assert len(p.style_labels) == 51 and len(set(p.style_labels)) == 51
-    assert len(p.object_labels) == 20 and len(set(p.object_labels)) == 20
-    assert p.style_labels[0] == "Abstractionism" and p.style_labels[-1] == "Winter"
-    assert p.style_labels.index("Seed_Images") == 38
-    assert p.object_labels[0] == "Architectures" and p.object_labels[-1] == "Waterfalls"
+    p = unlearncanvas_catalog()
+    assert len(p.styles) == 51 and len(set(p.styles)) == 51
+    assert len(p.objects) == 20 and len(set(p.objects)) == 20
+    assert p.styles[0] == "Abstractionism" and p.styles[-1] == "Winter"
+    assert p.styles.index("Seed_Images") == 38
+    assert p.objects[0] == "Architectures" and p.objects[-1] == "Waterfalls"
     assert len(p.style_order) == 12 and len(p.retained_styles) == 12
     assert len(p.object_order) == 12 and len(p.retained_objects) == 8
     assert p.style_order[0] == "Abstractionism" and p.style_order[-1] == "Vibrant_Flow"
@@ -45,20 +45,20 @@ def test_protocol_lists():
     assert not set(p.style_order) & set(p.retained_styles)
     assert not set(p.object_order) & set(p.retained_objects)
     for name in p.style_order + p.retained_styles:
-        assert name in p.style_labels, name
-    for name in p.object_order + p.retained_objects + list(p.object_anchors) + list(p.object_anchors.values()):
-        assert name in p.object_labels, name
-    assert set(p.object_anchors) == set(p.object_order)
-    assert set(p.object_anchors.values()) <= set(p.retained_objects)
-    assert p.object_anchors["Bears"] == "Horses" and p.object_anchors["Frogs"] == "Butterfly"
-    assert p.object_anchors["Sandwiches"] == "Flowers" and p.object_anchors["Towers"] == "Trees"
-    assert (p.resolution, p.steps, p.guidance) == (512, 100, 9.0)
+        assert name in p.styles, name
+    for name in p.object_order + p.retained_objects + list(p.anchors) + list(p.anchors.values()):
+        assert name in p.objects, name
+    assert set(p.anchors) == set(p.object_order)
+    assert set(p.anchors.values()) <= set(p.retained_objects)
+    assert p.anchors["Bears"] == "Horses" and p.anchors["Frogs"] == "Butterfly"
+    assert p.anchors["Sandwiches"] == "Flowers" and p.anchors["Towers"] == "Trees"
+    assert (p.resolution, p.sampler["steps"], p.sampler["guidance"]) == (512, 100, 9.0)
     assert p.seeds == [188, 288, 588, 688, 888]
-    assert p.classifier_image_size == 224 and p.classifier_mean == [0.5] * 3 and p.classifier_std == [0.5] * 3
+    assert p.judge_settings["image_size"] == 224 and p.judge_settings["mean"] == [0.5] * 3 and p.judge_settings["std"] == [0.5] * 3
 
 
 def test_prompt_names():
-    p = load_protocol()
+    p = unlearncanvas_catalog()
     assert prompt_name("Van_Gogh") == "Van Gogh" and prompt_name("Red_Blue_Ink") == "Red Blue Ink"
     assert p.prompt("Van_Gogh", "Dogs") == "A Dogs image in Van Gogh style."
     assert p.domain_of("Cold_Warm") == "style" and p.domain_of("Sea") == "object" and p.domain_of("x") is None
@@ -200,7 +200,7 @@ def test_strict_keys_and_shapes(tmp_path):
 
 
 def test_judge_predicts_labels(tmp_path):
-    p = load_protocol()
+    p = unlearncanvas_catalog()
     style, obj = _tiny(51, 1), _tiny(20, 2)
     save_file(style.state_dict(), str(tmp_path / "style.safetensors"))
     torch.save({"model_state_dict": to_timm_state_dict(obj.state_dict())}, tmp_path / "object.pth")
@@ -214,7 +214,7 @@ def test_judge_predicts_labels(tmp_path):
     out = judge.predict(pil)
     assert set(out) == {"style", "object"}
     assert len(out["style"]) == 3 and len(out["object"]) == 3
-    assert all(s in p.style_labels for s in out["style"]) and all(o in p.object_labels for o in out["object"])
+    assert all(s in p.styles for s in out["style"]) and all(o in p.objects for o in out["object"])
     assert judge.predict(arrays) == out  # a uint8 (N, H, W, 3) array gives the same answer
 
     # preprocessing: resized to image_size, mean/std 0.5 -> range [-1, 1]; labels are the argmax of each model
@@ -224,7 +224,7 @@ def test_judge_predicts_labels(tmp_path):
                           for im in pil]).permute(0, 3, 1, 2).float() / 255.0 * 2 - 1
     torch.testing.assert_close(x, manual)
     with torch.no_grad():
-        assert out["style"] == [p.style_labels[i] for i in style(pixel_values=x).logits.argmax(-1).tolist()]
-        assert out["object"] == [p.object_labels[i] for i in obj(pixel_values=x).logits.argmax(-1).tolist()]
+        assert out["style"] == [p.styles[i] for i in style(pixel_values=x).logits.argmax(-1).tolist()]
+        assert out["object"] == [p.objects[i] for i in obj(pixel_values=x).logits.argmax(-1).tolist()]
     with pytest.raises(ValueError):
         judge.predict(arrays.astype(np.float32))

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from obliviate.cli import main
-from obliviate.protocols.unlearncanvas import build_vit_classifier, load_protocol, to_timm_state_dict
+from obliviate.protocols.unlearncanvas import build_vit_classifier, unlearncanvas_catalog, to_timm_state_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -24,13 +24,13 @@ def _classifier(path: Path, num_classes: int, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(quick_model, tmp_path_factory):
+def checkpoints(random_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("uc")
-    model, _ = quick_model
+    model = random_model
     sd = root / "unlearncanvas-sd15"
     shutil.copytree(model, sd, ignore=shutil.ignore_patterns("minicanvas.json", "classifiers"))  # a plain SD pipeline
-    p = load_protocol()
-    return sd, _classifier(root / "style.pth", len(p.style_labels), 1), _classifier(root / "object.pth", len(p.object_labels), 2)
+    p = unlearncanvas_catalog()
+    return sd, _classifier(root / "style.pth", len(p.styles), 1), _classifier(root / "object.pth", len(p.objects), 2)
 
 
 @pytest.mark.parametrize("domain", ["styles", "objects"])
@@ -41,7 +41,7 @@ def test_one_command_from_checkpoints_to_the_report(checkpoints, tmp_path, domai
     assert raw["eval"]["sampler"] == {"steps": 100, "guidance": 9.0, "scheduler": "ddim", "batch_size": 8}
     # reduced for a CPU test: two requests, two retained, two partners, one seed, 2 sampler steps, tiny judges
     raw["sequence"] = raw["sequence"][:2]
-    p = load_protocol()
+    p = unlearncanvas_catalog()
     own, other = (p.retained_styles, p.retained_objects) if domain == "styles" else (p.retained_objects, p.retained_styles)
     raw.update(retained=own[:2], partners=other[:2])
     raw["eval"] = {"seeds": [188], "probe_seeds": [1], "sampler": {"steps": 2, "guidance": 9.0, "scheduler": "ddim"}}
@@ -78,7 +78,7 @@ def test_one_command_from_checkpoints_to_the_report(checkpoints, tmp_path, domai
 
 def test_missing_classifiers_are_a_clear_error(tmp_path, capsys):
     sd = tmp_path / "sd"  # the classifier files are checked first, before the model and any ViT is built
-    style_ckpt = _classifier(tmp_path / "style.pth", len(load_protocol().style_labels), 1)
+    style_ckpt = _classifier(tmp_path / "style.pth", len(unlearncanvas_catalog().styles), 1)
     code = main(["--quiet", "run", str(CONFIGS / "unlearncanvas-styles.yaml"), "--out", str(tmp_path / "o"),
                  "--model", str(sd), "--style-classifier", str(style_ckpt), "--object-classifier", str(tmp_path / "none.pth")])
     assert code == 2

@@ -39,28 +39,6 @@ def pick_threads() -> int | None:
     return threads
 
 
-def check_device(device: str | None) -> None:
-    """`--device` checked before any work: a typo or a missing GPU fails now, not after minutes."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not valid; valid: cpu, cuda, cuda:N, mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {device!r} is not supported; valid: cpu, cuda, cuda:N, mps")
-
-
 def parse_reg(text: str) -> tuple[str, dict[str, str]]:
     """`NAME[:key=value,...]` -> (name, settings)."""
     from .trainer import parse_named
@@ -119,8 +97,9 @@ def cmd_unlearn(args) -> int:
         regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
     )
     build_hooks(request)  # every name, setting, range and the parameter group checked before anything is created
-    check_device(args.device)
-    from .distributed import autocast_dtype
+    from .distributed import autocast_dtype, validate_device
+
+    validate_device(args.device)
 
     autocast_dtype(__import__("torch").device("cpu"), args.precision)
     if Path(args.run).exists() and not Path(args.run).is_dir():
@@ -198,8 +177,7 @@ def cmd_eval(args) -> int:
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
     protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
-                             object_classifier=args.object_classifier,
-                             **({"device": args.device or "cpu"} if args.protocol == "unlearncanvas" else {}))
+                             object_classifier=args.object_classifier, device=args.device or "cpu")
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
     try:

@@ -30,7 +30,7 @@ from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file
 from .methods import get_method
 from . import distributed, lora
 from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
-from .protocols import Catalog, catalog_for_model, generic_catalog
+from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
 from .trainer import Context, Hook, Request, parse_settings, train
 
@@ -117,10 +117,8 @@ class Run:
             raise FileExistsError(f"{path} exists, is not empty and is not an obliviate run")
         path.mkdir(parents=True, exist_ok=True)
         (path / "steps").mkdir(exist_ok=True)
-        from .protocols import CATALOGS
-
-        if catalog is not None and catalog not in CATALOGS:
-            raise ValueError(f"unknown catalog {catalog!r}; valid catalogs: {', '.join(CATALOGS)}")
+        if catalog is not None and catalog not in PROTOCOLS:
+            raise ValueError(f"unknown catalog {catalog!r}; valid catalogs: {', '.join(PROTOCOLS)}")
         atomic_write_json(path / "run.json", {
             "base_model": str(Path(model_dir).resolve()), "base_hash": model_hash(model_dir),
             **({"catalog": catalog} if catalog else {}),
@@ -151,10 +149,8 @@ class Run:
         return out
 
     def catalog(self) -> Catalog:
-        from .protocols import CATALOGS
-
         if self.info.get("catalog"):
-            return CATALOGS[self.info["catalog"]]()
+            return get_protocol(self.info["catalog"])
         return catalog_for_model(self.base_model) or generic_catalog()
 
     # ------------------------------------------------------------ loading models

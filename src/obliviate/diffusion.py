@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,42 @@ def noised(ctx: Context, x0: torch.Tensor, gen: torch.Generator):
 
 def denoising_target(ctx: Context, x0, noise, t):
     return target_for(training_scheduler(ctx), x0, noise, t)
+
+
+# The no-gradient forward of a loss like ConAbl's (the anchor prompt's prediction) does not
+# depend on the trained forward, so on a CPU it can run on a second thread while this one
+# runs the trained forward: both read the same weights, nothing is written during a forward,
+# and the numbers are the same bit for bit. MiniCanvas's ops are too small for torch's
+# intra-op threads to use a second core well; two forwards at once do. Off on a GPU (one
+# stream: nothing to gain) and with several processes (DDP's forward is not re-entrant).
+# OBLIVIATE_OVERLAP=0 turns it off (scripts/bench_conabl.py compares both).
+_REFERENCE_THREAD: ThreadPoolExecutor | None = None
+
+
+def overlap_enabled(ctx: Context) -> bool:
+    return os.environ.get("OBLIVIATE_OVERLAP", "1") != "0" and ctx.device.type == "cpu" and ctx.dist is None
+
+
+def reference_and_prediction(ctx: Context, x_t: torch.Tensor, t, reference_cond, trained_cond):
+    """(eps(x_t, reference_cond) without gradient, eps(x_t, trained_cond) with it), both from
+    the model being trained (model.predict), overlapped on a CPU (see above)."""
+    from .model import predict
+
+    def reference():
+        with torch.no_grad(), ctx.autocast():  # grad mode and autocast are per thread
+            return predict(ctx.unet, x_t, t, reference_cond)
+
+    if not overlap_enabled(ctx):
+        return reference(), predict(ctx.unet, x_t, t, trained_cond)
+    global _REFERENCE_THREAD
+    if _REFERENCE_THREAD is None:
+        _REFERENCE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="obliviate-reference")
+    future = _REFERENCE_THREAD.submit(reference)
+    try:
+        prediction = predict(ctx.unet, x_t, t, trained_cond)
+    finally:
+        ref = future.result()  # wait even when the trained forward failed
+    return ref, prediction
 
 
 def sampler_settings(ctx: Context, steps: int | None, guidance: float | None) -> tuple[int, float]:

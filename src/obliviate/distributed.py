@@ -37,10 +37,23 @@ NOT_DISTRIBUTABLE = {"erasediff": "its bi-level step combines whole-batch gradie
 
 
 def validate_device(device: str | None) -> str | None:
-    """A clear error for a --device this machine cannot use, before any work (one check: cli.check_device)."""
-    from .cli import check_device
-
-    check_device(device)
+    """`--device` checked before any work: a typo or a missing GPU fails now, not after minutes."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not valid; valid: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device!r} is not supported; valid: cpu, cuda, cuda:N, mps")
     return device
 
 

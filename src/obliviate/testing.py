@@ -100,7 +100,9 @@ def text_configs(family: str, size: str) -> list:
     return [clip_l, _text_config(32, 2, 4, "gelu", 32) if tiny else _text_config(1280, 32, 20, "gelu", 1280, 5120)]
 
 
-def unet_config(family: str, size: str) -> dict:
+def unet_config(family: str, size: str, latent_size: int | None = None) -> dict:
+    """`latent_size` replaces the family's default latent resolution (config `sample_size`, the
+    pipeline's default image size / 8); no weight's shape depends on it."""
     tiny = size == "tiny"
     cross = sum(c.hidden_size for c in text_configs(family, size))
     if family in ("sd15", "sd21"):
@@ -115,11 +117,13 @@ def unet_config(family: str, size: str) -> dict:
             cfg["attention_head_dim"] = 2 if tiny else 8
         else:
             cfg.update(attention_head_dim=(2, 4) if tiny else (5, 10, 20, 20), use_linear_projection=True, upcast_attention=True)
+        if latent_size is not None:
+            cfg["sample_size"] = latent_size
         return cfg
     pooled = text_configs(family, size)[1].projection_dim
     time_dim = 8 if tiny else 256
     return dict(
-        sample_size=8 if tiny else 128, in_channels=4, out_channels=4, layers_per_block=1 if tiny else 2,
+        sample_size=latent_size or (8 if tiny else 128), in_channels=4, out_channels=4, layers_per_block=1 if tiny else 2,
         block_out_channels=(32, 64) if tiny else (320, 640, 1280),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D") if tiny else ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D") if tiny else ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -129,9 +133,9 @@ def unet_config(family: str, size: str) -> dict:
     )
 
 
-def vae_config(family: str, size: str) -> dict:
+def vae_config(family: str, size: str, latent_size: int | None = None) -> dict:
     tiny = size == "tiny"
-    pixels = unet_config(family, size)["sample_size"] * 8  # f=8: four blocks, three downsamplings
+    pixels = unet_config(family, size, latent_size)["sample_size"] * 8  # f=8: four blocks, three downsamplings
     return dict(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=pixels,
         block_out_channels=(8, 16, 16, 16) if tiny else (128, 256, 512, 512),
@@ -152,8 +156,13 @@ def scheduler(family: str):
     return EulerDiscreteScheduler(timestep_spacing="leading", prediction_type="epsilon", **betas)
 
 
-def random_pipeline(family: str, size: str = "tiny", *, seed: int = 0):
-    """A StableDiffusion(XL)Pipeline with random weights in `family`'s architecture."""
+def random_pipeline(family: str, size: str = "tiny", *, seed: int = 0, latent_size: int | None = None):
+    """A StableDiffusion(XL)Pipeline with random weights in `family`'s architecture.
+
+    `latent_size` (>= 8, a multiple of 8) lowers the default sample resolution: the full-size
+    tests keep every weight at its published shape but sample and train at 64x64 pixels
+    (8x8 latents): a ConAbl step at SD 2.1 size took 4.7 CPU-seconds there against 139 at its
+    own 768 px (docs/results/bench-realsize*.json)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -161,9 +170,11 @@ def random_pipeline(family: str, size: str = "tiny", *, seed: int = 0):
         raise ValueError(f"family {family!r} / size {size!r}; valid: {FAMILIES} x {SIZES}")
     if family == "sdxl" and size == "full":
         raise ValueError("full-size SDXL is not offered (2.6B parameters); use size='tiny'")
+    if latent_size is not None and (latent_size < 8 or latent_size % 8):
+        raise ValueError(f"latent_size {latent_size!r} is not valid; valid: a multiple of 8, >= 8 (the UNet halves it three times)")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config(family, size))
-    vae = AutoencoderKL(**vae_config(family, size))
+    unet = UNet2DConditionModel(**unet_config(family, size, latent_size))
+    vae = AutoencoderKL(**vae_config(family, size, latent_size))
     configs = text_configs(family, size)
     sched = scheduler(family)
     if family != "sdxl":
@@ -177,9 +188,10 @@ def random_pipeline(family: str, size: str = "tiny", *, seed: int = 0):
     )
 
 
-def save_random_pipeline(out: str | Path, family: str, size: str = "tiny", *, seed: int = 0) -> Path:
+def save_random_pipeline(out: str | Path, family: str, size: str = "tiny", *, seed: int = 0,
+                         latent_size: int | None = None) -> Path:
     """Write a random pipeline directory (safetensors) that load_pipeline and plain diffusers read."""
     out = Path(out)
-    pipe = random_pipeline(family, size, seed=seed)
+    pipe = random_pipeline(family, size, seed=seed, latent_size=latent_size)
     pipe.save_pretrained(out, safe_serialization=True)
     return out

@@ -43,8 +43,18 @@ def parse_attack(text: str) -> tuple[str, dict[str, str]]:
     return name, settings
 
 
+def check_model(name: str, model) -> None:
+    """Learned tokens and relearning read the first text encoder only: refused on SDXL (two)."""
+    from ..model import is_sdxl
+
+    if name != "paraphrase" and is_sdxl(model):
+        raise ValueError(f"attack {name!r} does not support SDXL pipelines yet (it trains through one text encoder; "
+                         "SDXL has two); on SDXL use attack paraphrase")
+
+
 def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **info) -> dict:
     """Attack every unlearned concept of `target`; write OUT/attack.json atomically."""
+    check_model(attack.name, target.pipe)
     total = Timer()
     concepts, seconds = {}, {}
     for concept in target.unlearned:
@@ -74,4 +84,4 @@ def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **
     return result
 
 
-__all__ = ["ATTACKS", "Attack", "Target", "build_attack", "get_attack", "load_target", "parse_attack", "run_attack"]
+__all__ = ["ATTACKS", "Attack", "Target", "build_attack", "check_model", "get_attack", "load_target", "parse_attack", "run_attack"]

@@ -257,7 +257,9 @@ def encode(pipe, prompts: list[str]) -> torch.Tensor:
 
 
 def word_rows(pipe, words: list[str]) -> torch.Tensor:
-    ids = pipe.tokenizer.convert_tokens_to_ids(words)
+    vocab = pipe.tokenizer.get_vocab()
+    # CLIP's BPE: the whole word is "art</w>"; "art" alone is the piece that starts "artist"
+    ids = pipe.tokenizer.convert_tokens_to_ids([w + "</w>" if w + "</w>" in vocab else w for w in words])
     unk = pipe.tokenizer.unk_token_id
     bad = [w for w, i in zip(words, ids) if i is None or i == unk]
     if bad:

@@ -47,7 +47,8 @@ class Paraphrase(Attack):
         for template in self.phrasings():
             def make(c, p, template=template):
                 style, obj = (c, p) if target.domain == "style" else (p, c)
-                return template.format(style=style, object=obj)
+                name = target.protocol.prompt_name or (lambda x: x)  # UnlearnCanvas: Van_Gogh is written "Van Gogh"
+                return template.format(style=name(style), object=obj)
 
             prompts = [make(concept, p) for p, _ in cells]
             check_fits(target.pipe, prompts)

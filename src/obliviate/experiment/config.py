@@ -31,6 +31,7 @@ class Variant:
     early_stopping: bool = False  # simultaneous only
     merge: dict[str, Any] = field(default_factory=dict)  # independent+merge only
     param_group: str = "kv-xattn"
+    sweep: dict[str, Any] = field(default_factory=dict)  # {key, values}: strength chosen on probe seeds (strength.py)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Experiment:
     domain: str
     sequence: list[str]
     retained: list[str] | None
-    partners: list[str] | None
+    partners: list[str] | str | None
     seeds: list[int]
     probe_seeds: list[int]
     sampler: SamplerConfig
@@ -53,11 +54,13 @@ class Experiment:
     object_classifier: str | None = None
     raw: dict = field(default_factory=dict)
     attacks: list[dict] = field(default_factory=list)  # see attacks/runner.py
+    strength: dict = field(default_factory=lambda: {"policy": "equal-forgetting", "ua_min": 90.0})  # strength.py
 
 
 EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
-                   "grid", "classifiers", "attacks", "defaults"}
-VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group"}
+                   "grid", "classifiers", "attacks", "defaults", "strength"}
+VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group",
+                "sweep"}
 
 
 def _regs(items, where: str) -> list[tuple[str, dict]]:
@@ -91,17 +94,21 @@ _TYPES = {
     "list[str]": (lambda x: isinstance(x, list) and all(isinstance(i, str) for i in x), "a list of names"),
     "list[int]": (lambda x: isinstance(x, list) and bool(x) and all(_is_int(i) for i in x), "a non-empty list of integers"),
     "list": (lambda x: isinstance(x, list), "a list"),
+    "str|mapping": (lambda x: isinstance(x, (str, dict)), "a preset name or a mapping"),
+    "list[str]|all": (lambda x: x == "all" or (isinstance(x, list) and all(isinstance(i, str) for i in x)),
+                      "a list of names or all"),
     "number|list[number]": (lambda x: _is_number(x) or (isinstance(x, list) and bool(x) and all(_is_number(i) for i in x)),
                             "a number or a non-empty list of numbers"),
 }
 _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
-                     "retained": "list[str]", "partners": "list[str]", "eval": "mapping", "variants": "list", "seed": "int",
-                     "grid": "mapping", "classifiers": "mapping", "attacks": "list", "defaults": "mapping"}
-_EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "mapping"}
+                     "retained": "list[str]", "partners": "list[str]|all", "eval": "mapping", "variants": "list", "seed": "int",
+                     "grid": "mapping", "classifiers": "mapping", "attacks": "list", "defaults": "mapping",
+                     "strength": "mapping"}
+_EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "str|mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
 _CLASSIFIER_TYPES = {"style": "str", "object": "str", "arch": "mapping"}  # arch: ViT shape overrides (tests: tiny judges)
 _VARIANT_TYPES = {"name": "str", "setting": "str", "method": "str", "method_settings": "mapping", "regularizers": "list",
-                  "early_stopping": "bool", "merge": "mapping", "param_group": "str"}
+                  "early_stopping": "bool", "merge": "mapping", "param_group": "str", "sweep": "mapping"}
 _DEFAULTS_TYPES = {k: t for k, t in _VARIANT_TYPES.items() if k != "name"}  # a shared name would clash
 _MERGE_TYPES = {"method": "str", "lam": "number|list[number]", "top_k": "number|list[number]"}
 
@@ -150,7 +157,7 @@ def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
     variant = Variant(name=str(v["name"]), setting=v.get("setting", "sequential"), method=v.get("method", "conabl"),
                       method_settings=dict(v.get("method_settings", {}) or {}), regularizers=_regs(v.get("regularizers"), vw),
                       early_stopping=bool(v.get("early_stopping", False)), merge=dict(v.get("merge", {}) or {}),
-                      param_group=v.get("param_group", "kv-xattn"))
+                      param_group=v.get("param_group", "kv-xattn"), sweep=dict(v.get("sweep") or {}))
     if variant.setting not in SETTINGS:
         raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
     from ..model import check_param_group
@@ -162,6 +169,20 @@ def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
     # every method / regularizer name and setting is checked now, not after an hour of work
     build_hooks(Request("x", domain if domain in ("style", "object") else "other", variant.method,
                         variant.method_settings, variant.regularizers, param_group=variant.param_group))
+    if variant.sweep:  # every swept value is checked now too
+        from .strength import with_value
+
+        sweep = variant.sweep
+        if set(sweep) != {"key", "values"} or not isinstance(sweep["key"], str) or not isinstance(sweep["values"], list) \
+                or not sweep["values"] or not all(_is_number(x) for x in sweep["values"]):
+            raise ValueError(f"{vw} ({variant.name}): sweep is {{key: regularizers.NAME.SETTING or method_settings.SETTING, "
+                             f"values: [numbers]}}, got {sweep!r}")
+        if len(set(sweep["values"])) != len(sweep["values"]):
+            raise ValueError(f"{vw} ({variant.name}): sweep values repeat: {sweep['values']}")
+        for value in sweep["values"]:
+            w = with_value(variant, sweep["key"], value)
+            build_hooks(Request("x", domain if domain in ("style", "object") else "other", w.method,
+                                w.method_settings, w.regularizers, param_group=w.param_group))
     if variant.setting == "independent+merge":
         m = variant.merge.get("method", "ties")
         if m not in MERGE_METHODS:
@@ -203,7 +224,7 @@ def load_experiment(path_or_dict) -> Experiment:
     _check_types(defaults, _DEFAULTS_TYPES, f"{where}: defaults")
     from ..trainer import parse_settings
 
-    sampler = parse_settings(SamplerConfig, ev["sampler"], f"{where}: eval.sampler") if ev.get("sampler") else None
+    sampler = parse_sampler(ev.get("sampler"), f"{where}: eval.sampler")
     variants = []
     for i, v in enumerate(raw["variants"]):
         vw = f"{where}: variants[{i}]"
@@ -218,7 +239,8 @@ def load_experiment(path_or_dict) -> Experiment:
     classifiers = raw.get("classifiers", {}) or {}
     exp = Experiment(
         name=str(raw.get("name", "experiment")), model=resolve_model(raw.get("model")), protocol=raw.get("protocol", "minicanvas"),
-        domain=raw["domain"], sequence=list(raw["sequence"]), retained=raw.get("retained"), partners=raw.get("partners"),
+        domain=raw["domain"], sequence=list(raw["sequence"]), retained=raw.get("retained"),
+        partners=raw.get("partners"),  # "all": every concept of the other domain (runner.resolve_partners)
         seeds=list(ev.get("seeds", [188, 288])), probe_seeds=list(ev.get("probe_seeds", [1, 2])), sampler=sampler,
         variants=variants, seed=int(raw.get("seed", 0)), grid_variant=grid.get("variant"), grid_prompts=int(grid.get("prompts", 6)),
         style_classifier=classifiers.get("style"), object_classifier=classifiers.get("object"), raw=raw,
@@ -235,7 +257,28 @@ def load_experiment(path_or_dict) -> Experiment:
     from ..attacks.runner import parse_attacks_section
 
     exp.attacks = parse_attacks_section(raw.get("attacks"), where)
+    from .strength import parse_policy
+
+    exp.strength = parse_policy(raw.get("strength"), f"{where}: strength")
     return exp
+
+
+def parse_sampler(spec, where: str) -> SamplerConfig | None:
+    """`eval.sampler`: a preset name (evaluate/sampler.py SAMPLER_PRESETS), or a mapping of
+    settings, optionally with `preset:` underneath (the mapping's settings win)."""
+    from ..trainer import parse_settings
+
+    if not spec:
+        return None
+    if isinstance(spec, str):
+        spec = {"preset": spec}
+    spec = dict(spec)
+    preset = spec.pop("preset", None)
+    try:
+        base = SamplerConfig.named(preset).__dict__ if preset is not None else {}
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return parse_settings(SamplerConfig, {**base, **spec}, where)
 
 
 def apply_overrides(exp: Experiment, args) -> Experiment:
@@ -255,4 +298,14 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
     from ..model import check_pipeline_dir
 
     check_pipeline_dir(exp.model)
+    if exp.protocol == "minicanvas" and not (Path(exp.model) / "classifiers" / "config.json").exists():
+        # the MiniCanvas judge ships inside the MiniCanvas model; say so before any work
+        raise ValueError(
+            f"protocol minicanvas judges images with the classifiers that MiniCanvas models carry (classifiers/), and "
+            f"{exp.model} has none. For a Stable Diffusion model use protocol: unlearncanvas with --style-classifier "
+            "FILE --object-classifier FILE (the UnlearnCanvas judges), or unlearn without an evaluation: obliviate unlearn")
+    from ..attacks import check_model
+
+    for attack in exp.attacks:  # before the training, not after it
+        check_model(attack["name"], exp.model)
     return exp

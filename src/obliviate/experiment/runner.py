@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..continual import Run, build_hooks, resolved_config, slug
 from ..delta import atomic_write_json, with_delta
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
+from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive
 from ..model import load_pipeline, model_hash
 from ..trainer import Request
@@ -34,7 +35,8 @@ class Runner:
                                                    "gradient_checkpointing": gradient_checkpointing}
         self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
                                       object_classifier=exp.object_classifier, **judge_options(exp, device))
-        self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained, exp.partners, exp.seeds, exp.sampler)
+        self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained,
+                              resolve_partners(self.protocol, exp.domain, exp.partners), exp.seeds, exp.sampler)
         self.probe = EvalPlan(self.plan.domain, self.plan.sequence, self.plan.retained, self.plan.partners,
                               exp.probe_seeds, self.plan.sampler)
         self.base_hash = model_hash(exp.model)
@@ -42,6 +44,19 @@ class Runner:
         self.cache = self.out / "cache" / "images"
         self.anchors = self.out / "cache" / "base-model"  # anchor / forget / remain images, shared by variants
         self._base_pipe = None
+        self._probing = False
+        self._vdirs: dict[str, Path] = {}  # variant name -> its directory (a swept variant: the chosen value's)
+
+    @contextlib.contextmanager
+    def probing(self):
+        """Inside: settings evaluate on the probe plan, into `probe-eval/` instead of `eval/`
+        (a strength sweep, strength.py; the reported evaluation of the chosen value reuses
+        the sweep's training and writes `eval/`)."""
+        plan, self.plan, self._probing = self.plan, self.probe, True
+        try:
+            yield
+        finally:
+            self.plan, self._probing = plan, False
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -70,6 +85,8 @@ class Runner:
         """Cached per file and key: a finished evaluation is read back when everything it
         depends on is unchanged (see `evaluation_key`), and recomputed otherwise."""
         plan = plan or self.plan
+        if self._probing and path.parent.name == "eval":
+            path = path.parent.with_name("probe-eval") / path.name
         cache_key = self.evaluation_key(key, unlearned, plan)
         if path.exists():
             try:
@@ -100,12 +117,13 @@ class Runner:
     def step0(self) -> dict:
         res = self.evaluate(None, [], model_key(self.base_hash), self.out / "eval" / "base.json")
         return {"step": 0, "concept": None, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": 0.0,
-                "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"]}
+                "train_seconds": 0.0, "eval_seconds": res["eval_seconds"], "per_concept_accuracy": res["per_concept_accuracy"],
+                **power_fields(res)}
 
     def row(self, t, concept, res, drift_l2, train_seconds, **extra) -> dict:
         return {"step": t, "concept": concept, "UA": res["UA"], "RA_I": res["RA_I"], "RA_C": res["RA_C"], "drift_l2": drift_l2,
                 "train_seconds": train_seconds, "eval_seconds": res["eval_seconds"],
-                "per_concept_accuracy": res["per_concept_accuracy"], **extra}
+                "per_concept_accuracy": res["per_concept_accuracy"], **power_fields(res), **extra}
 
     # ------------------------------------------------------------ the whole experiment
     def run(self) -> dict:
@@ -122,18 +140,28 @@ class Runner:
                    "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
                    "base_model": {"path": str(self.exp.model), "hash": self.base_hash},
                    "images_per_evaluation": len(self.plan.grid()), "images_per_probe": len(self.probe.grid()),
+                   # what paired comparisons of the rows' predictions need (evaluate/power.compare_variants)
+                   "labels": {"style": list(self.protocol.styles), "object": list(self.protocol.objects)},
+                   "neighbours": protocol_neighbours(self.protocol),
                    "variants": {}}
         t0 = time.time()
         for i, variant in enumerate(self.exp.variants, start=1):
             self.log(f"variant {i}/{len(self.exp.variants)}: {variant.name} ({variant.setting})")
             vdir = self.out / "variants" / slug(variant.name)
+            choice = None
+            if variant.sweep:  # strength chosen on the probe seeds (strength.py); the sweep's training is reused
+                from .strength import choose_strength
+
+                variant, vdir, choice = choose_strength(self, variant, vdir)
+            self._vdirs[variant.name] = vdir
             rows = SETTINGS[variant.setting](self, variant, vdir)
             summary["variants"][variant.name] = {
                 "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
                 # every setting as run, defaults included, for the report
                 "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
                 "param_group": variant.param_group, "early_stopping": variant.early_stopping,
-                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}), "steps": rows}
+                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}),
+                **({"strength": choice} if choice else {}), "steps": rows}
             if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
                 from ..attacks.runner import attack_variant
 
@@ -152,7 +180,7 @@ class Runner:
             return None
         from ..evaluate.sampler import generate
 
-        run = Run(self.out / "variants" / slug(name) / "run")
+        run = Run(self._vdirs.get(name, self.out / "variants" / slug(name)) / "run")
         steps = run.steps()
         concepts = self.exp.sequence[: max(1, self.exp.grid_prompts - 2)] + self.plan.retained[:2]
         partner = self.plan.partners[0]
@@ -175,6 +203,18 @@ class Runner:
         from ..report import write_report
 
         return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def resolve_partners(protocol, domain: str, partners):
+    """`partners: all` = every concept of the other domain, whatever the protocol's default."""
+    if partners == "all":
+        return list(protocol.concepts("object" if domain == "style" else "style"))
+    return partners
+
+
+def power_fields(res: dict) -> dict:
+    """RA-I two ways, the intervals and the per-image predictions (evaluate/power.py), for a row."""
+    return {k: res[k] for k in ("RA_I_all", "RA_I_neighbours", "intervals", "predictions") if k in res}
 
 
 def judge_identity(exp: Experiment) -> str:

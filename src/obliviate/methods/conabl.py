@@ -37,8 +37,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import base_model_images, base_model_latents, encode_images, noised, sampler_settings
-from ..model import predict
+from ..diffusion import (base_model_images, base_model_latents, encode_images, noised, reference_and_prediction,
+                         sampler_settings)
 from ..trainer import Context, Method, TrainSettings
 from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
@@ -185,7 +185,5 @@ class ConAbl(Method):
         options = [self.target_prompts[i] for i in idx.tolist()]
         target_emb = ctx.encode([o[c % len(o)] for o, c in zip(options, choice.tolist())])
         x_t, t, anchor_emb, target_emb = ctx.local(x_t, t, anchor_emb, target_emb)  # several processes: this one's slice
-        with torch.no_grad():
-            reference = predict(ctx.unet, x_t, t, anchor_emb)
-        prediction = predict(ctx.unet, x_t, t, target_emb)
+        reference, prediction = reference_and_prediction(ctx, x_t, t, anchor_emb, target_emb)
         return self.loss_between(prediction, reference)

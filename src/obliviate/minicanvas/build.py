@@ -63,6 +63,16 @@ def _log(msg: str, quiet: bool) -> None:
         print(f"[minicanvas] {msg}", flush=True)
 
 
+def _descend(opt, sched, loss, clip=None) -> None:
+    """One optimiser step of a build stage (gradient norm clipped to 1 where `clip` names parameters)."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+
+
 # ---------------------------------------------------------------- tokenizer
 def build_tokenizer(out_dir: Path):
     """A word-level tokenizer saved as standard Hugging Face files (tokenizer.json & co)."""
@@ -128,12 +138,8 @@ class _ImageTower(torch.nn.Module):
         return self.net(x)
 
 
-def train_text_encoder(tokenizer, images, style_labels, object_labels, size: BuildSize, gen: torch.Generator, quiet: bool):
-    """CLIP-style contrastive training of a small CLIPTextModel against a small image tower.
-
-    Image similarity shapes text similarity: styles whose renders look alike end up with
-    nearby text embeddings, as real CLIP does for Stable Diffusion.
-    """
+def new_text_encoder(tokenizer, size: BuildSize):
+    """The MiniCanvas CLIPTextModel at random init (draws from the global generator)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -142,7 +148,16 @@ def train_text_encoder(tokenizer, images, style_labels, object_labels, size: Bui
         projection_dim=size.text_width, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    text_model = CLIPTextModel(config)
+    return CLIPTextModel(config)
+
+
+def train_text_encoder(tokenizer, images, style_labels, object_labels, size: BuildSize, gen: torch.Generator, quiet: bool):
+    """CLIP-style contrastive training of a small CLIPTextModel against a small image tower.
+
+    Image similarity shapes text similarity: styles whose renders look alike end up with
+    nearby text embeddings, as real CLIP does for Stable Diffusion.
+    """
+    text_model = new_text_encoder(tokenizer, size)
     tower = _ImageTower(size.text_width)
     text_proj = torch.nn.Linear(size.text_width, size.text_width, bias=False)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
@@ -167,10 +182,7 @@ def train_text_encoder(tokenizer, images, style_labels, object_labels, size: Bui
         loss_i = -(F.log_softmax(logits, dim=1) * match / match.sum(1, keepdim=True)).sum(1).mean()
         loss_t = -(F.log_softmax(logits.T, dim=1) * match.T / match.T.sum(1, keepdim=True)).sum(1).mean()
         loss = (loss_i + loss_t) / 2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _descend(opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     text_model.eval().requires_grad_(False)
     return text_model, float(loss.item())
@@ -183,15 +195,19 @@ def encode_captions(tokenizer, text_model, captions: list[str]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- VAE
-def train_vae(images, size: BuildSize, gen: torch.Generator, quiet: bool):
+def new_vae(size: BuildSize):
     from diffusers import AutoencoderKL
 
     n = len(size.vae_channels)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=size.vae_channels, latent_channels=4,
         layers_per_block=1, norm_num_groups=8, sample_size=world.IMAGE_SIZE,
     )
+
+
+def train_vae(images, size: BuildSize, gen: torch.Generator, quiet: bool):
+    vae = new_vae(size)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=size.vae_steps, pct_start=0.05)
     bar = tqdm(range(size.vae_steps), desc="vae", disable=quiet)
@@ -204,10 +220,7 @@ def train_vae(images, size: BuildSize, gen: torch.Generator, quiet: bool):
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
         kl = post.kl().mean() / x[0].numel()
         loss = rec + 1e-4 * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        _descend(opt, sched, loss)
         bar.set_postfix(rec=f"{rec.item():.4f}")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
@@ -230,16 +243,22 @@ def make_scheduler_config() -> dict:
                 prediction_type="epsilon", steps_offset=1)
 
 
-def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSize, gen: torch.Generator, quiet: bool):
-    """Latent diffusion training with classifier-free-guidance dropout (10% empty captions)."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def new_unet(latent_size: int, text_width: int, size: BuildSize):
+    from diffusers import UNet2DConditionModel
 
     n = len(size.unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=latents.shape[-1], in_channels=4, out_channels=4, block_out_channels=size.unet_channels,
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=size.unet_channels,
         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
-        cross_attention_dim=caption_bank["embeddings"].shape[-1], attention_head_dim=8, norm_num_groups=16,
+        cross_attention_dim=text_width, attention_head_dim=8, norm_num_groups=16,
     )
+
+
+def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSize, gen: torch.Generator, quiet: bool):
+    """Latent diffusion training with classifier-free-guidance dropout (10% empty captions)."""
+    from diffusers import DDPMScheduler
+
+    unet = new_unet(latents.shape[-1], caption_bank["embeddings"].shape[-1], size)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     scheduler = DDPMScheduler(**make_scheduler_config())
     opt = torch.optim.AdamW(unet.parameters(), lr=size.unet_lr, weight_decay=0.01)
@@ -263,11 +282,7 @@ def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSi
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, embeddings[cap]).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _descend(opt, sched, loss, clip=unet.parameters())
         with torch.no_grad():
             decay = min(size.ema_decay, (1 + step) / (10 + step))
             for k, v in unet.state_dict().items():
@@ -314,19 +329,52 @@ def train_classifiers(images, style_labels, object_labels, vae, size: BuildSize,
             x = torch.where(use_recon, recon[idx], images[idx])
             x = x + 0.03 * torch.randn(x.shape, generator=gen)
             loss = F.cross_entropy(model(x), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+            _descend(opt, sched, loss)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         models[name] = model.eval().requires_grad_(False)
     return models
 
 
 # ---------------------------------------------------------------- the whole build
-def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: bool = False) -> dict:
+def save_pipeline(directory: Path, tokenizer, text_model, vae, unet, classifiers: dict) -> None:
+    """A standard StableDiffusionPipeline directory plus the judge's classifiers/."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+    scheduler = DPMSolverMultistepScheduler(**make_scheduler_config())
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    make_portable(directory)
+    save_classifiers(classifiers, directory / "classifiers")
+
+
+def build_untrained(out: str | os.PathLike, *, seed: int = 0) -> Path:
+    """A MiniCanvas pipeline in the quick build's architecture with random weights, in about a
+    second: for tests of I/O, the ledger, hooks and the command line, which need the real code
+    path but not a model that has learned anything (as diffusers' own tests do)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
+    size = QUICK
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out / "tokenizer")
+    text_model = new_text_encoder(tokenizer, size).eval().requires_grad_(False)
+    vae = new_vae(size).eval().requires_grad_(False)
+    latent_size = world.IMAGE_SIZE // 2 ** (len(size.vae_channels) - 1)
+    unet = new_unet(latent_size, size.text_width, size).eval().requires_grad_(False)
+    classifiers = {"style": ConceptClassifier(len(world.STYLE_NAMES)).eval(),
+                   "object": ConceptClassifier(len(world.OBJECT_NAMES)).eval()}
+    save_pipeline(out, tokenizer, text_model, vae, unet, classifiers)
+    info = {"untrained": True, "seed": seed, "size": asdict(size), "image_size": world.IMAGE_SIZE,
+            "latent_size": latent_size, "torch": torch.__version__, "catalog": world.catalog()}
+    (out / "minicanvas.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: bool = False) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory")
@@ -363,14 +411,7 @@ def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: 
     classifiers = train_classifiers(cls_images, cls_styles, cls_objects, vae, size, gen, quiet)
     timings["classifiers"] = time.time() - t0
 
-    scheduler = DPMSolverMultistepScheduler(**make_scheduler_config())
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    make_portable(tmp)
-    save_classifiers(classifiers, tmp / "classifiers")
+    save_pipeline(tmp, tokenizer, text_model, vae, unet, classifiers)
     head = max(1, len(unet_losses) // 10)
     info = {
         "quick": quick, "seed": seed, "size": asdict(size), "timings_seconds": timings,

@@ -80,6 +80,13 @@ PROMPT_TEMPLATE = "A {object} image in {style} style"  # UnlearnCanvas's templat
 STYLE_ONLY_TEMPLATE = "an image in the style of {style}"
 OBJECT_ONLY_TEMPLATE = "an image of a {object}"
 
+# Default unlearning orders: each group of look-alike concepts is visited early, so retained
+# sets (every concept not in the order) always contain designed neighbours of unlearned ones.
+STYLE_ORDER = ("fire", "ice", "forest", "neon", "sunset", "ocean", "meadow", "night", "lava", "winter", "jungle", "galaxy")
+OBJECT_ORDER = ("circle", "square", "triangle", "heart", "ring", "diamond", "arrow", "drop")
+EVAL_SEEDS = (188, 288, 588, 688, 888)
+SAMPLER = {"steps": 20, "guidance": 5.0}  # what the bundled model is evaluated (and anchors drawn) with
+
 
 def neighbours() -> dict[str, list[str]]:
     """Designed neighbourhoods: every concept mapped to the other members of its group."""
@@ -91,7 +98,11 @@ def neighbours() -> dict[str, list[str]]:
 
 
 def catalog() -> dict:
-    return {"styles": list(STYLE_NAMES), "objects": list(OBJECT_NAMES), "neighbours": neighbours()}
+    """The world as plain data (protocols.minicanvas wraps it in a Catalog)."""
+    return {"styles": list(STYLE_NAMES), "objects": list(OBJECT_NAMES), "neighbours": neighbours(),
+            "template": PROMPT_TEMPLATE, "style_only": STYLE_ONLY_TEMPLATE, "object_only": OBJECT_ONLY_TEMPLATE,
+            "style_order": list(STYLE_ORDER), "object_order": list(OBJECT_ORDER), "seeds": list(EVAL_SEEDS),
+            "sampler": dict(SAMPLER)}
 
 
 def prompt(style: str, obj: str) -> str:

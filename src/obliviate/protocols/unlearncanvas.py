@@ -9,7 +9,7 @@ template ``"A {object} image in {style} style."``).
 Prompts: UnlearnCanvas writes style names with spaces in prompts (``"Van_Gogh"`` ->
 ``"A Dogs image in Van Gogh style."``); labels keep their underscores everywhere else
 (file names, classifier classes). :func:`prompt_name` does that substitution and
-:meth:`UnlearnCanvasProtocol.prompt` applies it.
+the catalog's ``prompt`` applies it (``spaces_in_prompts``).
 
 Judges: the official classifiers are timm ``vit_large_patch16_224`` models with a linear head.
 They are rebuilt here with transformers' ``ViTForImageClassification`` (no download, no timm);
@@ -21,19 +21,19 @@ Loading is strict: the class count, every key and every shape must match.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
+from .catalog import Catalog
+
 __all__ = [
-    "UnlearnCanvasProtocol",
     "UnlearnCanvasJudge",
     "build_vit_classifier",
     "convert_state_dict",
     "load_classifier",
-    "load_protocol",
+    "unlearncanvas_catalog",
     "prompt_name",
     "to_timm_state_dict",
 ]
@@ -53,89 +53,42 @@ def prompt_name(label: str) -> str:
 # --------------------------------------------------------------------------------------------
 # protocol
 # --------------------------------------------------------------------------------------------
-@dataclass(kw_only=True)
-class UnlearnCanvasProtocol:
-    style_labels: list[str]
-    object_labels: list[str]
-    style_order: list[str]
-    retained_styles: list[str]
-    object_order: list[str]
-    retained_objects: list[str]
-    object_anchors: dict[str, str]
-    seeds: list[int]
-    resolution: int
-    steps: int
-    guidance: float
-    template: str
-    # judge preprocessing
-    classifier_image_size: int = 224
-    classifier_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    classifier_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    classifier_interpolation: str = "bilinear"
-
-    def prompt(self, style: str, obj: str) -> str:
-        """The sampling prompt for a (style label, object label) pair (style via prompt_name, object as is)."""
-        return self.template.format(style=prompt_name(style), object=obj)
-
-    def domain_of(self, concept: str) -> str | None:
-        if concept in self.style_labels:
-            return "style"
-        if concept in self.object_labels:
-            return "object"
-        return None
-
-    def validate(self) -> None:
-        """Raise ValueError if the lists are inconsistent with each other."""
-        problems: list[str] = []
-        styles, objects = set(self.style_labels), set(self.object_labels)
-        if len(styles) != len(self.style_labels) or len(objects) != len(self.object_labels):
-            problems.append("duplicate labels")
-        for name, names, space in (("style_order", self.style_order, styles),
-                                   ("retained_styles", self.retained_styles, styles),
-                                   ("object_order", self.object_order, objects),
-                                   ("retained_objects", self.retained_objects, objects),
-                                   ("object_anchors values", list(self.object_anchors.values()), objects),
-                                   ("object_anchors keys", list(self.object_anchors), objects)):
-            bad = [n for n in names if n not in space]
-            if bad:
-                problems.append(f"{name} has unknown labels {bad}")
-        if set(self.style_order) & set(self.retained_styles):
-            problems.append("style_order and retained_styles overlap")
-        if set(self.object_order) & set(self.retained_objects):
-            problems.append("object_order and retained_objects overlap")
-        if missing := [o for o in self.object_order if o not in self.object_anchors]:
-            problems.append(f"objects without an anchor: {missing}")
-        if problems:
-            raise ValueError("invalid UnlearnCanvas protocol: " + "; ".join(problems))
+def _judge(catalog: Catalog, model_dir, *, style_classifier=None, object_classifier=None, device="cpu", **arch):
+    if not style_classifier or not object_classifier:
+        raise ValueError("the unlearncanvas protocol needs --style-classifier and --object-classifier checkpoint files")
+    return UnlearnCanvasJudge(style_classifier, object_classifier, device=device, catalog=catalog, **arch)
 
 
-def load_protocol(path: str | Path | None = None) -> UnlearnCanvasProtocol:
-    """Read the protocol yaml (by default the one shipped next to this module)."""
+def unlearncanvas_catalog(path: str | Path | None = None) -> Catalog:
+    """Read the protocol yaml (by default the one shipped next to this module) into a Catalog."""
     import yaml
 
     path = Path(path) if path is not None else PROTOCOL_FILE
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     sampling, clf = data["sampling"], data.get("classifier", {})
-    proto = UnlearnCanvasProtocol(
-        style_labels=[str(s) for s in data["style_labels"]],
-        object_labels=[str(s) for s in data["object_labels"]],
+    # the official evaluation sampler; training reads its steps and guidance (ConAbl's anchor images)
+    sampler = {"steps": int(sampling["steps"]), "guidance": float(sampling["guidance"]), "scheduler": "ddim", "batch_size": 8}
+    return Catalog(
+        name="unlearncanvas",
+        styles=[str(s) for s in data["style_labels"]],
+        objects=[str(s) for s in data["object_labels"]],
+        template=str(sampling["template"]),
+        style_only="an image in the style of {style}", object_only="an image of a {object}",
+        sampler=sampler,
+        anchors={str(k): str(v) for k, v in data["object_anchors"].items()},
+        spaces_in_prompts=True,
         style_order=[str(s) for s in data["style_order"]],
         retained_styles=[str(s) for s in data["retained_styles"]],
         object_order=[str(s) for s in data["object_order"]],
         retained_objects=[str(s) for s in data["retained_objects"]],
-        object_anchors={str(k): str(v) for k, v in data["object_anchors"].items()},
         seeds=[int(s) for s in sampling["seeds"]],
         resolution=int(sampling["resolution"]),
-        steps=int(sampling["steps"]),
-        guidance=float(sampling["guidance"]),
-        template=str(sampling["template"]),
-        classifier_image_size=int(clf.get("image_size", 224)),
-        classifier_mean=[float(x) for x in clf.get("mean", [0.5] * 3)],
-        classifier_std=[float(x) for x in clf.get("std", [0.5] * 3)],
-        classifier_interpolation=str(clf.get("interpolation", "bilinear")),
+        judge_factory=_judge,
+        judge_settings={"image_size": int(clf.get("image_size", 224)),
+                        "mean": [float(x) for x in clf.get("mean", [0.5] * 3)],
+                        "std": [float(x) for x in clf.get("std", [0.5] * 3)],
+                        "interpolation": str(clf.get("interpolation", "bilinear"))},
     )
-    proto.validate()
-    return proto
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,22 +191,23 @@ def _from_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _from_legacy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _relayer(sd: Mapping[str, torch.Tensor], pattern: re.Pattern, prefix: str, frm: int, to: int) -> dict[str, torch.Tensor]:
+    """Rename per-layer keys between the current ("vit.layers.N", column 0 of _LEGACY_LAYER)
+    and the pre-5.x ("vit.encoder.layer.N", column 1) transformers naming; others kept."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        m = _LEGACY_LAYER_RE.match(key)
-        new = _swap_suffix(m.group(2), _LEGACY_LAYER, 1, 0) if m else None
-        out[f"vit.layers.{m.group(1)}.{new}" if new is not None else key] = value
+        m = pattern.match(key)
+        new = _swap_suffix(m.group(2), _LEGACY_LAYER, frm, to) if m else None
+        out[f"{prefix}.{m.group(1)}.{new}" if new is not None else key] = value
     return out
+
+
+def _from_legacy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _relayer(sd, _LEGACY_LAYER_RE, "vit.layers", 1, 0)
 
 
 def _to_legacy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        m = _CANON_LAYER_RE.match(key)
-        new = _swap_suffix(m.group(2), _LEGACY_LAYER, 0, 1) if m else None
-        out[f"vit.encoder.layer.{m.group(1)}.{new}" if new is not None else key] = value
-    return out
+    return _relayer(sd, _CANON_LAYER_RE, "vit.encoder.layer", 0, 1)
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -411,17 +365,18 @@ class UnlearnCanvasJudge:
     """
 
     def __init__(self, style_checkpoint: str | Path, object_checkpoint: str | Path, *, device: str | torch.device = "cpu",
-                 protocol: UnlearnCanvasProtocol | None = None, interpolation: str | None = None,
+                 catalog: Catalog | None = None, interpolation: str | None = None,
                  batch_size: int = 32, **arch):
-        self.protocol = protocol or load_protocol()
+        self.catalog = catalog or unlearncanvas_catalog()
+        pre = self.catalog.judge_settings
         self.device = torch.device(device)
-        self.image_size = int(arch.get("image_size", self.protocol.classifier_image_size))
-        self.resample = _resample(interpolation or self.protocol.classifier_interpolation)
+        self.image_size = int(arch.get("image_size", pre["image_size"]))
+        self.resample = _resample(interpolation or pre["interpolation"])
         self.batch_size = int(batch_size)
-        self.mean = torch.tensor(self.protocol.classifier_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.protocol.classifier_std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.style_model = load_classifier(style_checkpoint, len(self.protocol.style_labels), **arch).to(self.device)
-        self.object_model = load_classifier(object_checkpoint, len(self.protocol.object_labels), **arch).to(self.device)
+        self.mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.style_model = load_classifier(style_checkpoint, len(self.catalog.styles), **arch).to(self.device)
+        self.object_model = load_classifier(object_checkpoint, len(self.catalog.objects), **arch).to(self.device)
 
     # images -> normalised (N, 3, S, S) float tensor
     def preprocess(self, images) -> torch.Tensor:
@@ -467,5 +422,5 @@ class UnlearnCanvasJudge:
     def predict(self, images) -> dict[str, list[str]]:
         """{"style": [label per image], "object": [label per image]} (argmax of each classifier)."""
         lg = self.logits(images)
-        return {"style": [self.protocol.style_labels[i] for i in lg["style"].argmax(-1).tolist()],
-                "object": [self.protocol.object_labels[i] for i in lg["object"].argmax(-1).tolist()]}
+        return {"style": [self.catalog.styles[i] for i in lg["style"].argmax(-1).tolist()],
+                "object": [self.catalog.objects[i] for i in lg["object"].argmax(-1).tolist()]}

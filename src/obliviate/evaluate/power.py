@@ -1,0 +1,180 @@
+"""Statistical power: RA-I two ways, 95% bootstrap intervals on every metric, paired comparisons.
+
+Every metric here is a mean over concepts of a concept's accuracy (the fraction of its images
+the judge labels correctly), UA being 100 minus such a mean. An evaluation keeps each image's
+predicted labels (compactly, `encode_labels`), so two evaluations of the same grid (same cells:
+style, object, seed) can be compared image by image long after the images are gone.
+
+- RA-I is reported two ways: `RA_I_all`, over every concept of the domain not yet unlearned
+  (the UnlearnCanvas definition: concepts later in the sequence count until their turn), and
+  `RA_I_neighbours`, over the designed neighbours of the unlearned concepts only (the concepts
+  an unlearning request is most likely to damage). `RA_I` stays the study's retained set.
+- Intervals: a stratified percentile bootstrap. Within each concept its images are resampled
+  with replacement (the concept set is the design, fixed; the images are the sample), 1000
+  times from a fixed seed, so the interval is deterministic.
+- `paired`: both variants' hits on the *same* resampled images, the interval of the
+  difference (A - B), and a verdict that is "inconclusive" whenever that interval contains 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+N_BOOT = 1000
+LEVEL = 0.95
+# One character per label (up to 92 labels per domain; UnlearnCanvas has 60 styles): an
+# evaluation of 576 images keeps its predictions in about 1.2 kB of summary.json.
+ALPHABET = "".join(chr(c) for c in range(33, 127) if chr(c) not in '"\\')  # printable, nothing JSON escapes
+
+
+def encode_labels(labels, vocab: list[str]) -> str:
+    index = {c: i for i, c in enumerate(vocab)}
+    if len(vocab) > len(ALPHABET):
+        raise ValueError(f"{len(vocab)} labels do not fit the {len(ALPHABET)}-character alphabet")
+    return "".join(ALPHABET[index[x]] for x in labels)
+
+
+def decode_labels(text: str, vocab: list[str]) -> list[str]:
+    return [vocab[ALPHABET.index(ch)] for ch in text]
+
+
+def metric_groups(cells, domain: str, unlearned, retained, partners, neighbours: dict | None = None) -> dict:
+    """Which images each metric averages over, per concept: {metric: (side, flip, [index arrays])}.
+
+    `cells` are (style, object, seed) per image; `side` is "own" (judged in the sequence's
+    domain) or "other"; `flip` marks UA (100 minus the mean). `retained` is the study's
+    retained set (RA_I), `partners` the other domain's concepts paired with them."""
+    if domain not in ("style", "object"):
+        raise ValueError(f"metrics need domain style or object, got {domain!r}")
+    own_i, other_i = (0, 1) if domain == "style" else (1, 0)
+    ordered = list(dict.fromkeys(partners))  # list order, not set order: the bootstrap draws go group by group
+    partners, unlearned = set(ordered), list(unlearned)
+
+    def own_groups(concepts):
+        out = []
+        for c in concepts:
+            idx = np.array([i for i, cell in enumerate(cells) if cell[own_i] == c and cell[other_i] in partners], dtype=int)
+            if len(idx):
+                out.append(idx)
+        return out
+
+    present = list(dict.fromkeys(cell[own_i] for cell in cells))
+    kept = [c for c in retained if c not in unlearned]
+    every = [c for c in present if c not in unlearned]
+    near = sorted({n for c in unlearned for n in (neighbours or {}).get(c, [])} - set(unlearned))
+    groups = {
+        "UA": ("own", True, own_groups(unlearned)),
+        "RA_I": ("own", False, own_groups(kept)),
+        "RA_I_all": ("own", False, own_groups(every)),
+        "RA_I_neighbours": ("own", False, own_groups([c for c in every if c in near]) if neighbours else []),
+        "RA_C": ("other", False, [np.array([i for i, cell in enumerate(cells) if cell[other_i] == p], dtype=int)
+                                  for p in ordered if any(cell[other_i] == p for cell in cells)]),
+    }
+    return groups
+
+
+def hits(cells, pred_style, pred_object, domain: str) -> dict[str, np.ndarray]:
+    """Per image: judged correctly in the sequence's domain ("own") and in the other ("other")."""
+    style_hit = np.array([p == c[0] for c, p in zip(cells, pred_style)], dtype=float)
+    object_hit = np.array([p == c[1] for c, p in zip(cells, pred_object)], dtype=float)
+    return {"own": style_hit, "other": object_hit} if domain == "style" else {"own": object_hit, "other": style_hit}
+
+
+def _value(hit: np.ndarray, groups: list[np.ndarray], flip: bool) -> float | None:
+    if not groups:
+        return None
+    m = 100.0 * float(np.mean([hit[g].mean() for g in groups]))
+    return 100.0 - m if flip else m
+
+
+def _resampled(hit_columns: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """(n_boot, columns) bootstrap means over groups; every column uses the same draws (paired)."""
+    total = np.zeros((n_boot, hit_columns.shape[1]))
+    for g in groups:
+        draws = g[rng.integers(0, len(g), size=(n_boot, len(g)))]  # (n_boot, n_g) image indices
+        total += hit_columns[draws].mean(axis=1)
+    return 100.0 * total / len(groups)
+
+
+def interval(hit: np.ndarray, groups: list[np.ndarray], flip: bool = False, *, n_boot: int = N_BOOT, seed: int = 0,
+             level: float = LEVEL) -> dict | None:
+    """{"value", "lo", "hi"}: the metric and its percentile bootstrap interval."""
+    if not groups:
+        return None
+    boot = _resampled(np.asarray(hit, dtype=float)[:, None], groups, np.random.default_rng(seed), n_boot)[:, 0]
+    if flip:
+        boot = 100.0 - boot
+    q = (1 - level) / 2
+    return {"value": _value(hit, groups, flip), "lo": float(np.quantile(boot, q)), "hi": float(np.quantile(boot, 1 - q))}
+
+
+def paired(hit_a: np.ndarray, hit_b: np.ndarray, groups: list[np.ndarray], flip: bool = False, *, names=("A", "B"),
+           n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict | None:
+    """A - B on the same images: the difference, its bootstrap interval and a verdict
+    ("A higher", "B higher", or "inconclusive" when the interval contains 0)."""
+    if len(hit_a) != len(hit_b):
+        raise ValueError(f"a paired comparison needs the same images: {len(hit_a)} vs {len(hit_b)}")
+    if not groups:
+        return None
+    cols = np.stack([np.asarray(hit_a, dtype=float), np.asarray(hit_b, dtype=float)], axis=1)
+    boot = _resampled(cols, groups, np.random.default_rng(seed), n_boot)
+    diff = boot[:, 0] - boot[:, 1]
+    if flip:  # UA = 100 - mean: the difference changes sign
+        diff = -diff
+    q = (1 - level) / 2
+    lo, hi = float(np.quantile(diff, q)), float(np.quantile(diff, 1 - q))
+    d = _value(cols[:, 0], groups, flip) - _value(cols[:, 1], groups, flip)
+    verdict = "inconclusive" if lo <= 0 <= hi else (f"{names[0]} higher" if lo > 0 else f"{names[1]} higher")
+    return {"difference": d, "lo": lo, "hi": hi, "verdict": verdict}
+
+
+def protocol_neighbours(protocol) -> dict:
+    """Designed neighbourhoods of a protocol's concepts ({} when it has none)."""
+    table = getattr(protocol, "neighbours", None)
+    if table:
+        return table
+    if protocol.name == "minicanvas":
+        from ..protocols import minicanvas_catalog
+
+        return minicanvas_catalog().neighbours
+    return {}
+
+
+def power_metrics(cells, pred_style, pred_object, *, domain: str, unlearned, retained, partners, neighbours=None,
+                  styles: list[str], objects: list[str]) -> dict:
+    """What an evaluation adds to its metrics: RA-I two ways, an interval per metric, and the
+    per-image predictions (in grid order) that later paired comparisons read back."""
+    groups = metric_groups(cells, domain, unlearned, retained, partners, neighbours)
+    h = hits(cells, pred_style, pred_object, domain)
+    out = {name: _value(h[side], g, flip) for name, (side, flip, g) in groups.items() if name in ("RA_I_all", "RA_I_neighbours")}
+    out["intervals"] = {name: interval(h[side], g, flip) for name, (side, flip, g) in groups.items()}
+    out["predictions"] = {"style": encode_labels(pred_style, styles), "object": encode_labels(pred_object, objects)}
+    return out
+
+
+def compare(a: dict, b: dict, cells, *, domain: str, unlearned, retained, partners, neighbours=None,
+            styles: list[str], objects: list[str], names=("A", "B")) -> dict:
+    """Paired comparison of two evaluations of the same grid (their `predictions`), per metric."""
+    groups = metric_groups(cells, domain, unlearned, retained, partners, neighbours)
+    ha = hits(cells, decode_labels(a["predictions"]["style"], styles), decode_labels(a["predictions"]["object"], objects), domain)
+    hb = hits(cells, decode_labels(b["predictions"]["style"], styles), decode_labels(b["predictions"]["object"], objects), domain)
+    return {name: paired(ha[side], hb[side], g, flip, names=names) for name, (side, flip, g) in groups.items()}
+
+
+def compare_variants(summary: dict, a: str, b: str, step: int, *, seed: int = 0) -> dict:
+    """Paired comparison of two variants of one experiment's summary.json after `step`
+    requests, on the same images (the summary's grid and each row's predictions)."""
+    from .evaluator import EvalPlan
+
+    rows = {}
+    for name in (a, b):
+        if name not in summary["variants"]:
+            raise ValueError(f"variant {name!r} is not in the summary; variants: {', '.join(summary['variants'])}")
+        steps = summary["variants"][name]["steps"]
+        if step >= len(steps) or "predictions" not in steps[step]:
+            raise ValueError(f"variant {name!r} has no per-image predictions after request {step}")
+        rows[name] = steps[step]
+    plan = EvalPlan(summary["domain"], summary["sequence"], summary["retained"], summary["partners"], summary["seeds"])
+    labels = summary["labels"]
+    return compare(rows[a], rows[b], plan.grid(), domain=summary["domain"], unlearned=summary["sequence"][:step],
+                   retained=summary["retained"], partners=summary["partners"], neighbours=summary.get("neighbours"),
+                   styles=labels["style"], objects=labels["object"], names=(a, b))
