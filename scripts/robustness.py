@@ -10,7 +10,7 @@ final model is evaluated on the config's grid (every concept of the domain x eve
 `eval.seeds`, images cached under OUT/cache), and every attack runs on it (OUT/VARIANT/ATTACK/
 attack.json). Everything finished is reused on rerun. The attack grid is the first
 `--attack-partners` partners x the eval seeds (its clean images are the evaluation's, cached).
-Intervals: evaluate/resample.py (stratified by concept, 2000 resamples, seed 0).
+Intervals: evaluate/resample.py over evaluate/power.py (stratified by concept, 1000 resamples, seed 0).
 Prints one JSON object (what --json writes) and the Markdown rows of docs/RESULTS.md.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     figures = {"config": args.config, "domain": exp["domain"], "sequence": exp["sequence"], "retained": exp["retained"],
                "eval_partners": plan.partners, "eval_seeds": plan.seeds, "attack_partners": plan.partners[: args.attack_partners],
                "attack_seeds": attack_seeds,
-               "intervals": "95% bootstrap over images, stratified by concept, 2000 resamples", "variants": {}}
+               "intervals": "95% percentile bootstrap over images, stratified by concept, 1000 resamples, seed 0 (evaluate/power.py)", "variants": {}}
     variants = [parse_variant(v) for v in args.variants.split(",") if v]
     models = {}
     for name, method, settings in variants:  # every model and its clean evaluation first
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
 
 
 def fmt(iv: dict | None) -> str:
-    return "-" if iv is None else f"{iv['value']:.1f} [{iv['low']:.1f}, {iv['high']:.1f}]"
+    return "-" if iv is None else f"{iv['value']:.1f} [{iv['lo']:.1f}, {iv['hi']:.1f}]"
 
 
 def markdown_rows(figures: dict) -> list[str]:

@@ -1,65 +1,37 @@
-"""95% bootstrap intervals over images for UA, RA-I, RA-C and attack success rates.
+"""Bootstrap intervals for attack results and for an evaluation's records, through the study's
+one bootstrap (evaluate/power.py: stratified by concept, percentile, fixed seed).
 
-Every figure the study reports is a mean over concepts of a per-concept accuracy, each the
-share of that concept's images the judge labels correctly (metrics.py). The bootstrap
-resamples images *within* each concept (stratified: every concept keeps its number of
-images, so the mean over concepts stays the statistic it is) and recomputes the figure; the
-interval is the 2.5 and 97.5 percentiles over `n` resamples, drawn from one seeded
-generator (deterministic). It measures the uncertainty from the finite set of seeds and
-partners, not from the training seed.
+An attack.json keeps every image's verdict (`hits`, `clean_hits` per concept), so robust UA and
+the attack grid's clean UA get their interval from the file alone; a list of `metrics.Record`
+gets UA, RA-I and RA-C with intervals, exactly as `metrics.compute_metrics` defines them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .metrics import Record
-
-
-def bootstrap_mean_of_means(strata: dict[str, list[float]], *, n: int = 2000, seed: int = 0,
-                            level: float = 0.95) -> dict:
-    """{"value", "low", "high"} for the mean over strata of each stratum's mean (percent in, percent out)."""
-    groups = [np.asarray(v, dtype=np.float64) for v in strata.values() if len(v)]
-    if not groups:
-        raise ValueError("bootstrap: no observations (every concept has zero images)")
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
-    value = float(np.mean([g.mean() for g in groups]))
-    rng = np.random.default_rng(seed)
-    draws = np.zeros(n)
-    for g in groups:
-        idx = rng.integers(0, len(g), size=(n, len(g)))
-        draws += g[idx].mean(axis=1)
-    draws /= len(groups)
-    tail = (1 - level) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
-    return {"value": value, "low": float(low), "high": float(high)}
-
-
-def complement(interval: dict) -> dict:
-    """100 - x for a percent interval (UA = 100 - accuracy; robust UA = 100 - ASR)."""
-    return {"value": 100.0 - interval["value"], "low": 100.0 - interval["high"], "high": 100.0 - interval["low"]}
+from .power import N_BOOT, hits, interval, metric_groups
 
 
 def metric_intervals(records: list[Record], *, domain: str, unlearned: list[str], retained: list[str],
-                     partners: list[str], n: int = 2000, seed: int = 0) -> dict:
-    """UA, RA-I and RA-C (as metrics.compute_metrics defines them) with bootstrap intervals."""
-    own, other = ("style", "object") if domain == "style" else ("object", "style")
-    kept = set(partners)
-
-    def hits(attr, concept, partner_attr, among):
-        return [100.0 * (getattr(r, "pred_" + attr) == concept) for r in records
-                if getattr(r, attr) == concept and (among is None or getattr(r, partner_attr) in among)]
-
+                     partners: list[str], n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """{"UA", "RA_I", "RA_C"}: each {"value", "lo", "hi"} (a metric without images is left out)."""
+    cells = [(r.style, r.object, r.seed) for r in records]
+    hit = hits(cells, [r.pred_style for r in records], [r.pred_object for r in records], domain)
+    groups = metric_groups(cells, domain, unlearned, retained, partners)
     out = {}
-    if unlearned:
-        out["UA"] = complement(bootstrap_mean_of_means({c: hits(own, c, other, kept) for c in unlearned}, n=n, seed=seed))
-    if retained:
-        out["RA_I"] = bootstrap_mean_of_means({c: hits(own, c, other, kept) for c in retained}, n=n, seed=seed)
-    out["RA_C"] = bootstrap_mean_of_means({c: hits(other, c, own, None) for c in partners}, n=n, seed=seed)
+    for key in ("UA", "RA_I", "RA_C"):
+        side, flip, idx = groups[key]
+        if idx:
+            out[key] = interval(hit[side], idx, flip, n_boot=n_boot, seed=seed)
     return out
 
 
-def attack_interval(result: dict, *, key: str = "hits", n: int = 2000, seed: int = 0) -> dict:
-    """Robust UA (key="hits") or clean UA (key="clean_hits") of an attack.json, with its interval."""
-    return complement(bootstrap_mean_of_means({c: [100.0 * h for h in e[key]] for c, e in result["concepts"].items()},
-                                              n=n, seed=seed))
+def attack_interval(result: dict, *, key: str = "hits", n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Robust UA (key="hits") or the attack grid's clean UA (key="clean_hits") of an attack.json."""
+    columns = [np.asarray(entry[key], dtype=float) for entry in result["concepts"].values()]
+    if not columns or not all(len(c) for c in columns):
+        raise ValueError(f"attack result has a concept without {key!r}: no images to resample")
+    ends = np.cumsum([len(c) for c in columns])
+    groups = [np.arange(end - len(c), end) for c, end in zip(columns, ends)]
+    return interval(np.concatenate(columns), groups, flip=True, n_boot=n_boot, seed=seed)
