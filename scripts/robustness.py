@@ -45,9 +45,9 @@ RELEARN = {"check_partners": 2, "max_steps": 50}
 
 def parse_variant(text: str):
     name, _, rest = text.partition(":")
-    if name not in VARIANTS and name not in ("conabl",):
-        raise ValueError(f"variant {text!r}: valid names uce, rece (settings after ':', e.g. rece:rounds=2)")
-    method, settings = VARIANTS.get(name, (name, {}))
+    if name not in VARIANTS:
+        raise ValueError(f"variant {text!r}: valid names {', '.join(VARIANTS)} (settings after ':', e.g. rece:rounds=2)")
+    method, settings = VARIANTS[name]
     settings = dict(settings)
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")

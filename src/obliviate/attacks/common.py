@@ -164,10 +164,6 @@ class Target:
         cells = self.grid()
         return self.hits(self.generate_plain([self.prompt(concept, p) for p, _ in cells], [s for _, s in cells]), concept)
 
-    def concept_accuracy(self, concept: str) -> float:
-        """The judge's accuracy on `concept` over the grid, with the plain template."""
-        return 100.0 * float(np.mean(self.clean_hits(concept)))
-
     # ------------------------------------------------------------ learned rows (inversion, prefix)
     def training_latents(self, concept: str, n: int) -> tuple[list[str], torch.Tensor]:
         """(partners, VAE latents) of the `n` base-model images of `concept` an attacker learns from."""
