@@ -47,8 +47,8 @@ class Paraphrase(Attack):
         for template in self.phrasings():
             def make(c, p, template=template):
                 style, obj = (c, p) if target.domain == "style" else (p, c)
-                name = target.protocol.prompt_name or (lambda x: x)  # UnlearnCanvas: Van_Gogh is written "Van Gogh"
-                return template.format(style=name(style), object=obj)
+                # the catalog's prompt word (UnlearnCanvas: Van_Gogh is written "Van Gogh")
+                return template.format(style=target.protocol.word(style), object=obj)
 
             prompts = [make(concept, p) for p, _ in cells]
             check_fits(target.pipe, prompts)
