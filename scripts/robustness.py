@@ -40,7 +40,7 @@ VARIANTS = {"uce": ("uce", {}), "rece": ("rece", {})}
 # skips its yardstick on every variant but the first (the yardstick never sees the variant:
 # it fine-tunes the pretrained model)
 ATTACKS = ("paraphrase", "inversion", "prefix", "relearn")
-RELEARN = {"check_partners": 2, "max_steps": 50}
+RELEARN = {"check_partners": 2, "max_steps": 50}  # the table's relearn: 2 check partners, at most 50 steps
 
 
 def parse_variant(text: str):
