@@ -62,7 +62,9 @@ def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **
         with target.private_text_side():
             entry = attack.attack_concept(target, concept)
         # the unattacked template prompt on the same grid: clean UA from the same images' seeds
-        entry["clean_accuracy"] = target.concept_accuracy(concept)
+        clean = target.clean_hits(concept)
+        entry["clean_accuracy"] = 100.0 * sum(clean) / len(clean)
+        entry["clean_hits"] = clean  # per image, for intervals (evaluate/resample.py)
         concepts[concept] = entry
         seconds[concept] = timer.seconds()
         target.log(f"{attack.name} on {concept}: ASR {concepts[concept]['asr']:.1f}% in {seconds[concept]:.1f} s")

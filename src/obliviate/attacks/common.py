@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..delta import apply_delta
+from ..delta import apply_delta, tensors_hash, with_delta
 from ..diffusion import add_noise, scheduler_for_training, target_for
 from ..evaluate.evaluator import Protocol, model_key
 from ..evaluate.sampler import SamplerConfig, generate
@@ -37,6 +37,30 @@ TRAIN_SEED_OFFSET = 50_000
 @dataclass
 class AttackSettings:
     seed: int = 0
+    # settings that count something (images, steps, ...), each checked >= 1; and `lr`, if the
+    # attack has one, > 0 (a class attribute, not a setting)
+    counts = ()
+
+    def __post_init__(self):
+        for key in self.counts:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        lr = getattr(self, "lr", None)
+        if lr is not None and not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+
+
+@dataclass
+class LearnedRowsSettings(AttackSettings):
+    """What inversion and prefix share: K base-model images, Adam on new embedding rows.
+    50 steps at lr 2e-2 (batch 8) recover every concept tried on the pretrained model
+    (README figures) at half the cost of 100 steps at 1e-2."""
+
+    images: int = 16
+    steps: int = 50
+    lr: float = 2e-2
+    batch_size: int = 8
+    counts = ("images", "steps", "batch_size")
 
 
 @dataclass
@@ -77,18 +101,9 @@ class Target:
     # ------------------------------------------------------------ models
     @contextlib.contextmanager
     def base(self):
-        """The pipe with the delta removed (the pretrained model), restored afterwards."""
-        params = dict(self.pipe.unet.named_parameters())
-        saved = {n: params[n].detach().clone() for n in self.delta}
-        with torch.no_grad():
-            for n, d in self.delta.items():
-                params[n].sub_(d.to(params[n].device))
-        try:
+        """The pipe with the delta removed (the pretrained model), its own weights restored afterwards."""
+        with with_delta(self.pipe.unet, {n: -d for n, d in self.delta.items()}):
             yield self.pipe
-        finally:
-            with torch.no_grad():
-                for n, v in saved.items():
-                    params[n].copy_(v)
 
     @contextlib.contextmanager
     def private_text_side(self):
@@ -107,6 +122,14 @@ class Target:
     def generate(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
         """Images of the attacked model (never cached: attacks change the text side)."""
         return generate(self.pipe, prompts, seeds, self.sampler)
+
+    def generate_plain(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        """Images of the attacked model with its original text side (no attack tokens), cached
+        under the model's key: every attack on the same model shares its clean images."""
+        if self.cache_dir is None:
+            return self.generate(prompts, seeds)
+        key = model_key(self.base_hash, tensors_hash(self.delta) if self.delta else "base")
+        return generate(self.pipe, prompts, seeds, self.sampler, cache_dir=self.cache_dir, model_key=key)
 
     def base_images(self, concept: str, n: int) -> tuple[list[str], list[np.ndarray]]:
         """`n` images of `concept` by the base model: partners cycled, seeds TRAIN_SEED_OFFSET + i."""
@@ -127,16 +150,30 @@ class Target:
         x = torch.as_tensor(np.stack(images)).float().div(127.5).sub(1).permute(0, 3, 1, 2).to(vae.device)
         return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
+    def hits(self, images: list[np.ndarray], concept: str) -> list[int]:
+        """Per image, 1 if the judge labels it `concept` (in the target's domain): what intervals resample."""
+        labels = self.protocol.judge.predict(np.stack(images))[self.domain]
+        return [int(label == concept) for label in labels]
+
     def asr(self, images: list[np.ndarray], concept: str) -> float:
         """% of images the judge labels as `concept` (in the target's domain)."""
-        labels = self.protocol.judge.predict(np.stack(images))[self.domain]
-        return 100.0 * float(np.mean([label == concept for label in labels]))
+        return 100.0 * float(np.mean(self.hits(images, concept)))
 
-    def concept_accuracy(self, concept: str, prompts_for=None) -> float:
-        """The judge's accuracy on `concept` over the grid, with the plain template (or `prompts_for`)."""
-        make = prompts_for or self.prompt
+    def clean_hits(self, concept: str) -> list[int]:
+        """The judge's verdicts on `concept` over the grid with the plain template (the unattacked model)."""
         cells = self.grid()
-        return self.asr(self.generate([make(concept, p) for p, _ in cells], [s for _, s in cells]), concept)
+        return self.hits(self.generate_plain([self.prompt(concept, p) for p, _ in cells], [s for _, s in cells]), concept)
+
+    # ------------------------------------------------------------ learned rows (inversion, prefix)
+    def training_latents(self, concept: str, n: int) -> tuple[list[str], torch.Tensor]:
+        """(partners, VAE latents) of the `n` base-model images of `concept` an attacker learns from."""
+        partners, images = self.base_images(concept, n)
+        return partners, self.latents_of(images)
+
+    def attacked_hits(self, make, concept: str) -> list[int]:
+        """Verdicts on the grid with `make(concept, partner)` prompts on the attacked text side."""
+        cells = self.grid()
+        return self.hits(self.generate([make(concept, p) for p, _ in cells], [k for _, k in cells]), concept)
 
 
 def load_target(model_dir, delta: dict[str, torch.Tensor], unlearned: list[str], domain: str, protocol: Protocol,
@@ -233,6 +270,27 @@ def check_fits(pipe, prompts: list[str]) -> None:
         n = len(pipe.tokenizer(p).input_ids)
         if n > limit:
             raise ValueError(f"attack prompt {p!r} has {n} tokens; the text encoder reads {limit}")
+
+
+def learn_rows(pipe, tokens: "NewTokens", prompts: list[str], latents: torch.Tensor, settings) -> dict:
+    """Optimise the new rows of `tokens` (and nothing else) with the denoising loss on `latents`,
+    batch i drawn from `prompts[i]`/`latents[i]` with the settings' seed; returns loss figures."""
+    check_fits(pipe, prompts)
+    weight = tokens.trainable()
+    opt = torch.optim.Adam([weight], lr=settings.lr)
+    diffusion = Diffusion(pipe, settings.seed)
+    losses = []
+    for _ in range(settings.steps):
+        idx = diffusion.batch(len(prompts), settings.batch_size)
+        loss = diffusion.loss(latents[idx], encode(pipe, [prompts[i] for i in idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tokens.restore_original()
+        losses.append(float(loss.detach()))
+    weight.requires_grad_(False)
+    head, tail = losses[:10], losses[-10:]
+    return {"loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail)}
 
 
 class Diffusion:

@@ -8,37 +8,25 @@ row stays bit-identical), learns that row with the ordinary denoising loss on th
 with prompts where `<inv>` takes the concept's place in the template, then generates the
 evaluation grid with `<inv>` in the concept's place.
 
-Defaults (MiniCanvas): K 16 images, 100 steps, batch 8, Adam lr 1e-2, the row initialised
+Defaults (MiniCanvas): K 16 images, 50 steps, batch 8, Adam lr 2e-2, the row initialised
 from the word "art" (style) or "shape" (object). The paper uses ~25 images and textual
 inversion's SD defaults (thousands of steps at lr 5e-3). 300 steps at lr 5e-3 (the first
 choice) cost ~1 s a step on this shared 2-core machine, five times the 60 s budget; 100 steps
-at lr 1e-2 fit it (measured figures in the README).
+at lr 1e-2 cost 128-131 s per concept at load 10-12; 50 steps at lr 2e-2 still recover every
+concept tried on the pretrained model (measured figures in the README).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from .common import Attack, AttackSettings, Diffusion, NewTokens, Target, check_fits, encode, word_rows
+from .common import Attack, LearnedRowsSettings, NewTokens, Target, learn_rows, word_rows
 
 TOKEN = "<inv>"
 
 
 @dataclass
-class InversionSettings(AttackSettings):
-    images: int = 16
-    steps: int = 100
-    lr: float = 1e-2
-    batch_size: int = 8
+class InversionSettings(LearnedRowsSettings):
     init: str | None = None  # a vocabulary word to start from (default: "art" for a style, "shape" for an object)
-
-    def __post_init__(self):
-        for key in ("images", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 class Inversion(Attack):
@@ -47,28 +35,10 @@ class Inversion(Attack):
 
     def attack_concept(self, target: Target, concept: str) -> dict:
         s = self.settings
-        partners, images = target.base_images(concept, s.images)
-        latents = target.latents_of(images)
-        pipe = target.pipe
+        partners, latents = target.training_latents(concept, s.images)
         init = s.init or ("art" if target.domain == "style" else "shape")
-        tokens = NewTokens(pipe, [TOKEN], word_rows(pipe, [init]))
-        prompts = [target.prompt(TOKEN, p) for p in partners]
-        check_fits(pipe, prompts)
-        weight = tokens.trainable()
-        opt = torch.optim.Adam([weight], lr=s.lr)
-        diffusion = Diffusion(pipe, s.seed)
-        losses = []
-        for _ in range(s.steps):
-            idx = diffusion.batch(len(prompts), s.batch_size)
-            loss = diffusion.loss(latents[idx], encode(pipe, [prompts[i] for i in idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tokens.restore_original()
-            losses.append(float(loss))
-        weight.requires_grad_(False)
-        cells = target.grid()
-        asr = target.asr(target.generate([target.prompt(TOKEN, p) for p, _ in cells], [s_ for _, s_ in cells]), concept)
-        return {"asr": asr, "steps": s.steps, "images": len(cells), "train_images": s.images,
-                "loss_first": sum(losses[:10]) / len(losses[:10]), "loss_last": sum(losses[-10:]) / len(losses[-10:]),
-                "token_norm": float(tokens.rows()[0].norm())}
+        tokens = NewTokens(target.pipe, [TOKEN], word_rows(target.pipe, [init]))
+        losses = learn_rows(target.pipe, tokens, [target.prompt(TOKEN, p) for p in partners], latents, s)
+        hits = target.attacked_hits(lambda c, p: target.prompt(TOKEN, p), concept)
+        return {"asr": 100.0 * sum(hits) / len(hits), "hits": hits, "steps": s.steps, "images": len(hits),
+                "train_images": s.images, **losses, "token_norm": float(tokens.rows()[0].norm())}

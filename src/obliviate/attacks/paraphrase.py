@@ -43,19 +43,17 @@ class Paraphrase(Attack):
 
     def attack_concept(self, target: Target, concept: str) -> dict:
         cells = target.grid()
-        per_phrasing = {}
-        hits = total = 0
+        per_phrasing, hits = {}, []
         for template in self.phrasings():
             def make(c, p, template=template):
                 style, obj = (c, p) if target.domain == "style" else (p, c)
-                name = target.protocol.prompt_name or (lambda x: x)  # UnlearnCanvas: Van_Gogh is written "Van Gogh"
-                return template.format(style=name(style), object=obj)
+                # the catalog's prompt word (UnlearnCanvas: Van_Gogh is written "Van Gogh")
+                return template.format(style=target.protocol.word(style), object=obj)
 
             prompts = [make(concept, p) for p, _ in cells]
             check_fits(target.pipe, prompts)
-            asr = target.asr(target.generate(prompts, [s for _, s in cells]), concept)
-            per_phrasing[template] = asr
-            hits += asr * len(cells)
-            total += len(cells)
-        return {"asr": hits / total, "steps": 0, "images": total, "per_phrasing": per_phrasing,
+            verdicts = target.hits(target.generate(prompts, [s for _, s in cells]), concept)
+            per_phrasing[template] = 100.0 * sum(verdicts) / len(verdicts)
+            hits += verdicts
+        return {"asr": 100.0 * sum(hits) / len(hits), "hits": hits, "steps": 0, "images": len(hits), "per_phrasing": per_phrasing,
                 "best_phrasing_asr": max(per_phrasing.values())}

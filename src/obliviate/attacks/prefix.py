@@ -7,7 +7,7 @@ reading "<adv0> <adv1> <adv2> A circle image in fire style", denoises them as th
 would. One prefix per concept, shared over partners (the images cycle through the partners),
 not one per prompt: cheaper, and a stronger claim when it works.
 
-Defaults (MiniCanvas): k 3, K 16 images, 100 steps, batch 8, Adam lr 1e-2, rows initialised
+Defaults (MiniCanvas): k 3, K 16 images, 50 steps, batch 8, Adam lr 2e-2, rows initialised
 from k vocabulary words drawn with the seed (never a concept name). UnlearnDiffAtk uses 40
 iterations at lr 0.01 against one target image and projects the soft tokens to real tokens; `project=true` does
 that projection (nearest vocabulary row by cosine) after optimising; the default keeps the
@@ -19,24 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import Attack, AttackSettings, Diffusion, NewTokens, Target, check_fits, encode
+from .common import Attack, LearnedRowsSettings, NewTokens, Target, learn_rows
 
 
 @dataclass
-class PrefixSettings(AttackSettings):
+class PrefixSettings(LearnedRowsSettings):
     tokens: int = 3
-    images: int = 16
-    steps: int = 100
-    lr: float = 1e-2
-    batch_size: int = 8
     project: bool = False
-
-    def __post_init__(self):
-        for key in ("tokens", "images", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+    counts = ("tokens", *LearnedRowsSettings.counts)
 
 
 class Prefix(Attack):
@@ -45,8 +35,7 @@ class Prefix(Attack):
 
     def attack_concept(self, target: Target, concept: str) -> dict:
         s = self.settings
-        partners, images = target.base_images(concept, s.images)
-        latents = target.latents_of(images)
+        partners, latents = target.training_latents(concept, s.images)
         pipe = target.pipe
         names = [f"<adv{i}>" for i in range(s.tokens)]
         table = pipe.text_encoder.get_input_embeddings().weight
@@ -60,27 +49,11 @@ class Prefix(Attack):
         start = [words[i] for i in torch.randint(0, len(words), (s.tokens,), generator=gen).tolist()]
         tokens = NewTokens(pipe, names, table[start].detach().clone())
         prefix = " ".join(names) + " "
-        prompts = [prefix + target.prompt(concept, p) for p in partners]
-        check_fits(pipe, prompts)
-        weight = tokens.trainable()
-        opt = torch.optim.Adam([weight], lr=s.lr)
-        diffusion = Diffusion(pipe, s.seed)
-        losses = []
-        for _ in range(s.steps):
-            idx = diffusion.batch(len(prompts), s.batch_size)
-            loss = diffusion.loss(latents[idx], encode(pipe, [prompts[i] for i in idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tokens.restore_original()
-            losses.append(float(loss))
-        weight.requires_grad_(False)
+        losses = learn_rows(pipe, tokens, [prefix + target.prompt(concept, p) for p in partners], latents, s)
         projected = tokens.project_to_vocab() if s.project else None
-        cells = target.grid()
-        asr = target.asr(target.generate([prefix + target.prompt(concept, p) for p, _ in cells], [k for _, k in cells]), concept)
-        out = {"asr": asr, "steps": s.steps, "images": len(cells), "train_images": s.images,
-               "init_words": pipe.tokenizer.convert_ids_to_tokens(start),
-               "loss_first": sum(losses[:10]) / len(losses[:10]), "loss_last": sum(losses[-10:]) / len(losses[-10:])}
+        hits = target.attacked_hits(lambda c, p: prefix + target.prompt(c, p), concept)
+        out = {"asr": 100.0 * sum(hits) / len(hits), "hits": hits, "steps": s.steps, "images": len(hits),
+               "train_images": s.images, "init_words": pipe.tokenizer.convert_ids_to_tokens(start), **losses}
         if projected is not None:
             out["projected_words"] = projected
         return out

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..delta import swapped
 from ..model import select_parameters
 from .common import Attack, AttackSettings, Diffusion, NewTokens, Target, encode
 
@@ -42,13 +43,7 @@ class RelearnSettings(AttackSettings):
     threshold: float = 50.0
     check_partners: int = 4
     yardstick: bool = True
-
-    def __post_init__(self):
-        for key in ("images", "max_steps", "check_every", "batch_size", "check_partners"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+    counts = ("images", "max_steps", "check_every", "batch_size", "check_partners")
 
 
 class Relearn(Attack):
@@ -58,8 +53,7 @@ class Relearn(Attack):
 
     def attack_concept(self, target: Target, concept: str) -> dict:
         s = self.settings
-        partners, images = target.base_images(concept, s.images)
-        latents = target.latents_of(images)
+        partners, latents = target.training_latents(concept, s.images)
         revival = self.finetune(target, concept, latents, partners, word=concept)
         out = {"asr": revival["curve"][-1][1], "steps": revival["steps_run"], "steps_to_revival": revival["reached_at"],
                "curve": revival["curve"], "train_images": s.images}
@@ -83,7 +77,6 @@ class Relearn(Attack):
         # the run's trained tensors; a model with no delta (the base, in tests): the default k/v group
         names = sorted(target.delta) or sorted(select_parameters(pipe.unet, "kv-xattn"))
         params = [named[n] for n in names]
-        saved = [p.detach().clone() for p in params]
         prompts = [target.prompt(word, p) for p in partners]
         check_cells = [(p, k) for p in target.partners[: s.check_partners] for k in target.seeds]
 
@@ -95,27 +88,27 @@ class Relearn(Attack):
         if curve[0][1] >= s.threshold:
             reached = 0
         step = 0
-        try:
-            for p in params:
-                p.requires_grad_(True)
-            opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-            diffusion = Diffusion(pipe, s.seed)
-            while reached is None and step < s.max_steps:
-                idx = diffusion.batch(len(prompts), s.batch_size)
-                with torch.no_grad():
-                    cond = encode(pipe, [prompts[i] for i in idx])
-                loss = diffusion.loss(latents[idx], cond)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                if step % s.check_every == 0 or step == s.max_steps:
-                    curve.append((step, accuracy()))
-                    if curve[-1][1] >= s.threshold:
-                        reached = step
-        finally:
-            with torch.no_grad():
-                for p, v in zip(params, saved):
+        # the fine-tuned tensors get their own values back afterwards (the one weight swap, delta.swapped)
+        with swapped(named, {n: named[n].detach().clone() for n in names}):
+            try:
+                for p in params:
+                    p.requires_grad_(True)
+                opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+                diffusion = Diffusion(pipe, s.seed)
+                while reached is None and step < s.max_steps:
+                    idx = diffusion.batch(len(prompts), s.batch_size)
+                    with torch.no_grad():
+                        cond = encode(pipe, [prompts[i] for i in idx])
+                    loss = diffusion.loss(latents[idx], cond)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    if step % s.check_every == 0 or step == s.max_steps:
+                        curve.append((step, accuracy()))
+                        if curve[-1][1] >= s.threshold:
+                            reached = step
+            finally:
+                for p in params:
                     p.requires_grad_(False)
-                    p.copy_(v)
         return {"reached_at": reached, "curve": [list(c) for c in curve], "steps_run": step}

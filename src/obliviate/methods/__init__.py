@@ -2,10 +2,11 @@
 from .conabl import ConAbl
 from .erasediff import EraseDiff
 from .esd import ESD
+from .rece import RECE
 from .sculpmem import SculpMem
 from .uce import UCE
 
-METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff, UCE)}
+METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff, UCE, RECE)}
 
 
 def get_method(name: str):

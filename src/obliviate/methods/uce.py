@@ -304,12 +304,15 @@ class UCE(Method):
         out = []
         for req in earlier_requests:
             settings = dict(req.get("method_settings", {}))
-            if req.get("method") != "uce" or str(settings.get("anchor", "base")) != "base":
-                used = f"uce anchor={settings.get('anchor')}" if req.get("method") == "uce" else f"method {req.get('method')!r}"
+            # the same method only (uce or its hardened variant rece): each re-solves the whole erase set its own way
+            if req.get("method") != self.name or str(settings.get("anchor", "base")) != "base":
+                used = (f"{self.name} anchor={settings.get('anchor')}" if req.get("method") == self.name
+                        else f"method {req.get('method')!r}")
                 raise ValueError(
-                    f"uce anchor=base re-solves from the base weights with every earlier request of the run, but the "
-                    f"earlier request {req['concept']!r} used {used}; use uce anchor=previous in this run, or a new run")
-            s = parse_settings(UCESettings, settings, f"earlier request {req['concept']!r}")
+                    f"{self.name} anchor=base re-solves from the base weights with every earlier request of the run, but "
+                    f"the earlier request {req['concept']!r} used {used}; use {self.name} anchor=previous in this run, "
+                    f"or a new run")
+            s = parse_settings(type(self).Settings, settings, f"earlier request {req['concept']!r}")
             out += [(c, req["domain"], s) for c in [req["concept"], *req.get("also", [])]]
         return out
 
@@ -328,23 +331,42 @@ class UCE(Method):
         for c in ctx.request.targets:
             check_words(ctx.pipe.tokenizer, c, "uce concept")
 
-    def solve(self, ctx: Context) -> dict[str, torch.Tensor]:
-        s = self.settings
-        t0 = time.time()
+    def rows(self, ctx: Context):
+        """(erase, guide, erase weights, preserve, erased set) of this request's solve."""
         erased = self.erase_set(ctx)
         parts = [erase_rows(ctx, c, d, cs) for c, d, cs in erased]
         e = torch.cat([p[0] for p in parts])
         g = torch.cat([p[1] for p in parts])
         w = torch.cat([p[2] for p in parts])
-        p = preserve_rows(ctx, [(c, d) for c, d, _ in erased], ctx.request.domain, s)
-        m = solve_edit(e, g, p, lam=s.lam, erase_scale=s.erase_scale, preserve_scale=s.preserve_scale, erase_weights=w)
-        anchor = ctx.pretrained if s.anchor == "base" else ctx.start
-        self.info = {"erase_rows": len(e), "preserve_rows": 0 if p is None else len(p),
-                     "erased": [c for c, _, _ in erased], "rows_seconds": time.time() - t0}
-        if s.edit == "kv":
+        p = preserve_rows(ctx, [(c, d) for c, d, _ in erased], ctx.request.domain, self.settings)
+        return e, g, w, p, erased
+
+    def edit_of(self, e, g, w, p) -> torch.Tensor:
+        s = self.settings
+        return solve_edit(e, g, p, lam=s.lam, erase_scale=s.erase_scale, preserve_scale=s.preserve_scale, erase_weights=w)
+
+    def anchor(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """W0: the base weights (anchor=base) or the request's starting weights."""
+        return ctx.pretrained if self.settings.anchor == "base" else ctx.start
+
+    def edited(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """The anchor weights this method solves (all k/v, or only keys or only values)."""
+        anchor, edit = self.anchor(ctx), self.settings.edit
+        return dict(anchor) if edit == "kv" else {n: w for n, w in anchor.items() if n.endswith(f"to_{edit}.weight")}
+
+    def weights(self, ctx: Context, m: torch.Tensor) -> dict[str, torch.Tensor]:
+        anchor = self.anchor(ctx)
+        if self.settings.edit == "kv":
             return apply_edit(anchor, m)
         # only keys or only values: the other weights keep the anchor's values (with anchor=base,
         # the base values, so an earlier step's edit of them is undone consistently)
-        chosen = {n: w for n, w in anchor.items() if n.endswith(f"to_{s.edit}.weight")}
-        return {**{n: w.clone() for n, w in anchor.items()}, **apply_edit(chosen, m)}
+        return {**{n: w.clone() for n, w in anchor.items()}, **apply_edit(self.edited(ctx), m)}
+
+    def solve(self, ctx: Context) -> dict[str, torch.Tensor]:
+        t0 = time.time()
+        e, g, w, p, erased = self.rows(ctx)
+        m = self.edit_of(e, g, w, p)
+        self.info = {"erase_rows": len(e), "preserve_rows": 0 if p is None else len(p),
+                     "erased": [c for c, _, _ in erased], "rows_seconds": time.time() - t0}
+        return self.weights(ctx, m)
 
