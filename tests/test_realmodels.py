@@ -227,12 +227,12 @@ TINY_VIT = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=
 @pytest.fixture(scope="module")
 def judges(tmp_path_factory):
     """The user's two UnlearnCanvas judges: tiny ViTs saved in the timm naming of the official files."""
-    from obliviate.protocols.unlearncanvas import build_vit_classifier, load_protocol, to_timm_state_dict
+    from obliviate.protocols.unlearncanvas import build_vit_classifier, to_timm_state_dict, unlearncanvas_catalog
 
     root = tmp_path_factory.mktemp("user")
-    p = load_protocol()
+    p = unlearncanvas_catalog()
     judges = {}
-    for seed, (name, labels) in enumerate((("style", p.style_labels), ("object", p.object_labels)), start=1):
+    for seed, (name, labels) in enumerate((("style", p.styles), ("object", p.objects)), start=1):
         torch.manual_seed(seed)
         model = build_vit_classifier(len(labels), **TINY_VIT)
         judges[name] = root / f"{name}.pth"
