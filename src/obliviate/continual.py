@@ -28,7 +28,7 @@ from . import __version__
 from .locking import exclusive
 from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file_hash, load_delta, save_delta, swapped
 from .methods import get_method
-from . import distributed, lora
+from . import distributed, lora, lora_hooks
 from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
 from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
@@ -59,7 +59,7 @@ def build_hooks(request: Request):
         )
     check_param_group(request.param_group)
     if lora.is_lora(request.param_group):  # regularizers on A and B, or a clear refusal
-        method, regs = lora.adapt_hooks(method, regs, request.param_group)
+        method, regs = lora_hooks.adapt_hooks(method, regs, request.param_group)
     return method, regs
 
 

@@ -15,11 +15,18 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from .model import layer_group
 
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask requires setting it; restored immediately
+
+
+def layer_group(name: str) -> str:
+    """Coarse location of a tensor for per-group drift: down_blocks.N / mid_block / up_blocks.N / other."""
+    parts = name.split(".")
+    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
 
 
 def atomic_write(path: Path, write) -> None:

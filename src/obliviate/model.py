@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .delta import layer_group  # noqa: F401  (drift groups; lives below, in delta)
+
 PARAM_GROUPS = ("kv-xattn", "xattn", "full")
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -232,14 +234,6 @@ def select_parameters(unet: torch.nn.Module, group: str, seed: int = 0) -> dict[
     if not chosen:
         raise ValueError(f"parameter group {group!r} matched no UNet tensor; is this a text-conditioned UNet?")
     return chosen
-
-
-def layer_group(name: str) -> str:
-    """Coarse location of a tensor for per-group drift: down_blocks.N / mid_block / up_blocks.N / other."""
-    parts = name.split(".")
-    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
-        return f"{parts[0]}.{parts[1]}"
-    return parts[0]
 
 
 def hash_files(paths: list[Path]) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..protocols import Catalog, family, get_protocol, other_family
 from .metrics import Record, compute_metrics
-from .power import power_metrics, protocol_neighbours
+from .power import grid, power_metrics, protocol_neighbours
 from .sampler import SamplerConfig, generate
 
 # A protocol is a Catalog carrying its judge (Catalog.with_judge); the name stays for callers.
@@ -36,13 +36,7 @@ class EvalPlan:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def grid(self) -> list[tuple[str, str, int]]:
-        own = list(dict.fromkeys(self.sequence + self.retained))
-        cells = []
-        for c in own:
-            for p in self.partners:
-                style, obj = (c, p) if self.domain == "style" else (p, c)
-                cells += [(style, obj, s) for s in self.seeds]
-        return cells
+        return grid(self.domain, self.sequence, self.retained, self.partners, self.seeds)
 
 
 def make_plan(protocol: Catalog, domain: str, sequence: list[str] | None = None, retained: list[str] | None = None,

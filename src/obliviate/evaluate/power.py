@@ -160,11 +160,20 @@ def compare(a: dict, b: dict, cells, *, domain: str, unlearned, retained, partne
     return {name: paired(ha[side], hb[side], g, flip, names=names) for name, (side, flip, g) in groups.items()}
 
 
+def grid(domain: str, sequence, retained, partners, seeds) -> list[tuple[str, str, int]]:
+    """An evaluation's cells (style, object, seed): every concept of the sequence and the
+    retained set, with every partner of the other domain, at every seed (evaluator.EvalPlan)."""
+    cells = []
+    for c in dict.fromkeys(list(sequence) + list(retained)):
+        for p in partners:
+            style, obj = (c, p) if domain == "style" else (p, c)
+            cells += [(style, obj, s) for s in seeds]
+    return cells
+
+
 def compare_variants(summary: dict, a: str, b: str, step: int, *, seed: int = 0) -> dict:
     """Paired comparison of two variants of one experiment's summary.json after `step`
     requests, on the same images (the summary's grid and each row's predictions)."""
-    from .evaluator import EvalPlan
-
     rows = {}
     for name in (a, b):
         if name not in summary["variants"]:
@@ -173,8 +182,8 @@ def compare_variants(summary: dict, a: str, b: str, step: int, *, seed: int = 0)
         if step >= len(steps) or "predictions" not in steps[step]:
             raise ValueError(f"variant {name!r} has no per-image predictions after request {step}")
         rows[name] = steps[step]
-    plan = EvalPlan(summary["domain"], summary["sequence"], summary["retained"], summary["partners"], summary["seeds"])
+    cells = grid(summary["domain"], summary["sequence"], summary["retained"], summary["partners"], summary["seeds"])
     labels = summary["labels"]
-    return compare(rows[a], rows[b], plan.grid(), domain=summary["domain"], unlearned=summary["sequence"][:step],
+    return compare(rows[a], rows[b], cells, domain=summary["domain"], unlearned=summary["sequence"][:step],
                    retained=summary["retained"], partners=summary["partners"], neighbours=summary.get("neighbours"),
                    styles=labels["style"], objects=labels["object"], names=(a, b))
