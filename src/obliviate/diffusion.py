@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .delta import load_verified_tensor, save_verified_tensor
+from .model import predict
 
 if TYPE_CHECKING:  # annotations only: this module sits below the trainer
     from .trainer import Context
@@ -76,8 +77,6 @@ def overlap_enabled(ctx: Context) -> bool:
 def reference_and_prediction(ctx: Context, x_t: torch.Tensor, t, reference_cond, trained_cond):
     """(eps(x_t, reference_cond) without gradient, eps(x_t, trained_cond) with it), both from
     the model being trained (model.predict), overlapped on a CPU (see above)."""
-    from .model import predict
-
     def reference():
         with torch.no_grad(), ctx.autocast():  # grad mode and autocast are per thread
             return predict(ctx.unet, x_t, t, reference_cond)
