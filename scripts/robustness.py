@@ -1,17 +1,28 @@
 """The robustness table (issue 12): clean UA, robust UA per attack, steps-to-revival, RA-I and
-RA-C, with 95% bootstrap intervals over images, for closed-form variants after the last
-request of an experiment file's sequence.
+RA-C, with 95% bootstrap intervals over images, for closed-form and fine-tuning variants after
+the last request of an experiment file's sequence (or its first --requests).
 
     OMP_NUM_THREADS=1 python scripts/robustness.py configs/uce-styles.yaml --out runs/robust-styles \
         --json docs/results/robustness-styles.json
+    OMP_NUM_THREADS=1 python scripts/robustness.py configs/styles.yaml --out runs/robust-conabl-styles \
+        --variants conabl,conabl+adversarial --json docs/results/robustness-conabl-styles.json
 
-Per variant: the sequence is unlearned in a run (OUT/VARIANT/run; closed form, seconds), the
-final model is evaluated on the config's grid (every concept of the domain x every partner x
-`eval.seeds`, images cached under OUT/cache), and every attack runs on it (OUT/VARIANT/ATTACK/
-attack.json). Everything finished is reused on rerun. The attack grid is the first
-`--attack-partners` partners x the eval seeds (its clean images are the evaluation's, cached).
-Intervals: evaluate/resample.py over evaluate/power.py (stratified by concept, 1000 resamples, seed 0).
-Prints one JSON object (what --json writes) and the Markdown rows of docs/RESULTS.md.
+Variants (VARIANTS): `uce`, `rece` (closed form); `conabl` (the style study's published
+variant: recipe reference, the config's `defaults.method_settings`, e.g. 60 steps) and
+`conabl+adversarial` (the same plus the `adversarial` add-on, regularizers/adversarial.py).
+Settings after ':' go to the variant's add-on when it has one, else to its method
+(`rece:rounds=2`, `conabl+adversarial:weight=2`).
+
+Per variant: the sequence is unlearned in a run (OUT/VARIANT/run; training images cached in
+OUT/train-cache, shared by variants), the final model is evaluated on the config's grid (every
+concept of the domain x every partner x `eval.seeds`, images cached under OUT/cache), and every
+attack runs on it (OUT/VARIANT/ATTACK/attack.json). Everything finished is reused on rerun, so
+after a new bundled model, regenerating the table is the same command with a fresh --out.
+The attack grid is the first `--attack-partners` partners x the attack seeds (its clean images
+are the evaluation's when the seeds agree, cached). Intervals: evaluate/resample.py over
+evaluate/power.py (stratified by concept, 1000 resamples, seed 0). Prints one JSON object
+(what --json writes) and the Markdown rows of docs/RESULTS.md. Per attack, `seconds_per_concept`
+is its measured cost (wall clock, on whatever machine and load it ran).
 """
 from __future__ import annotations
 
@@ -35,7 +46,11 @@ from obliviate.evaluate.sampler import generate
 from obliviate.minicanvas import bundled_path
 from obliviate.model import load_pipeline, model_hash
 
-VARIANTS = {"uce": ("uce", {}), "rece": ("rece", {})}
+# name -> (method, method settings, add-ons); "defaults" = the config's defaults.method_settings
+CONABL = {"recipe": "reference"}
+VARIANTS = {"uce": ("uce", {}, []), "rece": ("rece", {}, []), "conabl": ("conabl", CONABL, []),
+            "conabl+adversarial": ("conabl", CONABL, ["adversarial"])}
+TRAINED = {"conabl"}  # methods that take the config's defaults.method_settings (steps, ...)
 # defaults of each attack here = the attack's own defaults; relearn checks 2 partners and
 # skips its yardstick on every variant but the first (the yardstick never sees the variant:
 # it fine-tunes the pretrained model)
@@ -43,23 +58,35 @@ ATTACKS = ("paraphrase", "inversion", "prefix", "relearn")
 RELEARN = {"check_partners": 2, "max_steps": 50}  # the table's relearn: 2 check partners, at most 50 steps
 
 
-def parse_variant(text: str):
+def parse_variant(text: str, defaults: dict | None = None):
+    """`NAME[:key=value,...]` -> (text, method, method settings, [(add-on, settings)]); settings go
+    to the add-on when the variant has one, else to the method. Checked before any work."""
+    from obliviate.continual import build_hooks
+
     name, _, rest = text.partition(":")
     if name not in VARIANTS:
         raise ValueError(f"variant {text!r}: valid names {', '.join(VARIANTS)} (settings after ':', e.g. rece:rounds=2)")
-    method, settings = VARIANTS[name]
-    settings = dict(settings)
+    method, settings, addons = VARIANTS[name]
+    settings = {**(defaults or {} if method in TRAINED else {}), **settings}
+    extra = {}
     for kv in filter(None, rest.split(",")):
-        k, _, v = kv.partition("=")
-        settings[k] = v
-    return text, method, settings
+        k, eq, v = kv.partition("=")
+        if not eq:
+            raise ValueError(f"variant {text!r}: settings must look like key=value")
+        extra[k] = v
+    regs = [(a, dict(extra) if i == 0 else {}) for i, a in enumerate(addons)]
+    if not addons:
+        settings.update(extra)
+    build_hooks(Request("fire", "style", method, method_settings=settings, regularizers=regs))  # refuse bad settings now
+    return text, method, settings, regs
 
 
-def final_model(out: Path, model, exp: dict, method: str, settings: dict):
+def final_model(out: Path, model, exp: dict, method: str, settings: dict, regs: list, sequence: list[str], cache: Path):
     run = Run.open_or_create(out / "run", model)
-    for concept in exp["sequence"]:
-        run.unlearn(Request(concept, exp["domain"], method, method_settings=settings), quiet=True)
-    return run, run.cumulative_delta(len(exp["sequence"]))
+    for concept in sequence:
+        run.unlearn(Request(concept, exp["domain"], method, method_settings=settings, regularizers=regs), quiet=True,
+                    cache_dir=cache)
+    return run, run.cumulative_delta(len(sequence))
 
 
 def evaluate_records(model, base_hash, delta, protocol, plan, cache: Path) -> list[Record]:
@@ -77,7 +104,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", help="an experiment file (sequence, retained, domain, eval.seeds)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", default="uce,rece", help="comma-separated: uce, rece[:key=value...]")
+    ap.add_argument("--variants", default="uce,rece", help=f"';'-separated: {', '.join(VARIANTS)} [:key=value,...] "
+                    "(',' also separates variants without settings)")
+    ap.add_argument("--requests", type=int, help="only the first N requests of the sequence (small measurements)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--attack-partners", type=int, default=4)
     ap.add_argument("--eval-seeds", help="comma-separated seeds of the clean evaluation (default: the config's eval.seeds)")
@@ -89,25 +118,27 @@ def main(argv=None) -> int:
     base_hash = model_hash(model)
     protocol = load_protocol("minicanvas", model)
     seeds = [int(k) for k in args.eval_seeds.split(",")] if args.eval_seeds else exp.get("eval", {}).get("seeds")
-    plan = make_plan(protocol, exp["domain"], sequence=exp["sequence"], retained=exp["retained"], seeds=seeds)
+    sequence = list(exp["sequence"])[: args.requests] if args.requests else list(exp["sequence"])
+    variants = [parse_variant(v, (exp.get("defaults") or {}).get("method_settings")) for v in split_variants(args.variants)]
+    plan = make_plan(protocol, exp["domain"], sequence=sequence, retained=exp["retained"], seeds=seeds)
     out, cache = Path(args.out), Path(args.out) / "cache"
     attack_seeds = [int(k) for k in args.attack_seeds.split(",")] if args.attack_seeds else plan.seeds
-    figures = {"config": args.config, "domain": exp["domain"], "sequence": exp["sequence"], "retained": exp["retained"],
+    figures = {"config": args.config, "domain": exp["domain"], "sequence": sequence, "retained": exp["retained"],
                "eval_partners": plan.partners, "eval_seeds": plan.seeds, "attack_partners": plan.partners[: args.attack_partners],
                "attack_seeds": attack_seeds,
                "intervals": "95% percentile bootstrap over images, stratified by concept, 1000 resamples, seed 0 (evaluate/power.py)", "variants": {}}
-    variants = [parse_variant(v) for v in args.variants.split(",") if v]
     models = {}
-    for name, method, settings in variants:  # every model and its clean evaluation first
+    for name, method, settings, regs in variants:  # every model and its clean evaluation first
         vdir = out / name.replace(":", "-").replace("=", "").replace(",", "-")
         t0 = time.time()
-        run, delta = final_model(vdir, model, exp, method, settings)
-        row = {"method": method, "settings": settings, "unlearn_seconds": round(time.time() - t0, 1)}
+        run, delta = final_model(vdir, model, exp, method, settings, regs, sequence, out / "train-cache")
+        row = {"method": method, "settings": settings, "regularizers": [{"name": n, **r} for n, r in regs],
+               "unlearn_seconds": round(time.time() - t0, 1)}
         eval_path = vdir / "eval.json"
         if not eval_path.exists():
             timer = Timer()
             records = evaluate_records(model, base_hash, delta, protocol, plan, cache)
-            unlearned = list(exp["sequence"])
+            unlearned = list(sequence)
             retained = [c for c in plan.retained if c not in unlearned]
             clean = metric_intervals(records, domain=exp["domain"], unlearned=unlearned, retained=retained,
                                      partners=plan.partners)
@@ -118,15 +149,15 @@ def main(argv=None) -> int:
         models[name] = (vdir, delta)
         print(f"[robustness] {name}: model and evaluation done", file=sys.stderr, flush=True)
     for name_a in [a for a in args.attacks.split(",") if a]:  # then attack by attack, every variant
-        for i, (name, _, _) in enumerate(variants):
+        for i, (name, *_) in enumerate(variants):
             vdir, delta = models[name]
             apath = vdir / name_a / "attack.json"
             if not apath.exists():
                 settings_a = dict(RELEARN, yardstick=(i == 0)) if name_a == "relearn" else {}
-                target = load_target(model, delta, list(exp["sequence"]), exp["domain"], protocol,
+                target = load_target(model, delta, list(sequence), exp["domain"], protocol,
                                      plan.partners[: args.attack_partners], attack_seeds, plan.sampler, base_hash=base_hash,
                                      cache_dir=cache, quiet=False)
-                run_attack(target, build_attack(name_a, settings_a), vdir / name_a, variant=name, step=len(exp["sequence"]))
+                run_attack(target, build_attack(name_a, settings_a), vdir / name_a, variant=name, step=len(sequence))
             res = json.loads(apath.read_text())
             entry = {"settings": res["settings"], "clean_UA": attack_interval(res, key="clean_hits"),
                      "seconds_per_concept": res["timings"]["per_concept_seconds"],
@@ -144,6 +175,18 @@ def main(argv=None) -> int:
     for line in markdown_rows(figures):
         print(line)
     return 0
+
+
+def split_variants(text: str) -> list[str]:
+    """'uce,rece:rounds=2,norm=1;conabl' -> ['uce', 'rece:rounds=2,norm=1', 'conabl']: ';' always
+    separates; ',' separates too, except inside a variant's settings (after ':')."""
+    out = []
+    for part in filter(None, text.split(";")):
+        head, colon, rest = part.partition(":")
+        names = head.split(",")
+        out += [n for n in names[:-1] if n]
+        out.append(names[-1] + colon + rest)
+    return [v for v in out if v]
 
 
 def fmt(iv: dict | None) -> str:

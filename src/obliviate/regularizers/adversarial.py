@@ -1,0 +1,257 @@
+"""`adversarial`: adversarial prompts during training (AdvUnlearn-style; Zhang et al., NeurIPS 2024).
+
+Embedding attacks (attacks/inversion.py, attacks/prefix.py) learn new token rows that make
+the *unlearned* model denoise the concept's images again. This add-on runs that attack
+inside training and trains the model against what it finds:
+
+    inner (every `every` steps, `attack_steps` Adam steps at `attack_lr`, warm-started):
+        rows* = argmin_rows  || eps_theta(x_t, t, E(adversarial prompt; rows)) - target(x_0, eps) ||^2
+        on base-model images x_0 of the concept: the attacks' own objective
+    outer (every step, added to the method's loss):
+        weight * || eps_theta(x_t, t, E(adversarial prompt; rows*)) - sg[eps_theta(x_t, t, E(target prompt))] ||^2
+
+An adversary's rows live *outside* the model: its tokens are added to a private copy of the
+tokenizer, and the text encoder is called with a longer embedding table (the original rows
+plus the adversary's) through torch.func.functional_call, so the model's tokenizer, text
+encoder and trained tensors are never modified; the inner loop takes gradients of the rows
+only (torch.autograd.grad), so no trained tensor's .grad is touched either.
+
+Adversaries (`mode`): `replace` puts one token in the concept's place in the template
+(Concept Inversion's prompt; the row starts from the concept's own word, i.e. at the plain
+prompt, and moves to wherever the model still renders the concept); `prefix` puts `tokens`
+soft tokens before the plain prompt (UnlearnDiffAtk's; rows start from seeded ordinary
+words, never a concept name); `both` keeps one of each and alternates between them.
+
+Which concepts (`concepts`): `current` = the request's own; `all` (default) = also every
+concept unlearned earlier in the same domain, so a later request cannot revive an earlier
+one through an embedding. Refreshes go round-robin over (concept, adversary) pairs; each
+outer batch draws its images over all of them.
+
+Target of the adversarial prompt (`target`): `anchor` = the partner alone after the neutral
+prefix ("an image of a circle" for a style, "an image in the style of fire" for an object:
+the concept taken out, as ConAbl's anchors do); `erased` = the *plain* prompt on the current
+model (no embedding may do more than the plain prompt does: method-agnostic, but weak while
+the method has not yet erased the plain prompt).
+
+Images: `images` base-model images per concept, partners cycled, seeds 30000+i (disjoint
+from the evaluation seeds, ConAbl's anchors 10000+i, replay's 20000+i, the attacks' 50000+i),
+cached per concept, so later requests reuse them.
+
+Deterministic given the request's seed: a generator of its own (saved in checkpoints with
+the adversaries' rows and the refresh counter). Refused on SDXL (two text encoders).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..diffusion import base_model_latents, denoising_target, noised, sampler_settings
+from ..model import Cond, is_sdxl, predict
+from ..protocols import family, other_family
+from ..trainer import Context, Hook
+
+MODES = ("replace", "prefix", "both")
+CONCEPTS = ("current", "all")
+TARGETS = ("anchor", "erased")
+IMAGE_SEED = 30_000
+GEN_OFFSET = 7_919  # the add-on's generator: request seed + this (the method's draws stay as they are)
+
+
+@dataclass
+class AdversarialSettings:
+    weight: float = 1.0
+    mode: str = "both"
+    concepts: str = "all"
+    target: str = "anchor"
+    every: int = 5  # refresh one adversary every `every` training steps
+    attack_steps: int = 5  # Adam steps per refresh (warm start: rows persist across refreshes and requests' steps)
+    attack_lr: float = 2e-2  # the attacks' default lr
+    tokens: int = 3  # soft tokens of a prefix adversary (the prefix attack's default)
+    images: int = 16  # base-model images per concept
+    batch_size: int = 4  # outer batch and inner batch
+    ranges = {"every": (1, True, None, False), "attack_steps": (1, True, None, False),
+              "attack_lr": (0, False, None, False), "tokens": (1, True, None, False), "images": (1, True, None, False)}
+
+    def __post_init__(self):
+        for key, valid in (("mode", MODES), ("concepts", CONCEPTS), ("target", TARGETS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"{key}={getattr(self, key)!r} is not valid; valid: {', '.join(valid)}")
+
+
+class Adversary:
+    """New token rows for one concept and one prompt shape; only `rows` ever changes."""
+
+    def __init__(self, tokenizer, table_name: str, table: torch.Tensor, names: list[str], init: torch.Tensor,
+                 prompts: list[str]):
+        self.tokenizer, self.table_name, self.table = tokenizer, table_name, table
+        self.ids = tokenizer.convert_tokens_to_ids(names)
+        self.rows = init.detach().clone().float()
+        self.prompts = prompts  # one per training image: the adversarial prompt with that image's partner
+
+    def hidden(self, encoder, prompts: list[str], rows: torch.Tensor, all_rows: torch.Tensor) -> torch.Tensor:
+        """Text states of `prompts` with the table extended by `all_rows` (every adversary's, this
+        one's replaced by `rows`, which may carry a gradient)."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.table.device)
+        n = len(self.table)
+        extra = all_rows.clone()
+        first = self.ids[0] - n
+        extra = torch.cat([extra[:first], rows.to(extra), extra[first + len(self.ids):]], 0)
+        weight = torch.cat([self.table, extra.to(self.table)], 0)
+        return functional_call(encoder, {self.table_name: weight}, (ids,))[0]
+
+
+class Adversarial(Hook):
+    name = "adversarial"
+    order = 50
+    Settings = AdversarialSettings
+
+    def setup(self, ctx: Context, method=None) -> None:
+        if is_sdxl(ctx.pipe):
+            raise ValueError("adversarial does not support SDXL pipelines (two text encoders)")
+        s, cat = self.settings, ctx.catalog
+        domain = family(ctx.request.domain)
+        partners = cat.partners(domain)
+        if not partners:
+            raise ValueError("adversarial needs a prompt template with partner concepts (a concept catalog); "
+                             "this model has none")
+        concepts = list(ctx.request.targets)
+        if s.concepts == "all":
+            concepts = [c for c, d in ctx.unlearned_before if family(d) == domain and c not in concepts] + concepts
+        encoder = ctx.pipe.text_encoder
+        table = encoder.get_input_embeddings().weight
+        table_name = next(n for n, p in encoder.named_parameters() if p is table)
+        self.tokenizer = copy.deepcopy(ctx.pipe.tokenizer)
+        vocab = self.tokenizer.get_vocab()
+        steps, guidance = sampler_settings(ctx, None, None)
+        kinds = {"both": ("replace", "prefix")}.get(s.mode, (s.mode,))
+        self.adversaries, self.latents, self.targets = [], [], []
+        gen = torch.Generator().manual_seed(ctx.request.seed + GEN_OFFSET)
+        names_all = set(cat.styles) | set(cat.objects)
+        special = set(self.tokenizer.all_special_ids)
+        ordinary = [i for w, i in sorted(vocab.items(), key=lambda x: x[1])
+                    if i not in special and w.replace("</w>", "") not in names_all]
+        new_names = []
+        for c in concepts:
+            ps = [partners[i % len(partners)] for i in range(s.images)]
+            plain = [cat.prompt_with(c, domain, p) for p in ps]
+            latents = base_model_latents(ctx, plain, [IMAGE_SEED + i for i in range(s.images)], steps, guidance,
+                                         purpose="adversarial")
+            if s.target == "anchor":
+                targets = [cat.single(p, other_family(domain)) for p in ps]
+            else:
+                targets = plain
+            ctx.encode(targets)
+            for kind in kinds:
+                k = len(self.adversaries)
+                if kind == "replace":
+                    names = [f"<defence{k}>"]
+                    word = cat.word(c)
+                    wid = vocab.get(word + "</w>", vocab.get(word))
+                    if wid is None:
+                        raise ValueError(f"adversarial: concept word {word!r} is not one token of the vocabulary")
+                    init = table[[wid]]
+                    prompts = [cat.prompt_with(names[0], domain, p) for p in ps]
+                else:
+                    names = [f"<defence{k}_{j}>" for j in range(s.tokens)]
+                    pick = torch.randint(0, len(ordinary), (s.tokens,), generator=gen).tolist()
+                    init = table[[ordinary[i] for i in pick]]
+                    prompts = [" ".join(names) + " " + q for q in plain]
+                clash = [n for n in names if n in vocab]
+                if clash:
+                    raise ValueError(f"adversarial: tokens {clash} are already in the tokenizer")
+                self.tokenizer.add_tokens(names)
+                new_names += names
+                self.adversaries.append(Adversary(self.tokenizer, table_name, table.detach(), names, init, prompts))
+                self.latents.append(latents)
+                self.targets.append(targets)
+        ids = self.tokenizer.convert_tokens_to_ids(new_names)
+        if ids != list(range(len(table), len(table) + len(new_names))):
+            raise ValueError(f"adversarial: the tokenizer gave ids {ids}, expected rows after the {len(table)} existing ones")
+        self.concepts = concepts
+        self.gen = gen
+        self.refreshes = 0
+        self.inner_losses: list[float] = []
+        ctx.log(f"adversarial: {len(self.adversaries)} adversaries ({', '.join(kinds)}) for {', '.join(concepts)}")
+        self.refresh(ctx)  # an adversary before the first step
+
+    # ------------------------------------------------------------ inner loop: the attack
+    def all_rows(self) -> torch.Tensor:
+        return torch.cat([a.rows for a in self.adversaries], 0)
+
+    def refresh(self, ctx: Context) -> None:
+        """`attack_steps` Adam steps on one adversary's rows (round-robin), everything else fixed."""
+        s = self.settings
+        adv = self.adversaries[self.refreshes % len(self.adversaries)]
+        i = self.adversaries.index(adv)
+        latents, sched_ctx = self.latents[i], ctx
+        rows = adv.rows.clone().requires_grad_(True)
+        opt = torch.optim.Adam([rows], lr=s.attack_lr)
+        others = self.all_rows()
+        last = 0.0
+        for _ in range(s.attack_steps):
+            idx = torch.randint(0, len(latents), (s.batch_size,), generator=self.gen)
+            x0 = latents[idx]
+            x_t, t, noise = noised(sched_ctx, x0, self.gen)
+            hidden = adv.hidden(ctx.pipe.text_encoder, [adv.prompts[j] for j in idx.tolist()], rows, others)
+            with ctx.autocast():
+                pred = predict(ctx.unet, x_t, t, Cond(hidden))
+            loss = F.mse_loss(pred.float(), denoising_target(ctx, x0, noise, t).float())
+            (grad,) = torch.autograd.grad(loss, [rows])
+            opt.zero_grad(set_to_none=True)
+            rows.grad = grad
+            opt.step()
+            last = float(loss.detach())
+        adv.rows = rows.detach().clone()
+        self.inner_losses.append(last)
+        self.refreshes += 1
+
+    def after_step(self, ctx: Context, step: int, total_steps: int) -> None:
+        if (step + 1) % self.settings.every == 0 and step + 1 < total_steps:
+            self.refresh(ctx)
+
+    # ------------------------------------------------------------ outer loss: train against it
+    def loss(self, ctx: Context) -> torch.Tensor:
+        s = self.settings
+        which = torch.randint(0, len(self.adversaries), (s.batch_size,), generator=self.gen).tolist()
+        x0, adv_prompts, target_prompts = [], [], []
+        for i in which:
+            j = int(torch.randint(0, len(self.latents[i]), (1,), generator=self.gen))
+            x0.append(self.latents[i][j])
+            adv_prompts.append((i, self.adversaries[i].prompts[j]))
+            target_prompts.append(self.targets[i][j])
+        x_t, t, _ = noised(ctx, torch.stack(x0), self.gen)
+        rows = self.all_rows()
+        with torch.no_grad():  # the adversaries are fixed here; only the model trains
+            hidden = torch.cat([self.adversaries[i].hidden(ctx.pipe.text_encoder, [p], self.adversaries[i].rows, rows)
+                                for i, p in adv_prompts])
+        target_cond = ctx.encode(target_prompts)
+        adv_cond = Cond(hidden)
+        x_t, t, adv_cond, target_cond = ctx.local(x_t, t, adv_cond, target_cond)  # several processes: this one's slice
+        with ctx.autocast():
+            with torch.no_grad():
+                reference = predict(ctx.unet, x_t, t, target_cond)
+            prediction = predict(ctx.unet, x_t, t, adv_cond)
+        return s.weight * F.mse_loss(prediction.float(), reference.float())
+
+    # ------------------------------------------------------------ checkpoints and step.json
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.get_state(), "rows": [a.rows.clone() for a in self.adversaries],
+                "refreshes": self.refreshes, "inner_losses": list(self.inner_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.gen.set_state(state["generator"])
+            for a, r in zip(self.adversaries, state["rows"]):
+                a.rows = r.clone()
+            self.refreshes, self.inner_losses = state["refreshes"], list(state["inner_losses"])
+
+    def report(self) -> dict:
+        head, tail = self.inner_losses[:3], self.inner_losses[-3:]
+        return {"adversarial": {"concepts": self.concepts, "adversaries": len(self.adversaries), "refreshes": self.refreshes,
+                                "inner_loss_first": sum(head) / max(len(head), 1),
+                                "inner_loss_last": sum(tail) / max(len(tail), 1)}}
