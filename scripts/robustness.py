@@ -46,11 +46,10 @@ from obliviate.evaluate.sampler import generate
 from obliviate.minicanvas import bundled_path
 from obliviate.model import load_pipeline, model_hash
 
-# name -> (method, method settings, add-ons); "defaults" = the config's defaults.method_settings
-CONABL = {"recipe": "reference"}
-VARIANTS = {"uce": ("uce", {}, []), "rece": ("rece", {}, []), "conabl": ("conabl", CONABL, []),
-            "conabl+adversarial": ("conabl", CONABL, ["adversarial"])}
+# method -> its settings in this table ("defaults" of the config come first for trained methods)
+METHODS = {"uce": {}, "rece": {}, "conabl": {"recipe": "reference"}}  # conabl: the study's published recipe
 TRAINED = {"conabl"}  # methods that take the config's defaults.method_settings (steps, ...)
+VARIANTS = ("uce", "rece", "conabl", "conabl+ADDON[+ADDON...]")
 # defaults of each attack here = the attack's own defaults; relearn checks 2 partners and
 # skips its yardstick on every variant but the first (the yardstick never sees the variant:
 # it fine-tunes the pretrained model)
@@ -59,24 +58,32 @@ RELEARN = {"check_partners": 2, "max_steps": 50}  # the table's relearn: 2 check
 
 
 def parse_variant(text: str, defaults: dict | None = None):
-    """`NAME[:key=value,...]` -> (text, method, method settings, [(add-on, settings)]); settings go
-    to the add-on when the variant has one, else to the method. Checked before any work."""
+    """`METHOD[+ADDON...][:key=value,...]` -> (text, method, method settings, [(add-on, settings)]).
+    A key `ADDON.key` goes to that add-on; a plain key to the last add-on, or to the method
+    when there is none (`rece:rounds=2`, `conabl+adversarial:weight=2`,
+    `conabl+selft+adversarial:selft.top_k=0.01`). Checked before any work."""
     from obliviate.continual import build_hooks
 
-    name, _, rest = text.partition(":")
-    if name not in VARIANTS:
-        raise ValueError(f"variant {text!r}: valid names {', '.join(VARIANTS)} (settings after ':', e.g. rece:rounds=2)")
-    method, settings, addons = VARIANTS[name]
-    settings = {**(defaults or {} if method in TRAINED else {}), **settings}
-    extra = {}
+    head, _, rest = text.partition(":")
+    method, *addons = head.split("+")
+    if method not in METHODS or (addons and method not in TRAINED):
+        raise ValueError(f"variant {text!r}: valid variants {', '.join(VARIANTS)} (settings after ':', e.g. rece:rounds=2)")
+    settings = {**((defaults or {}) if method in TRAINED else {}), **METHODS[method]}
+    regs = {a: {} for a in addons}
     for kv in filter(None, rest.split(",")):
         k, eq, v = kv.partition("=")
         if not eq:
             raise ValueError(f"variant {text!r}: settings must look like key=value")
-        extra[k] = v
-    regs = [(a, dict(extra) if i == 0 else {}) for i, a in enumerate(addons)]
-    if not addons:
-        settings.update(extra)
+        owner, dot, key = k.rpartition(".")
+        if dot and owner not in regs:
+            raise ValueError(f"variant {text!r}: {owner!r} is not one of its add-ons ({', '.join(regs) or 'none'})")
+        if dot:
+            regs[owner][key] = v
+        elif addons:
+            regs[addons[-1]][k] = v
+        else:
+            settings[k] = v
+    regs = list(regs.items())
     build_hooks(Request("fire", "style", method, method_settings=settings, regularizers=regs))  # refuse bad settings now
     return text, method, settings, regs
 
