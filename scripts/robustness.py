@@ -140,7 +140,9 @@ def main(argv=None) -> int:
         t0 = time.time()
         run, delta = final_model(vdir, model, exp, method, settings, regs, sequence, out / "train-cache")
         row = {"method": method, "settings": settings, "regularizers": [{"name": n, **r} for n, r in regs],
-               "unlearn_seconds": round(time.time() - t0, 1)}
+               "unlearn_seconds": round(time.time() - t0, 1),
+               # per request, as step.json recorded them (setup: anchors, base images, hooks; train: the loop)
+               "request_seconds": [{k: round(v, 1) for k, v in m.get("timings", {}).items()} for m in run.steps()]}
         eval_path = vdir / "eval.json"
         if not eval_path.exists():
             timer = Timer()
