@@ -358,7 +358,9 @@ def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: i
                         "12-request units are counted as extending their 8-request directory on the same machine; "
                         "on a fresh machine they retrain and re-probe requests 1-8 too",
                         "measured on the bundled model of the day: a rebuilt MiniCanvas changes every figure; "
-                        "rerun --measure, then --plan"]}
+                        "rerun --measure, then --plan", "measured niced on a shared machine: the load average at "
+                        "measurement is in `basis`; on idle cores every figure is smaller (bench-conabl.json measured "
+                        "an obliviate-recipe ConAbl step at 0.13-0.19 s on an idle machine)"]}
 
 
 def main() -> None:
@@ -397,7 +399,8 @@ def main() -> None:
                   f"{r['images_per_evaluation']} images){'  committed' if r['committed'] else ''}")
         print(f"anchors (shared cache): {out['anchor_seconds'] / 60:.1f} min")
         print(f"total {out['total_seconds'] / 3600:.1f} CPU hours; left {out['left_seconds'] / 3600:.1f}; "
-              f"about {out['wall_hours_at_jobs']:.1f} h of wall time at --jobs {args.jobs} on idle cores")
+              f"about {out['wall_hours_at_jobs']:.1f} h of wall time at --jobs {args.jobs}, at the speed measured "
+              f"(load average {', '.join(f'{x:.1f}' for x in out['basis']['measured_load_average'] or [])})")
         if not args.only:
             from obliviate.delta import atomic_write_json
 
