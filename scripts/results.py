@@ -829,9 +829,10 @@ def cost2(plan_path: Path, units: dict, studies) -> list[str]:
         lines.append(f"Estimated cost: {NOT_RUN} (`python scripts/study.py --measure`, then `--plan`).")
     done = [(name, path) for name, path in run_files(studies, "*-r*-s*/summary.json").items() if UNIT.match(name) and finished(path)]
     if done:
-        total = sum(compute_minutes(json.loads(path.read_text())) for _, path in done)
-        lines.append(f"Measured so far: {len(done)} units finished, {total / 60:.1f} hours of training + evaluation "
-                     "(their own seconds, on whatever load the machine had).")
+        total = sum(json.loads(path.read_text())["wall_seconds"] for _, path in done)
+        lines.append(f"Measured so far: {len(done)} units finished in {total / 3600:.1f} hours of wall time (each unit's "
+                     "own `wall_seconds`, sweep included; a 12-request unit counts only its extension when it grew an "
+                     "8-request directory; on whatever load the machine had).")
     return lines
 
 
