@@ -6,7 +6,9 @@ no-gradient one on a second thread (diffusion.reference_and_prediction). This sc
 both loops at 1 and 2 torch threads, interleaved in rounds so that a change in machine load
 hits every configuration alike, checks that they give the same delta, and prints JSON:
 median seconds per step per configuration, a forward/forward/backward/optimizer breakdown
-of the sequential loop, and the implied ratio to the reference implementation's time:
+of the sequential loop, what the reference recipe's clean latents cost per step (re-encoding
+the anchor images as the reference does, or sampling stored posteriors as obliviate does),
+and the implied ratio to the reference implementation's time:
 
     ratio_vs_reference = (best configuration / sequential at 2 threads) * 0.72
 
@@ -86,6 +88,39 @@ def run(pipe, params, steps, batch, overlap, seed=0, parts=None):
     return total, delta
 
 
+def reference_recipe_latents(pipe, batch, rounds=20):
+    """The reference recipe's clean latents for one step: re-encoding the (randomly mirrored)
+    anchor images with the VAE, as the reference does at every step, vs sampling from the
+    posteriors obliviate stores once per request. Median seconds per step at one thread."""
+    from obliviate.diffusion import image_posteriors, sample_image_latents
+
+    ctx = types.SimpleNamespace(pipe=pipe)
+    images = torch.randint(0, 256, (64, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    posteriors = image_posteriors(ctx, images, hflip=True)
+    setup = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def re_encode(idx):
+        x = images[idx].float() / 127.5 - 1.0
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        posterior = pipe.vae.encode(x).latent_dist
+        return (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)) * 0.18215
+
+    times = {"re_encode": [], "stored_posterior": []}
+    for _ in range(rounds):
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        for name, fn in (("re_encode", re_encode), ("stored_posterior",
+                                                     lambda i: sample_image_latents(ctx, posteriors, i, gen, True))):
+            t0 = time.perf_counter()
+            fn(idx)
+            times[name].append(time.perf_counter() - t0)
+    return {**{f"{k}_seconds_per_step": statistics.median(v) for k, v in times.items()},
+            "stored_posterior_setup_seconds_64_images": setup}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10, help="steps per timed loop")
@@ -110,6 +145,8 @@ def main():
             seconds, deltas[(threads, overlap)] = run(pipe, params, args.steps, args.batch, overlap,
                                                       parts=parts if (threads, overlap) == (1, False) else None)
             times[(threads, overlap)].append(seconds)
+    torch.set_num_threads(1)
+    latents = reference_recipe_latents(pipe, args.batch)
     name = {c: f"threads{c[0]}-{'overlap' if c[1] else 'sequential'}" for c in configs}
     median = {name[c]: statistics.median(v) for c, v in times.items()}
     baseline = median["threads2-sequential"]
@@ -126,6 +163,7 @@ def main():
         "max_abs_delta_difference_between_configurations": diff,
         "max_abs_delta": max(float(d.abs().max()) for d in ref.values()),
         "ratio_vs_reference": median[best] / baseline * ISSUE_RATIO,
+        "reference_recipe_clean_latents_threads1": latents,
         "ratio_note": "0.72 = obliviate sequential / CUIG ConAbl per request (issue 10's side-by-side), not measured here",
     }, indent=2))
 

@@ -1,35 +1,111 @@
-"""Run the study behind docs/RESULTS.md so that it survives a fresh machine.
+"""Run the second-edition study behind docs/RESULTS.md (issue 11), one unit at a time, so that
+it survives interruptions and fresh machines.
 
-A study of this size takes longer than one sitting. Each run (an experiment file, and a
-training seed) writes runs/study/NAME/; when it finishes, its summary.json (metrics, the
-per-image predictions for paired comparisons, settings; no images, no deltas) and its
-experiment.json are copied to docs/results/study/NAME/, to be committed. A run whose finished
-summary sits there already is skipped, so on a fresh clone `make study` only runs what is not
-committed yet; scripts/results.py reads runs/study and docs/results/study both.
+A *unit* is one variant of one study file (configs/study/*.yaml), one training seed, and a
+number of requests: the runner sweeps the variant's strength on the probe seeds, picks it by
+the equal-forgetting policy (best retention among the values keeping UA >= 90 after every
+request; experiment/strength.py), then evaluates the chosen value on the reported seeds (every
+partner x 3 seeds). Units run in this order, the most decision-relevant first:
 
-    python scripts/study.py [--jobs 2] [--only styles-s0,...] [--dry-run]
+  1. objects, 8 requests, training seed 0      (answers "what to run for 8 objects")
+  2. styles, 8 requests, training seed 0       (answers "what to run for 8 styles")
+  3. objects and styles, 8 requests, seed 1    (the second training seed of both answers)
+  4. styles, 12 requests, seeds 0 and 1        (grows each 8-request run to 12, same directory)
 
-"Finished" means the summary has `wall_seconds` (written once every variant is done); a
-partial summary (written after each variant) does not count, and that run resumes.
+and within each, in the study file's variant order (the claims' variants first). A 12-request
+unit reruns the same directory with `requests: 12`: its first 8 requests' training and probe
+evaluations are reused (the evaluation grid is the whole sequence either way), so on the same
+machine it only adds requests 9-12 and the reported evaluations of its chosen value.
+
+When a unit finishes, its summary.json (metrics with intervals, per-image predictions for
+paired comparisons, the sweep table; no images, no deltas; a few tens of kB) and its
+experiment.json are copied to docs/results/study/UNIT/, to be committed. A unit whose finished
+summary is there is skipped, so on a fresh clone `make study` only runs what is not committed
+yet. An interrupted unit resumes from runs/study/ (the runner's own files) when rerun. Units of
+one domain share one image and anchor cache (runs/study/_cache/DOMAIN), which is safe: every
+cached file is keyed by its content's inputs and written atomically.
+
+    python scripts/study.py [--jobs 2] [--only NAME,...]     # run what is not committed
+    python scripts/study.py --plan                           # list every unit with its estimated time
+    nice -n 10 python scripts/study.py --measure             # measure the figures --plan uses (~5 min)
+    python scripts/study.py --dry-run                        # what would run, what is skipped
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
-import shutil
+import platform
 import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-# (run name, experiment file, training seed or None): the order they are started in
-STUDY = [
-    ("sweep-styles", "configs/sweep-styles.yaml", None),
-    ("styles-s0", "configs/styles.yaml", 0),
-    ("objects-s0", "configs/objects.yaml", 0),
-    ("styles-s1", "configs/styles.yaml", 1),
-    ("objects-s1", "configs/objects.yaml", 1),
-]
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"objects": "configs/study/objects.yaml", "styles": "configs/study/styles.yaml"}
+TRAINING_SEEDS = (0, 1)
+# (domain, requests, training seed), in the order they run
+PHASES = [("objects", 8, 0), ("styles", 8, 0), ("objects", 8, 1), ("styles", 8, 1), ("styles", 12, 0), ("styles", 12, 1)]
+COST = "docs/results/study-cost.json"
+PLAN = "docs/results/study-plan.json"
+
+
+@dataclass
+class Unit:
+    name: str      # the committed folder: DOMAIN-rREQUESTS-VARIANT-sSEED
+    run_dir: str   # under --runs: DOMAIN-VARIANT-sSEED, shared by the 8- and 12-request units
+    domain: str
+    requests: int
+    seed: int
+    variant: str
+    config: dict   # the experiment: the study file with this one variant and `requests`
+
+
+def slug(text: str) -> str:
+    from obliviate.continual import slug as _slug
+
+    return _slug(text)
+
+
+def units(files: dict[str, str] | None = None, phases=None, root: Path = ROOT) -> list[Unit]:
+    """Every unit of the study, in execution order."""
+    files = files or FILES
+    raws = {}
+    for domain, path in files.items():
+        p = Path(path) if Path(path).is_absolute() else root / path
+        raws[domain] = yaml.safe_load(p.read_text())  # YAML anchors resolved here
+    out = []
+    for domain, requests, seed in phases or PHASES:
+        if domain not in raws:
+            continue
+        raw = raws[domain]
+        if requests > len(raw["sequence"]):
+            continue
+        for v in raw["variants"]:
+            cfg = copy.deepcopy(raw)
+            cfg["variants"] = [copy.deepcopy(v)]
+            cfg["requests"] = requests
+            cfg["name"] = f"{raw.get('name', domain)}-{slug(v['name'])}"
+            cfg["grid"] = {**(cfg.get("grid") or {}), "variant": v["name"]}
+            out.append(Unit(f"{domain}-r{requests}-{slug(v['name'])}-s{seed}", f"{domain}-{slug(v['name'])}-s{seed}",
+                            domain, requests, seed, v["name"], cfg))
+    return out
+
+
+def check_units(items: list[Unit]) -> None:
+    """Every derived experiment parses (names, settings, sweeps) before any work."""
+    from obliviate.experiment import load_experiment
+
+    for u in items:
+        try:
+            load_experiment(u.config)
+        except ValueError as err:
+            raise SystemExit(f"study unit {u.name}: {err}") from None
 
 
 def finished(path: Path) -> bool:
@@ -41,11 +117,11 @@ def finished(path: Path) -> bool:
     return isinstance(summary, dict) and summary.get("wall_seconds") is not None
 
 
-def plan(study, results: Path) -> tuple[list, list]:
-    """(to run, skipped): a run is skipped when its finished summary is committed under `results`."""
+def plan(items: list[Unit], results: Path) -> tuple[list, list]:
+    """(to run, skipped): a unit is skipped when its finished summary is committed under `results`."""
     todo, skipped = [], []
-    for item in study:
-        (skipped if finished(results / item[0] / "summary.json") else todo).append(item)
+    for u in items:
+        (skipped if finished(results / u.name / "summary.json") else todo).append(u)
     return todo, skipped
 
 
@@ -61,52 +137,230 @@ def portable(summary: dict) -> dict:
     return out
 
 
-def keep(run_dir: Path, results: Path) -> Path:
-    """Copy a finished run's summary.json and experiment.json under `results/NAME/` (atomically)."""
-    from obliviate.delta import atomic_write_json
+def compact(obj) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
-    dest = results / run_dir.name
+
+def keep(run_dir: Path, dest: Path) -> Path:
+    """Copy a finished unit's summary.json and experiment.json to `dest` (atomically, compact JSON)."""
+    from obliviate.delta import atomic_write_bytes
+
     summary = json.loads((run_dir / "summary.json").read_text())
-    atomic_write_json(dest / "summary.json", portable(summary))
+    atomic_write_bytes(dest / "summary.json", compact(portable(summary)))
     if (run_dir / "experiment.json").exists():
         exp = json.loads((run_dir / "experiment.json").read_text())
         if isinstance(exp.get("model"), str) and os.path.isabs(exp["model"]):
             exp["model"] = Path(exp["model"]).name
-        atomic_write_json(dest / "experiment.json", exp)
+        atomic_write_bytes(dest / "experiment.json", compact(exp))
     return dest
 
 
-def command(name: str, config: str, seed, runs: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "obliviate.cli", "--quiet", "run", config, "--out", str(runs / name)]
-    return cmd + (["--seed", str(seed)] if seed is not None else [])
+def prepare(unit: Unit, runs: Path) -> Path:
+    """The unit's directory, its experiment file, and its link to the domain's shared cache."""
+    from obliviate.delta import atomic_write_bytes
+
+    rd = runs / unit.run_dir
+    rd.mkdir(parents=True, exist_ok=True)
+    shared = runs / "_cache" / unit.domain
+    shared.mkdir(parents=True, exist_ok=True)
+    link = rd / "cache"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(Path("..") / "_cache" / unit.domain, target_is_directory=True)
+    path = rd / f"unit-r{unit.requests}.yaml"
+    atomic_write_bytes(path, yaml.safe_dump(unit.config, sort_keys=False).encode())
+    return path
 
 
-def run_study(study, runs: Path, results: Path, *, jobs: int = 2, launch=None, log=print) -> dict:
-    """Run what is not committed, `jobs` at a time (one torch thread each when > 1), keeping
-    each finished summary. `launch(cmd, env) -> Popen-like` is replaceable (tests)."""
+def command(unit: Unit, runs: Path) -> list[str]:
+    exp = prepare(unit, runs)
+    return [sys.executable, "-m", "obliviate.cli", "--quiet", "run", str(exp), "--out", str(runs / unit.run_dir),
+            "--seed", str(unit.seed)]
+
+
+def run_study(items: list[Unit], runs: Path, results: Path, *, jobs: int = 2, launch=None, log=print,
+              poll_seconds: float = 5.0) -> dict:
+    """Run what is not committed, in order, `jobs` at a time (one torch thread each when > 1),
+    never two units in one directory at once; keep each finished summary.
+    `launch(cmd, env) -> Popen-like` (poll/wait) is replaceable (tests)."""
     launch = launch or (lambda cmd, env: subprocess.Popen(cmd, env=env))
-    todo, skipped = plan(study, results)
-    for name, *_ in skipped:
-        log(f"[study] {name}: finished summary committed under {results / name}; skipped")
+    todo, skipped = plan(items, results)
+    for u in skipped:
+        log(f"[study] {u.name}: finished summary committed under {results / u.name}; skipped")
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if jobs > 1 else {})}
-    kept, failed = [], []
-    pending = list(todo)
-    while pending:
-        # runs of one training seed side by side (as the old Makefile did); the sweep alone, first
-        batch = [pending[0]]
-        while len(batch) < min(jobs, len(pending)) and pending[len(batch)][2] == pending[0][2]:
-            batch.append(pending[len(batch)])
-        pending = pending[len(batch):]
-        procs = [(item, launch(command(item[0], item[1], item[2], runs), env)) for item in batch]
-        for (name, *_), proc in procs:
-            rc = proc.wait()
-            if rc == 0 and finished(runs / name / "summary.json"):
-                kept.append(str(keep(runs / name, results)))
-                log(f"[study] {name}: finished; commit {results / name}/summary.json")
+    kept, failed, pending, running = [], [], list(todo), []
+    while pending or running:
+        while len(running) < jobs and pending:
+            busy = {u.run_dir for u, _ in running}
+            i = next((k for k, u in enumerate(pending) if u.run_dir not in busy), None)
+            if i is None:
+                break
+            u = pending.pop(i)
+            log(f"[study] {u.name}: started ({len(kept) + len(failed) + len(running) + 1} of {len(todo)})")
+            running.append((u, launch(command(u, runs), env)))
+        done = [(u, p, rc) for u, p in running for rc in [p.poll() if hasattr(p, "poll") else p.wait()] if rc is not None]
+        if not done:
+            time.sleep(poll_seconds)
+            continue
+        for u, p, rc in done:
+            running.remove((u, p))
+            summary = runs / u.run_dir / "summary.json"
+            ok = rc == 0 and finished(summary) and json.loads(summary.read_text()).get("requests", u.requests) == u.requests
+            if ok:
+                kept.append(str(keep(runs / u.run_dir, results / u.name)))
+                log(f"[study] {u.name}: finished; commit {results / u.name}/")
             else:
-                failed.append(name)
-                log(f"[study] {name}: exit code {rc}; rerun to resume it")
-    return {"skipped": [s[0] for s in skipped], "ran": [t[0] for t in todo], "kept": kept, "failed": failed}
+                failed.append(u.name)
+                log(f"[study] {u.name}: exit code {rc}; rerun to resume it")
+    return {"skipped": [u.name for u in skipped], "ran": [u.name for u in todo], "kept": kept, "failed": failed}
+
+
+# ------------------------------------------------------------------ cost: measure, estimate
+def measure(out: Path, *, eval_images: int = 64, conabl_steps: int = 20, esd_steps: int = 10) -> dict:
+    """Seconds per scored image (the study's sampler and judge), per ConAbl step in the
+    reference recipe, per ESD step, per uce request, and the reference recipe's anchor
+    generation, on the bundled model in this one process (run it niced, alone)."""
+    import torch
+
+    from obliviate.continual import Run
+    from obliviate.delta import atomic_write_json
+    from obliviate.evaluate.evaluator import EvalPlan, evaluate, load_protocol
+    from obliviate.evaluate.sampler import SamplerConfig
+    from obliviate.experiment import load_experiment
+    from obliviate.minicanvas import bundled_path
+    from obliviate.model import load_pipeline
+    from obliviate.trainer import Request
+
+    model = str(bundled_path())
+    exp = load_experiment(ROOT / FILES["styles"])
+    sampler = exp.sampler or SamplerConfig()
+    protocol = load_protocol("minicanvas", model)
+    pipe = load_pipeline(model, device="cpu")
+    styles, objects = list(protocol.styles), list(protocol.objects)
+    per = max(1, eval_images // len(styles))
+    plan = EvalPlan("style", styles, [], objects[:per], [188], sampler)
+    t0 = time.time()
+    evaluate(pipe, protocol, plan, [], key="measure", cache_dir=None)
+    eval_s = (time.time() - t0) / len(plan.grid())
+    del pipe
+    fig = {"eval_seconds_per_image": eval_s, "eval_images_timed": len(plan.grid()), "sampler": sampler.__dict__}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        run = Run.open_or_create(Path(tmp) / "conabl", model)
+        first = run.unlearn(Request("fire", "style", "conabl", {"recipe": "reference", "steps": conabl_steps}), quiet=True,
+                            cache_dir=cache, device="cpu")
+        second = run.unlearn(Request("ice", "style", "conabl", {"recipe": "reference", "steps": conabl_steps}), quiet=True,
+                             cache_dir=cache, device="cpu")
+        obj = Run.open_or_create(Path(tmp) / "object", model).unlearn(
+            Request("circle", "object", "conabl", {"recipe": "reference", "steps": conabl_steps}), quiet=True,
+            cache_dir=cache, device="cpu")
+        esd = Run.open_or_create(Path(tmp) / "esd", model).unlearn(
+            Request("fire", "style", "esd", {"steps": esd_steps}), quiet=True, cache_dir=cache, device="cpu")
+        t0 = time.time()
+        Run.open_or_create(Path(tmp) / "uce", model).unlearn(Request("fire", "style", "uce", {}), quiet=True,
+                                                            cache_dir=cache, device="cpu")
+        uce_s = time.time() - t0
+    t = lambda m: m["timings"]
+    fig.update({
+        "conabl_reference_step_seconds": t(second)["train_seconds"] / conabl_steps,
+        "anchor_setup_seconds": {"style (first request; later style requests reuse the same anchors)": t(first)["setup_seconds"],
+                                 "style, anchors cached": t(second)["setup_seconds"], "object (per anchor object)": t(obj)["setup_seconds"]},
+        "esd_step_seconds": t(esd)["train_seconds"] / esd_steps, "esd_setup_seconds": t(esd)["setup_seconds"],
+        "uce_request_seconds": uce_s,
+        "conabl_steps_timed": conabl_steps, "esd_steps_timed": esd_steps,
+        "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_after": list(os.getloadavg()), "machine": platform.machine(), "torch": torch.__version__,
+        "command": "nice -n 10 python scripts/study.py --measure",
+    })
+    atomic_write_json(out, fig)
+    return fig
+
+
+# what a request costs relative to plain ConAbl (docs/results/bench-requests.json, wall seconds
+# per request with setup; obliviate's recipe, 60 steps): regularizers add per-step work
+FACTOR_KEYS = {"l1sp": "conabl+l1sp", "l2sp": "conabl+l2sp", "selft": "conabl+selft", "replay": "ours:replay",
+               "projection": "conabl+projection", "sculpmem": "sculpmem"}
+
+
+def factors(bench: Path) -> dict:
+    try:
+        b = json.loads(bench.read_text())["variants"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {k: b[v]["ratio_to_base"] for k, v in FACTOR_KEYS.items() if v in b}
+
+
+def estimate(unit: Unit, cost: dict, facs: dict, *, extends: bool = False) -> dict:
+    """Seconds of one unit from the measured figures: every swept value trained over the
+    requests and probe-evaluated after each, then the chosen value evaluated on the reported
+    seeds. `extends`: a 12-request unit growing an 8-request one in the same directory (only
+    the new requests are trained and probed; the reported evaluation is counted in full, the
+    case where the chosen value changes)."""
+    from obliviate.experiment import load_experiment
+
+    exp = load_experiment(unit.config)
+    v = exp.variants[0]
+    n_other = 12 if unit.domain == "styles" else 16  # partners: all (MiniCanvas: 16 styles, 12 objects)
+    if isinstance(exp.partners, list):
+        n_other = len(exp.partners)
+    concepts = len(dict.fromkeys(exp.sequence + (exp.retained or [])))
+    report_images, probe_images = concepts * n_other * len(exp.seeds), concepts * n_other * len(exp.probe_seeds)
+    values = v.sweep.get("values") or [None]
+    start = 8 if extends else 0
+    new = range(start + 1, unit.requests + 1)  # requests trained and probed by this unit
+    step_s = cost["conabl_reference_step_seconds"]
+    factor = 1.0
+    for name, _ in v.regularizers:
+        factor *= facs.get(name, 1.0)
+    if v.method == "sculpmem":
+        factor *= facs.get("sculpmem", 1.0)
+    train = 0.0
+    for value in values:
+        steps = value if v.sweep.get("key") == "method_settings.steps" else v.method_settings.get("steps", 100)
+        for t in new:
+            if v.method == "uce":
+                train += cost["uce_request_seconds"]
+            elif v.method == "esd":
+                train += steps * cost["esd_step_seconds"] + cost.get("esd_setup_seconds", 0.0)
+            else:
+                train += steps * step_s * factor * (t if v.setting == "simultaneous" else 1)
+    probe_evals = len(values) * len(new) * (v.sweep != {}) + (0 if extends else 1)
+    report_evals = unit.requests + (0 if extends else 1)
+    ev = cost["eval_seconds_per_image"] * (probe_evals * probe_images + report_evals * report_images)
+    return {"unit": unit.name, "seconds": train + ev, "train_seconds": train, "eval_seconds": ev,
+            "probe_evaluations": probe_evals, "reported_evaluations": report_evals, "images_per_probe": probe_images,
+            "images_per_evaluation": report_images, "values": len(values)}
+
+
+def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: int) -> dict:
+    rows, seen = [], set()
+    for u in items:
+        row = estimate(u, cost, facs, extends=u.run_dir in seen and u.requests > 8)
+        seen.add(u.run_dir)
+        row["committed"] = finished(results / u.name / "summary.json")
+        rows.append(row)
+    # the reference recipe's anchors: generated once per style study (shared captions) and once
+    # per object request (its anchor object), then read from the shared cache
+    anchors = cost["anchor_setup_seconds"]
+    style_key = next(k for k in anchors if k.startswith("style (first"))
+    obj_key = next(k for k in anchors if k.startswith("object"))
+    n_obj = max((u.requests for u in items if u.domain == "objects"), default=0)
+    extra = (anchors[style_key] if any(u.domain == "styles" for u in items) else 0.0) + anchors[obj_key] * n_obj
+    total = sum(r["seconds"] for r in rows) + extra
+    left = sum(r["seconds"] for r in rows if not r["committed"]) + (extra if not all(r["committed"] for r in rows) else 0.0)
+    return {"units": rows, "anchor_seconds": extra, "total_seconds": total, "left_seconds": left, "jobs": jobs,
+            "wall_hours_at_jobs": left / 3600 / jobs,
+            "basis": {"cost": COST, "regularizer_factors": facs, "eval_seconds_per_image": cost["eval_seconds_per_image"],
+                      "conabl_reference_step_seconds": cost["conabl_reference_step_seconds"],
+                      "measured_load_average": cost.get("load_average_after")},
+            "caveats": ["one-process CPU seconds on the measuring machine; with --jobs 2 on 2 cores a unit runs at one "
+                        "thread, and any other load slows it", "regularizer factors come from bench-requests.json "
+                        "(obliviate's recipe, 60 steps, 2 threads), applied to the measured reference-recipe step",
+                        "12-request units are counted as extending their 8-request directory on the same machine; "
+                        "on a fresh machine they retrain and re-probe requests 1-8 too",
+                        "measured on the bundled model of the day: a rebuilt MiniCanvas changes every figure; "
+                        "rerun --measure, then --plan", "measured niced on a shared machine: the load average at "
+                        "measurement is in `basis`; on idle cores every figure is smaller (bench-conabl.json measured "
+                        "an obliviate-recipe ConAbl step at 0.13-0.19 s on an idle machine)"]}
 
 
 def main() -> None:
@@ -114,24 +368,49 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/study")
     ap.add_argument("--results", default="docs/results/study")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--only", help="comma-separated run names (default: all of them)")
+    ap.add_argument("--only", help="comma-separated unit names (default: all of them)")
     ap.add_argument("--dry-run", action="store_true", help="say what would run and what is skipped")
+    ap.add_argument("--plan", action="store_true", help=f"every unit with its estimated seconds (from {COST}); writes {PLAN}")
+    ap.add_argument("--measure", action="store_true", help=f"measure the per-image and per-step figures into {COST}")
     args = ap.parse_args()
-    study = STUDY
-    if args.only:
-        names = args.only.split(",")
-        bad = [n for n in names if n not in {s[0] for s in STUDY}]
-        if bad:
-            raise SystemExit(f"--only: unknown runs {bad}; valid: {', '.join(s[0] for s in STUDY)}")
-        study = [s for s in STUDY if s[0] in names]
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
-    runs, results = Path(args.runs), Path(args.results)
-    if args.dry_run:
-        todo, skipped = plan(study, results)
-        print(json.dumps({"run": [t[0] for t in todo], "skip": [s[0] for s in skipped]}))
+    if args.measure:
+        print(json.dumps(measure(ROOT / COST), indent=1))
         return
-    out = run_study(study, runs, results, jobs=args.jobs)
+    items = units()
+    if args.only:
+        names = args.only.split(",")
+        bad = [n for n in names if n not in {u.name for u in items}]
+        if bad:
+            raise SystemExit(f"--only: unknown units {bad}; valid: {', '.join(u.name for u in items)}")
+        items = [u for u in items if u.name in names]
+    check_units(items)
+    runs, results = Path(args.runs), Path(args.results)
+    if args.plan:
+        cost_path = ROOT / COST
+        if not cost_path.exists():
+            raise SystemExit(f"{COST} is missing: run `nice -n 10 python scripts/study.py --measure` first")
+        out = plan_costs(items, json.loads(cost_path.read_text()), factors(ROOT / "docs/results/bench-requests.json"),
+                         results, args.jobs)
+        for r in out["units"]:
+            print(f"{r['unit']:45s} {r['seconds'] / 3600:6.2f} h  (train {r['train_seconds'] / 60:5.1f} min, "
+                  f"{r['probe_evaluations']} probe x {r['images_per_probe']} + {r['reported_evaluations']} reported x "
+                  f"{r['images_per_evaluation']} images){'  committed' if r['committed'] else ''}")
+        print(f"anchors (shared cache): {out['anchor_seconds'] / 60:.1f} min")
+        print(f"total {out['total_seconds'] / 3600:.1f} CPU hours; left {out['left_seconds'] / 3600:.1f}; "
+              f"about {out['wall_hours_at_jobs']:.1f} h of wall time at --jobs {args.jobs}, at the speed measured "
+              f"(load average {', '.join(f'{x:.1f}' for x in out['basis']['measured_load_average'] or [])})")
+        if not args.only:
+            from obliviate.delta import atomic_write_json
+
+            atomic_write_json(ROOT / PLAN, out)
+        return
+    if args.dry_run:
+        todo, skipped = plan(items, results)
+        print(json.dumps({"run": [u.name for u in todo], "skip": [u.name for u in skipped]}))
+        return
+    out = run_study(items, runs, results, jobs=args.jobs)
     print(json.dumps(out))
     if out["failed"]:
         raise SystemExit(1)

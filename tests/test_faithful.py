@@ -167,3 +167,32 @@ def test_overlapped_reference_forward_gives_the_same_delta_bit_for_bit(random_mo
     assert deltas["0"].keys() == deltas["1"].keys()
     assert all(torch.equal(deltas["0"][k], deltas["1"][k]) for k in deltas["0"])
     assert any(bool(d.abs().max() > 0) for d in deltas["1"].values())
+
+
+def test_stored_posteriors_give_the_latents_of_flipping_and_re_encoding(random_model):
+    """The reference recipe re-encodes its anchor images (randomly mirrored) at every step;
+    obliviate encodes each image and its mirror once and samples from the stored posterior.
+    Same draws from the generator in the same order, same latents (up to float rounding)."""
+    import types
+
+    from obliviate.diffusion import image_posteriors, sample_image_latents
+
+    pipe = load_pipeline(random_model, device="cpu")
+    ctx = types.SimpleNamespace(pipe=pipe)
+    images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    idx = torch.tensor([5, 0, 0, 3, 2, 5, 1, 4])
+    for hflip in (True, False):
+        gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        stored = sample_image_latents(ctx, image_posteriors(ctx, images, hflip), idx, gen_a, hflip)
+        # what the reference does at every step
+        x = images[idx].float() / 127.5 - 1.0
+        if hflip:
+            flip = torch.rand(len(x), generator=gen_b) < 0.5
+            assert 0 < flip.sum() < len(flip)  # both views are exercised
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        with torch.no_grad():
+            posterior = pipe.vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=gen_b)
+        re_encoded = (posterior.mean + posterior.std * noise) * pipe.vae.config.scaling_factor
+        assert torch.allclose(stored, re_encoded, atol=1e-5), hflip
+        assert torch.equal(gen_a.get_state(), gen_b.get_state())  # the loop's later draws are unchanged

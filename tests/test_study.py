@@ -1,6 +1,8 @@
-"""scripts/study.py: runs whose finished summary.json is committed are skipped; finished runs are kept."""
+"""scripts/study.py: the second edition's units, their order, skipping what is committed,
+resuming, keeping small summaries, and the cost plan."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,15 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
 
 study = load_script("study")
-STUDY = [("sweep-styles", "configs/sweep-styles.yaml", None), ("styles-s0", "configs/styles.yaml", 0),
-         ("objects-s0", "configs/objects.yaml", 0)]
 
 
 def write(path: Path, data):
@@ -25,44 +26,103 @@ def write(path: Path, data):
     path.write_text(data if isinstance(data, str) else json.dumps(data))
 
 
+def test_units_come_in_decision_order_and_every_one_parses():
+    items = study.units()
+    names = [u.name for u in items]
+    n_obj = len([u for u in items if u.domain == "objects" and u.seed == 0])
+    assert names[0] == "objects-r8-conabl-s0" and names[n_obj] == "styles-r8-conabl-s0"  # objects first, then styles
+    phases = [(u.domain, u.requests, u.seed) for u in items]
+    assert [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]] == study.PHASES
+    assert max(i for i, u in enumerate(items) if u.requests == 8) < min(i for i, u in enumerate(items) if u.requests == 12)
+    # a 12-request unit grows its 8-request unit's directory
+    by_name = {u.name: u for u in items}
+    assert by_name["styles-r12-conabl-projection-s1"].run_dir == by_name["styles-r8-conabl-projection-s1"].run_dir
+    assert not any(u.domain == "objects" and u.requests == 12 for u in items)  # 8 of 12 objects: no 12-request unit
+    u = by_name["objects-r8-ours-replay-s0"]
+    assert [v["name"] for v in u.config["variants"]] == ["ours:replay"] and u.config["requests"] == 8
+    assert u.config["grid"]["variant"] == "ours:replay" and u.config["partners"] == "all"
+    assert len(u.config["eval"]["seeds"]) >= 3 and not set(u.config["eval"]["seeds"]) & set(u.config["eval"]["probe_seeds"])
+    study.check_units(items)  # every derived experiment is valid
+    # the published variants follow the reference recipe (issue 10); uce and esd have none
+    for v in items[0].config["variants"] + [x for w in items[:n_obj] for x in w.config["variants"]]:
+        if v.get("method", "conabl") in ("conabl", "sculpmem"):
+            assert v["method_settings"]["recipe"] == "reference", v["name"]
+        assert v["sweep"]["values"], v["name"]  # every variant's strength is chosen at equal forgetting
+    assert {"uce", "uce:previous", "ours:replay"} <= {u.variant for u in items}
+
+
 class FakeProc:
-    def __init__(self, rc):
-        self.rc = rc
+    def __init__(self, rc, ticks=1):
+        self.rc, self.ticks = rc, ticks
 
-    def wait(self):
-        return self.rc
+    def poll(self):
+        self.ticks -= 1
+        return self.rc if self.ticks <= 0 else None
 
 
-def test_committed_finished_runs_are_skipped_and_the_rest_run_and_are_kept(tmp_path):
+def test_committed_units_are_skipped_the_rest_run_never_two_in_one_directory(tmp_path):
+    cfg = {"domain": "style", "sequence": ["fire", "ice"], "variants": [{"name": "a"}, {"name": "b"}]}
+    files = {"styles": str(tmp_path / "s.yaml")}
+    write(tmp_path / "s.yaml", json.dumps(cfg))
+    items = study.units(files, phases=[("styles", 1, 0), ("styles", 2, 0)])
+    assert [u.name for u in items] == ["styles-r1-a-s0", "styles-r1-b-s0", "styles-r2-a-s0", "styles-r2-b-s0"]
     runs, results = tmp_path / "runs", tmp_path / "docs" / "results" / "study"
-    write(results / "sweep-styles" / "summary.json", {"variants": {}, "wall_seconds": 10.0})  # finished: skipped
-    write(results / "styles-s0" / "summary.json", {"variants": {}})  # partial (no wall_seconds): runs again
-    launched = []
+    write(results / "styles-r1-a-s0" / "summary.json", {"variants": {}, "wall_seconds": 10.0})  # finished: skipped
+    write(results / "styles-r1-b-s0" / "summary.json", {"variants": {}})  # partial (no wall_seconds): runs again
+    active, overlaps, launched = set(), [], []
+
+    class Proc(FakeProc):
+        def __init__(self, name, rd, rc, requests):
+            super().__init__(rc, ticks=2)
+            self.name, self.rd, self.requests = name, rd, requests
+
+        def poll(self):
+            rc = super().poll()
+            if rc is not None:
+                active.discard(self.rd)
+                if rc == 0:
+                    write(runs / self.rd / "summary.json", {"variants": {"a": {}}, "wall_seconds": 5.0, "requests": self.requests,
+                                                            "base_model": {"path": "/somewhere/on/this/machine/model"}})
+                    write(runs / self.rd / "experiment.json", {"model": "/somewhere/model", "seed": 0})
+            return rc
 
     def launch(cmd, env):
-        name = Path(cmd[cmd.index("--out") + 1]).name
-        launched.append((name, cmd, env.get("OMP_NUM_THREADS")))
-        if name == "objects-s0":
-            return FakeProc(1)  # a failed run is not kept
-        write(runs / name / "summary.json", {"variants": {"a": {}}, "wall_seconds": 5.0,
-                                              "base_model": {"path": "/somewhere/on/this/machine/model", "hash": "h"}})
-        write(runs / name / "experiment.json", {"model": "/somewhere/model", "seed": 0})
-        return FakeProc(0)
+        exp = Path(cmd[cmd.index("run") + 1])
+        rd = Path(cmd[cmd.index("--out") + 1]).name
+        requests = int(exp.stem.split("-r")[1])
+        name = f"styles-r{requests}-{rd.split('-')[1]}-s0"
+        if rd in active:
+            overlaps.append(name)
+        active.add(rd)
+        launched.append((name, env.get("OMP_NUM_THREADS"), cmd[cmd.index("--seed") + 1]))
+        assert (runs / rd / "cache").is_symlink()  # units of a domain share one cache
+        return Proc(name, rd, 1 if name == "styles-r2-b-s0" else 0, requests)
 
     logs = []
-    out = study.run_study(STUDY, runs, results, jobs=2, launch=launch, log=logs.append)
-    assert out["skipped"] == ["sweep-styles"] and out["ran"] == ["styles-s0", "objects-s0"]
-    assert out["failed"] == ["objects-s0"] and [Path(k).name for k in out["kept"]] == ["styles-s0"]
-    assert [n for n, *_ in launched] == ["styles-s0", "objects-s0"]
-    styles_cmd = launched[0][1]
-    assert styles_cmd[styles_cmd.index("--seed") + 1] == "0" and launched[0][2] == "1"  # one thread per parallel job
-    kept = json.loads((results / "styles-s0" / "summary.json").read_text())
-    assert kept["wall_seconds"] == 5.0 and kept["base_model"]["path"] == "model"  # no machine paths committed
-    assert json.loads((results / "styles-s0" / "experiment.json").read_text())["model"] == "model"
-    assert not (results / "objects-s0").exists()
-    # next time only the failed run is left
-    assert [t[0] for t in study.plan(STUDY, results)[0]] == ["objects-s0"]
+    out = study.run_study(items, runs, results, jobs=2, launch=launch, log=logs.append, poll_seconds=0)
+    assert out["skipped"] == ["styles-r1-a-s0"] and out["failed"] == ["styles-r2-b-s0"]
+    assert sorted(Path(k).name for k in out["kept"]) == ["styles-r1-b-s0", "styles-r2-a-s0"]
+    assert not overlaps and {n for n, *_ in launched} == {"styles-r1-b-s0", "styles-r2-a-s0", "styles-r2-b-s0"}
+    assert all(t == "1" and s == "0" for _, t, s in launched)  # one thread per parallel job; the unit's seed
+    kept = (results / "styles-r2-a-s0" / "summary.json").read_text()
+    assert json.loads(kept)["base_model"]["path"] == "model" and "/somewhere" not in kept and "\n " not in kept
+    assert json.loads((results / "styles-r2-a-s0" / "experiment.json").read_text())["model"] == "model"
+    derived = (runs / "styles-a-s0" / "unit-r2.yaml").read_text()
+    assert "requests: 2" in derived and "name: a" in derived
+    assert [u.name for u in study.plan(items, results)[0]] == ["styles-r2-b-s0"]  # next time only the failure
     assert any("skipped" in line for line in logs)
+
+
+def test_a_summary_of_the_wrong_length_is_not_kept(tmp_path):
+    """An 8-request unit whose directory already holds a 12-request summary is not finished."""
+    cfg = {"domain": "style", "sequence": ["fire", "ice"], "variants": [{"name": "a"}]}
+    write(tmp_path / "s.yaml", json.dumps(cfg))
+    items = study.units({"styles": str(tmp_path / "s.yaml")}, phases=[("styles", 1, 0)])
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    write(runs / "styles-a-s0" / "summary.json", {"variants": {}, "wall_seconds": 1.0, "requests": 2})
+    out = study.run_study(items, runs, results, jobs=1, launch=lambda cmd, env: FakeProc(0), log=lambda m: None,
+                          poll_seconds=0)
+    assert out["failed"] == ["styles-r1-a-s0"] and not out["kept"]
 
 
 def test_unreadable_or_partial_summaries_do_not_count_as_finished(tmp_path):
@@ -80,38 +140,56 @@ def test_the_bundled_model_path_becomes_a_name():
     assert s["base_model"]["path"] == "minicanvas (bundled)"
 
 
-def test_results_reads_committed_summaries(tmp_path):
-    results = load_script("results")
-    runs, committed = tmp_path / "runs", tmp_path / "committed"
-    write(runs / "styles-s0" / "summary.json", {"name": "live", "wall_seconds": 1})
-    write(committed / "styles-s0" / "summary.json", {"name": "old", "wall_seconds": 1})
-    write(committed / "styles-s1" / "summary.json", {"name": "committed", "wall_seconds": 1})
-    loaded = results.load([runs, committed], "styles")
-    assert {k: v["name"] for k, v in loaded.items()} == {0: "live", 1: "committed"}  # the first folder wins
-    with pytest.raises(SystemExit, match="unknown runs"):
-        import sys
-        argv, sys.argv = sys.argv, ["study.py", "--only", "nope", "--dry-run"]
-        try:
+def test_unknown_units_are_refused_by_name():
+    argv, sys.argv = sys.argv, ["study.py", "--only", "nope", "--dry-run"]
+    try:
+        with pytest.raises(SystemExit, match="unknown units"):
             study.main()
-        finally:
-            sys.argv = argv
+    finally:
+        sys.argv = argv
 
 
-def test_runs_of_one_seed_go_side_by_side_and_the_sweep_alone(tmp_path):
-    items = STUDY + [("styles-s1", "configs/styles.yaml", 1), ("objects-s1", "configs/objects.yaml", 1)]
-    running, batches = [], []
+COST = {"eval_seconds_per_image": 0.01, "conabl_reference_step_seconds": 0.1, "esd_step_seconds": 0.3, "esd_setup_seconds": 1.0,
+        "uce_request_seconds": 0.5, "load_average_after": [1.0, 1.0, 1.0],
+        "anchor_setup_seconds": {"style (first request; later style requests reuse the same anchors)": 10.0,
+                                 "style, anchors cached": 0.1, "object (per anchor object)": 5.0}}
 
-    class Proc:
-        def __init__(self, name):
-            self.name = name
-            running.append(name)
 
-        def wait(self):
-            if running:
-                batches.append(list(running))
-                running.clear()
-            return 1
+def test_the_plan_counts_every_value_request_and_image(tmp_path):
+    items = [u for u in study.units() if u.seed == 0 and u.variant in ("conabl", "simultaneous", "uce")]
+    out = study.plan_costs(items, COST, {"l2sp": 1.1}, tmp_path, jobs=2)
+    rows = {r["unit"]: r for r in out["units"]}
+    c8 = rows["styles-r8-conabl-s0"]
+    # conabl sweeps steps 30, 60, 100, 200: 390 steps per request x 8 requests
+    assert c8["train_seconds"] == pytest.approx(390 * 8 * 0.1)
+    assert c8["images_per_evaluation"] == 16 * 12 * 3 and c8["images_per_probe"] == 16 * 12 * 1
+    assert c8["probe_evaluations"] == 4 * 8 + 1 and c8["reported_evaluations"] == 9
+    assert rows["objects-r8-conabl-s0"]["images_per_evaluation"] == 12 * 16 * 3
+    c12 = rows["styles-r12-conabl-s0"]  # grows the 8-request directory: only requests 9-12 trained and probed
+    assert c12["train_seconds"] == pytest.approx(390 * 4 * 0.1) and c12["probe_evaluations"] == 4 * 4
+    sim = rows["styles-r8-simultaneous-s0"]  # request t retrains on t concepts
+    assert sim["train_seconds"] == pytest.approx((30 + 60 + 100) * 36 * 0.1)
+    assert rows["styles-r8-uce-s0"]["train_seconds"] == pytest.approx(4 * 8 * 0.5)
+    assert out["anchor_seconds"] == pytest.approx(10.0 + 8 * 5.0)
+    assert out["total_seconds"] == pytest.approx(sum(r["seconds"] for r in out["units"]) + out["anchor_seconds"])
+    assert out["left_seconds"] == pytest.approx(out["total_seconds"])  # nothing committed
 
-    study.run_study(items, tmp_path / "runs", tmp_path / "results", jobs=2,
-                    launch=lambda cmd, env: Proc(Path(cmd[cmd.index("--out") + 1]).name), log=lambda m: None)
-    assert batches == [["sweep-styles"], ["styles-s0", "objects-s0"], ["styles-s1", "objects-s1"]]
+
+def test_requests_runs_a_prefix_and_merge_strengths_can_be_swept():
+    from obliviate.experiment import load_experiment
+    from obliviate.experiment.config import Variant
+    from obliviate.experiment.strength import with_value
+
+    base = {"domain": "style", "sequence": ["fire", "ice", "forest"], "variants": [{"name": "a"}]}
+    exp = load_experiment({**base, "requests": 2})
+    assert exp.requested == ["fire", "ice"] and exp.sequence == ["fire", "ice", "forest"]  # the grid keeps all three
+    assert load_experiment(base).requested == ["fire", "ice", "forest"]
+    with pytest.raises(ValueError, match=r"requests must be in 1..3"):
+        load_experiment({**base, "requests": 4})
+    v = Variant("m", setting="independent+merge", merge={"method": "ties", "lam": 1.0, "top_k": 0.4})
+    assert with_value(v, "merge.lam", 2.0).merge == {"method": "ties", "lam": 2.0, "top_k": 0.4} and v.merge["lam"] == 1.0
+    with pytest.raises(ValueError, match="needs setting independent\\+merge"):
+        with_value(Variant("s"), "merge.lam", 2.0)
+    bad = {**base, "variants": [{"name": "m", "setting": "independent+merge", "sweep": {"key": "merge.top_k", "values": [0.5, 2]}}]}
+    with pytest.raises(ValueError, match="swept merge top_k 2 is out of range"):
+        load_experiment(bad)

@@ -55,10 +55,19 @@ class Experiment:
     raw: dict = field(default_factory=dict)
     attacks: list[dict] = field(default_factory=list)  # see attacks/runner.py
     strength: dict = field(default_factory=lambda: {"policy": "equal-forgetting", "ua_min": 90.0})  # strength.py
+    # how many requests of the sequence to run (None: all). The evaluation grid keeps the whole
+    # sequence, so a run extended later from N to more requests in the same directory reuses
+    # its first N steps and their evaluations (the study's 8-request runs grow into 12)
+    requests: int | None = None
+
+    @property
+    def requested(self) -> list[str]:
+        """The concepts requested, in order: the first `requests` of the sequence."""
+        return self.sequence[: self.requests] if self.requests else list(self.sequence)
 
 
 EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
-                   "grid", "classifiers", "attacks", "defaults", "strength"}
+                   "grid", "classifiers", "attacks", "defaults", "strength", "requests"}
 VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group",
                 "sweep"}
 
@@ -103,7 +112,7 @@ _TYPES = {
 _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
                      "retained": "list[str]", "partners": "list[str]|all", "eval": "mapping", "variants": "list", "seed": "int",
                      "grid": "mapping", "classifiers": "mapping", "attacks": "list", "defaults": "mapping",
-                     "strength": "mapping"}
+                     "strength": "mapping", "requests": "int"}
 _EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "str|mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
 _CLASSIFIER_TYPES = {"style": "str", "object": "str", "arch": "mapping"}  # arch: ViT shape overrides (tests: tiny judges)
@@ -175,12 +184,15 @@ def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
         sweep = variant.sweep
         if set(sweep) != {"key", "values"} or not isinstance(sweep["key"], str) or not isinstance(sweep["values"], list) \
                 or not sweep["values"] or not all(_is_number(x) for x in sweep["values"]):
-            raise ValueError(f"{vw} ({variant.name}): sweep is {{key: regularizers.NAME.SETTING or method_settings.SETTING, "
+            raise ValueError(f"{vw} ({variant.name}): sweep is {{key: regularizers.NAME.SETTING, method_settings.SETTING "
+                             "or merge.lam/top_k, "
                              f"values: [numbers]}}, got {sweep!r}")
         if len(set(sweep["values"])) != len(sweep["values"]):
             raise ValueError(f"{vw} ({variant.name}): sweep values repeat: {sweep['values']}")
         for value in sweep["values"]:
             w = with_value(variant, sweep["key"], value)
+            if sweep["key"] == "merge.top_k" and not 0 < value <= 1:
+                raise ValueError(f"{vw} ({variant.name}): swept merge top_k {value!r} is out of range; valid: (0, 1]")
             build_hooks(Request("x", domain if domain in ("style", "object") else "other", w.method,
                                 w.method_settings, w.regularizers, param_group=w.param_group))
     if variant.setting == "independent+merge":
@@ -253,6 +265,12 @@ def load_experiment(path_or_dict) -> Experiment:
         raise ValueError(f"{where}: grid.variant {exp.grid_variant!r} is not a variant; variants: {', '.join(names)}")
     if len(set(exp.sequence)) != len(exp.sequence):
         raise ValueError(f"{where}: the sequence repeats a concept")
+    if raw.get("requests") is not None:
+        if not 1 <= raw["requests"] <= len(exp.sequence):
+            raise ValueError(f"{where}: requests must be in 1..{len(exp.sequence)} (the sequence's length), got {raw['requests']}")
+        if raw.get("attacks"):
+            raise ValueError(f"{where}: requests (a prefix of the sequence) cannot be combined with attacks; run the whole sequence")
+        exp.requests = int(raw["requests"])
     # attacks on erased concepts (attacks/runner.py): checked now, run after each variant
     from ..attacks.runner import parse_attacks_section
 

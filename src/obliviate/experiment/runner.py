@@ -136,7 +136,8 @@ class Runner:
     def _run(self) -> dict:
         atomic_write_json(self.out / "experiment.json", {**self.exp.raw, "seed": self.exp.seed})
         summary = {"name": self.exp.name, "protocol": self.exp.protocol, "domain": self.exp.domain,
-                   "sequence": self.exp.sequence, "retained": self.plan.retained, "partners": self.plan.partners,
+                   "sequence": self.exp.sequence, "requests": len(self.exp.requested),  # the grid keeps the whole sequence
+                   "retained": self.plan.retained, "partners": self.plan.partners,
                    "seeds": self.exp.seeds, "probe_seeds": self.exp.probe_seeds, "sampler": self.plan.sampler.__dict__,
                    "base_model": {"path": str(self.exp.model), "hash": self.base_hash},
                    "images_per_evaluation": len(self.plan.grid()), "images_per_probe": len(self.probe.grid()),

@@ -45,7 +45,7 @@ def probe_score(res: dict) -> float:
 def sequential(runner, variant, vdir: Path) -> list[dict]:
     run = Run.open_or_create(vdir / "run", runner.exp.model, **runner.catalog)
     rows = [runner.step0()]
-    for t, concept in enumerate(runner.exp.sequence, start=1):
+    for t, concept in enumerate(runner.exp.requested, start=1):
         meta = run.unlearn(runner.request(variant, concept), quiet=runner.quiet, cache_dir=runner.anchors, **runner.train_options)
         hashes = [m["delta_hash"] for m in run.steps()[:t]]
         res = runner.evaluate(run.cumulative_delta(t), runner.exp.sequence[:t], model_key(runner.base_hash, *hashes),
@@ -58,7 +58,7 @@ def sequential(runner, variant, vdir: Path) -> list[dict]:
 @setting("simultaneous")
 def simultaneous(runner, variant, vdir: Path) -> list[dict]:
     rows = [runner.step0()]
-    for t, concept in enumerate(runner.exp.sequence, start=1):
+    for t, concept in enumerate(runner.exp.requested, start=1):
         run = Run.open_or_create(vdir / f"retrain{t:03d}", runner.exp.model, **runner.catalog)
         req = runner.request(variant, concept, also=runner.exp.sequence[: t - 1], steps_scale=t)
         chooser = early_stop_chooser(runner, vdir, t) if variant.early_stopping else None
@@ -96,7 +96,7 @@ def independent_merge(runner, variant, vdir: Path) -> list[dict]:
     tops = merge.get("top_k", [1.0])
     lams = lams if isinstance(lams, list) else [lams]
     tops = tops if isinstance(tops, list) else [tops]
-    for t, concept in enumerate(runner.exp.sequence, start=1):
+    for t, concept in enumerate(runner.exp.requested, start=1):
         run = Run.open_or_create(vdir / "independent" / slug(concept), runner.exp.model, **runner.catalog)
         meta = run.unlearn(runner.request(variant, concept), quiet=runner.quiet, cache_dir=runner.anchors, **runner.train_options)
         taus.append(run.cumulative_delta(1))

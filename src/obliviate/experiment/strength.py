@@ -49,6 +49,7 @@ def sweep_table(table: dict) -> list[dict]:
     for value, steps in table.items():
         last = steps[-1]
         rows.append({"value": value, "UA_per_request": [s["UA"] for s in steps], "min_UA": min(s["UA"] for s in steps),
+                     "RA_I_per_request": [s["RA_I"] for s in steps], "RA_C_per_request": [s["RA_C"] for s in steps],
                      "UA": last["UA"], "RA_I": last["RA_I"], "RA_C": last["RA_C"], "retention": retention(last),
                      "probe_score": probe_score(last)})
     return rows
@@ -97,12 +98,18 @@ def parse_policy(spec, where: str) -> dict:
 
 
 def with_value(variant, key: str, value):
-    """A copy of `variant` with the setting `key` (regularizers.NAME.SETTING or
-    method_settings.SETTING) set to `value`."""
+    """A copy of `variant` with the setting `key` (regularizers.NAME.SETTING,
+    method_settings.SETTING, or merge.lam / merge.top_k of an independent+merge variant) set
+    to `value`."""
     parts = key.split(".")
     v = copy.deepcopy(variant)
     if len(parts) == 2 and parts[0] == "method_settings":
         v.method_settings[parts[1]] = value
+    elif len(parts) == 2 and parts[0] == "merge" and parts[1] in ("lam", "top_k"):
+        if variant.setting != "independent+merge":
+            raise ValueError(f"variant {variant.name}: sweep key {key!r} needs setting independent+merge, "
+                             f"not {variant.setting}")
+        v.merge = {**v.merge, parts[1]: value}
     elif len(parts) == 3 and parts[0] == "regularizers":
         names = [n for n, _ in v.regularizers]
         if parts[1] not in names:
@@ -111,7 +118,7 @@ def with_value(variant, key: str, value):
         v.regularizers = [(n, {**s, parts[2]: value} if n == parts[1] else s) for n, s in v.regularizers]
     else:
         raise ValueError(f"variant {variant.name}: sweep key {key!r} is not valid; valid: "
-                         "regularizers.NAME.SETTING or method_settings.SETTING")
+                         "regularizers.NAME.SETTING, method_settings.SETTING, merge.lam or merge.top_k")
     return v
 
 

@@ -37,8 +37,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import (base_model_images, base_model_latents, encode_images, noised, reference_and_prediction,
-                         sampler_settings)
+from ..diffusion import (base_model_images, base_model_latents, image_posteriors, noised, reference_and_prediction,
+                         sample_image_latents, sampler_settings)
 from ..trainer import Context, Method, TrainSettings
 from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
@@ -130,6 +130,8 @@ class ConAbl(Method):
         self.anchor_prompts = anchor_prompts
         self.target_prompts = target_prompts  # per example: the phrasings to choose from
         self.anchor = anchors[0] if len(anchors) == 1 else anchors
+        if s.anchor_store == "images":  # encoded once (and mirrored), sampled at every step
+            self.posteriors = image_posteriors(ctx, self.latents, s.hflip)
         ctx.encode(anchor_prompts + [p for options in target_prompts for p in options])
 
     def build_prompts(self, ctx: Context, concept: str, domain: str, n: int):
@@ -164,7 +166,7 @@ class ConAbl(Method):
     def clean_latents(self, ctx: Context, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         s = self.settings
         if s.anchor_store == "images":
-            return encode_images(ctx, self.latents[idx], gen, hflip=s.hflip)
+            return sample_image_latents(ctx, self.posteriors, idx, gen, hflip=s.hflip)
         x0 = self.latents[idx]
         if s.hflip:
             flip = torch.rand(len(idx), generator=gen) < 0.5

@@ -1,0 +1,154 @@
+"""scripts/results.py, second edition: verdicts from paired intervals on small synthetic unit
+summaries (no model): a clear difference gives a verdict, an interval spanning 0 is
+"inconclusive", a unit not run is "not yet run", a variant that never reached UA 90 is said so
+with its best UA, and the section replaces only itself in RESULTS.md."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from obliviate.evaluate import power
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results = load_script("results")
+
+SEQ, RETAINED, PARTNERS, SEEDS = ["s1", "s2"], ["s3", "s4"], ["o1", "o2"], [1, 2, 3, 4, 5, 6]
+STYLES, OBJECTS = ["s1", "s2", "s3", "s4", "s5"], ["o1", "o2", "o3"]
+
+
+def row(step, ra_i, ua=100.0, ra_c=100.0, drift=1.0, flip_seed=None):
+    """One evaluation row whose predictions give exactly these accuracies (in %): retained
+    styles drawn right for the first ra_i% of their images, unlearned ones for (100-ua)%."""
+    cells = power.grid("style", SEQ, RETAINED, PARTNERS, SEEDS)
+    count = {}
+    ps, po = [], []
+    for style, obj, seed in cells:
+        k = count[style] = count.get(style, -1) + 1
+        per = len(PARTNERS) * len(SEEDS)
+        if style in SEQ[:step]:
+            right = k < round((100 - ua) / 100 * per)
+        elif style in RETAINED:
+            right = k < round(ra_i / 100 * per)
+        else:
+            right = True
+        ps.append(style if right else "s5")
+        po.append(obj if (k < round(ra_c / 100 * per)) else "o3")
+    return {"step": step, "UA": ua, "RA_I": ra_i, "RA_C": ra_c, "drift_l2": drift * step, "train_seconds": 1.0,
+            "eval_seconds": 2.0, "predictions": {"style": power.encode_labels(ps, STYLES), "object": power.encode_labels(po, OBJECTS)}}
+
+
+def unit(variant, ra_i, *, meets=True, best_ua=96.0, drift=1.0, steps=2, ra_c=100.0):
+    strength = {"key": "regularizers.x.weight", "chosen": 10, "meets_ua": meets, "best_UA": best_ua, "ua_min": 90.0,
+                "table": [{"value": 10, "min_UA": best_ua, "UA": best_ua, "RA_I": ra_i, "RA_C": ra_c,
+                           "retention": (ra_i + ra_c) / 2, "keeps_ua": meets},
+                          {"value": 1, "min_UA": best_ua - 20, "UA": best_ua - 20, "RA_I": 100, "RA_C": 100,
+                           "retention": 100.0, "keeps_ua": False}]}
+    rows = [row(0, 100.0, ua=0.0)] + [row(t, ra_i if t == steps else 100.0, ra_c=ra_c, drift=drift) for t in range(1, steps + 1)]
+    return {"name": "x", "domain": "style", "sequence": SEQ, "requests": steps, "retained": RETAINED, "partners": PARTNERS,
+            "seeds": SEEDS, "labels": {"style": STYLES, "object": OBJECTS}, "neighbours": {"s1": ["s3"], "s2": ["s4"]},
+            "wall_seconds": 3.0, "variants": {variant: {"setting": "sequential", "config": {"method": {"recipe": "reference"}},
+                                                        "strength": strength, "steps": rows}}}
+
+
+EXPECTED = ["conabl", "simultaneous", "conabl+projection", "conabl+selft", "conabl+projection+selft",
+            "conabl+projection-update", "ours:replay"]
+
+
+@pytest.fixture
+def study(tmp_path):
+    committed, configs = tmp_path / "committed", tmp_path / "configs"
+    configs.mkdir()
+    (configs / "styles.yaml").write_text(json.dumps({"variants": [{"name": n} for n in EXPECTED]}))
+    units = {
+        "conabl": unit("conabl", 25.0, drift=3.0),
+        "conabl+projection": unit("conabl+projection", 25.0, drift=4.0),
+        "conabl+selft": unit("conabl+selft", 25.0, drift=1.0),
+        "conabl+projection+selft": unit("conabl+projection+selft", 100.0),       # clearly above both parts
+        "conabl+projection-update": unit("conabl+projection-update", 25.0),      # the same images as grad: spans 0
+        "ours:replay": unit("ours:replay", 100.0, meets=False, best_ua=72.5),   # keeps most, never reached UA 90
+    }
+    from obliviate.continual import slug
+
+    for seed in (0, 1):
+        for v, s in units.items():
+            path = committed / f"styles-r2-{slug(v)}-s{seed}" / "summary.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(s))
+    return tmp_path, committed, configs
+
+
+def section(study):
+    tmp, committed, configs = study
+    return "\n".join(results.study2_section([tmp / "runs", committed], configs, tmp / "results", horizons={"styles": (2,), "objects": (2,)}))
+
+
+def test_clear_differences_give_verdicts_and_zero_differences_are_inconclusive(study):
+    text = section(study)
+    d = next(line for line in text.splitlines() if line.startswith("- **(d) conabl+projection+selft"))
+    assert "**holds**" in d and "(conabl+projection+selft higher)" in d and "+75.0" in d
+    e = next(line for line in text.splitlines() if line.startswith("- **(e)"))
+    assert "**inconclusive**" in e and "+0.0 [+0.0, +0.0]" in e
+    c = next(line for line in text.splitlines() if line.startswith("- **(c)"))
+    assert "not yet run" in c  # conabl+l1sp and conabl+l2sp were never run: no verdict is invented
+    a = next(line for line in text.splitlines() if line.startswith("- **(a)"))
+    assert "not yet run" in a  # simultaneous is missing
+    # selft drifts less than conabl but retains the same: (b) for it is inconclusive, projection drifts more: no
+    b = next(line for line in text.splitlines() if line.startswith("- **(b)"))
+    assert "conabl+projection: RA-I +0.0" in b and "(no)" in b and "**does not hold**" in b
+
+
+def test_the_answer_is_chosen_at_equal_forgetting_and_says_what_is_missing(study):
+    text = section(study)
+    answer = next(line for line in text.splitlines() if line.startswith("**Which variant to run for 2 styles"))
+    assert "**conabl+projection+selft**" in answer  # ours:replay keeps more but never reached UA 90
+    assert "Provisional: 6 of 7 variants run (not yet run: simultaneous)" in answer
+    assert "ours:replay 72.5, 72.5" in text  # reported with its best UA, per training seed
+    assert "| ours:replay | reference | weight=10, weight=10 | no (best UA 72.5, 72.5) |" in text
+    assert "| simultaneous | | not yet run |" in text
+    assert "### Objects, after 2 requests" in text and "no finished objects unit with 2 requests" in text
+    assert "| conabl+projection+selft | 0 | regularizers.x.weight | 10 |" in text and "**chosen**" in text
+
+
+def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
+    tmp, committed, configs = study
+    by_seed = results.load_units([committed])[("styles", 2)]
+    pool = results.Pool(by_seed, 2)
+    p = results.paired_metric(pool, ("ours:replay", 2), ("conabl", 2), "RA_I")
+    assert p["verdict"] == "A higher" and p["lo"] > 0 and p["per_seed"] == [75.0, 75.0]
+    verdict, text = results.judged(p, "ours:replay", "conabl", by_seed)
+    assert verdict == "inconclusive" and "not at equal forgetting" in text
+    verdict, _ = results.judged(results.paired_metric(pool, ("conabl+projection+selft", 2), ("conabl", 2), "RA_I"),
+                                "conabl+projection+selft", "conabl", by_seed)
+    assert verdict == "A"
+    assert results.judged(None, "a", "b", by_seed) == ("missing", "not yet run")
+
+
+def test_training_seeds_that_disagree_make_a_verdict_inconclusive(tmp_path):
+    by_seed = {0: {"a": unit("a", 100.0), "b": unit("b", 0.0)}, 1: {"a": unit("a", 25.0), "b": unit("b", 50.0)}}
+    p = results.paired_metric(results.Pool(by_seed, 2), ("a", 2), ("b", 2), "RA_I")
+    assert p["lo"] > 0 and p["per_seed"] == [100.0, -25.0]  # pooled interval above 0, but seed 1 says otherwise
+    assert p["verdict"] == "inconclusive" and p["note"] == "training seeds disagree"
+
+
+def test_the_section_replaces_only_itself(study, tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\nIntro.\n\n## Styles\n\nmeasured 12.3\n\n## Attacks\n\nby hand 45.6\n")
+    results.write_section(doc, ["<!-- study, second edition: generated by scripts/results.py from docs/results/study/; "
+                                "edits inside are overwritten -->", "## Study", "alpha", "<!-- end of the study, second edition -->"])
+    first = doc.read_text()
+    assert first.index("## Study") < first.index("## Styles") and "measured 12.3" in first and "by hand 45.6" in first
+    results.write_section(doc, [results.BEGIN, "## Study", "beta", results.END])
+    again = doc.read_text()
+    assert "beta" in again and "alpha" not in again and again.count("## Study") == 1
+    assert again.replace("beta", "alpha") == first
