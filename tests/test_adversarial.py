@@ -98,3 +98,29 @@ def test_bad_settings_are_refused_before_any_work(random_model, tmp_path, settin
     with pytest.raises(ValueError, match=message):
         run.unlearn(Request("fire", "style", "conabl", FAST_CONABL, regularizers=[("adversarial", settings)]), quiet=True)
     assert run.steps() == [] and not (tmp_path / "run" / "cache").exists()
+
+
+def _robustness_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "robustness.py"
+    spec = importlib.util.spec_from_file_location("robustness_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_robustness_variants_route_settings_and_refuse_bad_ones():
+    r = _robustness_script()
+    assert r.split_variants("uce,rece:rounds=2,norm=1;conabl,conabl+adversarial") == \
+        ["uce", "rece:rounds=2,norm=1", "conabl", "conabl+adversarial"]
+    _, method, settings, regs = r.parse_variant("conabl+l1sp+adversarial:l1sp.weight=10,mode=prefix", {"steps": 60})
+    assert method == "conabl" and settings == {"steps": 60, "recipe": "reference"}
+    assert regs == [("l1sp", {"weight": "10"}), ("adversarial", {"mode": "prefix"})]
+    assert r.parse_variant("rece:rounds=2", {"steps": 60})[2] == {"rounds": "2"}  # closed form: no training defaults
+    for bad, message in (("nope", "valid variants"), ("uce+adversarial", "valid variants"),
+                         ("conabl+adversarial:mode=x", "mode"), ("conabl+adversarial:l2sp.weight=1", "not one of its add-ons"),
+                         ("conabl+adversarial:weight", "key=value")):
+        with pytest.raises(ValueError, match=message):
+            r.parse_variant(bad)
