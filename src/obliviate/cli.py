@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -113,7 +114,13 @@ def cmd_unlearn(args) -> int:
 
         catalog = catalog_for_model(args.model or bundled_path()) or generic_catalog()
         Run._check_concept(request, catalog)
-    run = Run.open_or_create(args.run, args.model)
+    from .distributed import current
+
+    dist = current()
+    # several processes: the main one creates the run first (another arriving mid-creation would
+    # find a non-empty directory without run.json, fail, and leave the main one at a barrier)
+    with dist.main_first() if dist is not None else contextlib.nullcontext():
+        run = Run.open_or_create(args.run, args.model)
     meta = run.unlearn(request, quiet=args.quiet, device=args.device, precision=args.precision,
                        gradient_checkpointing=args.gradient_checkpointing)
     d = meta["drift"]
