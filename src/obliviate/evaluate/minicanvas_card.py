@@ -39,6 +39,25 @@ def neighbour_agreement(names: list[str], sim: np.ndarray, neighbours: dict[str,
     return hits / len(names), nearest
 
 
+def text_state_stability(pipe, catalog) -> dict:
+    """How much a concept token's state is the word's own: the cosine between its state after the
+    neutral prefix ("an image in the style of X" / "an image of a X", the vector the projection
+    regularizer uses) and its state inside the prompt template with every partner of the other
+    domain, averaged over partners, then over concepts."""
+    per: dict[str, float] = {}
+    for domain, names, partners in (("style", catalog.styles, catalog.objects), ("object", catalog.objects, catalog.styles)):
+        for name in names:
+            neutral = concept_token_embedding(pipe, catalog.single(name, domain), name)
+            inside = torch.stack([
+                concept_token_embedding(pipe, catalog.prompt(name, p) if domain == "style" else catalog.prompt(p, name), name)
+                for p in partners
+            ])
+            per[name] = float(torch.nn.functional.cosine_similarity(inside.double(), neutral.double()[None]).mean())
+    styles = float(np.mean([per[n] for n in catalog.styles]))
+    objects = float(np.mean([per[n] for n in catalog.objects]))
+    return {"mean": float(np.mean(list(per.values()))), "styles": styles, "objects": objects, "per_concept": per}
+
+
 def heatmap(path: Path, matrices: dict[str, tuple[list[str], np.ndarray]]) -> None:
     import matplotlib
 
@@ -109,6 +128,7 @@ def check(model_dir, out, *, seeds: int = 3, sampler: SamplerConfig | None = Non
     style_sim, object_sim = similarity(style_vecs), similarity(object_vecs)
     agree_s, nearest_s = neighbour_agreement(styles, style_sim, catalog.neighbours)
     agree_o, nearest_o = neighbour_agreement(objects, object_sim, catalog.neighbours)
+    stability = text_state_stability(pipe, catalog)
     heatmap(out / "similarity.png", {"style-style cosine": (styles, style_sim), "object-object cosine": (objects, object_sim)})
 
     # 4. a grid: styles (rows) x objects (columns), first seed
@@ -123,12 +143,14 @@ def check(model_dir, out, *, seeds: int = 3, sampler: SamplerConfig | None = Non
         "neighbour_agreement": (agree_s * len(styles) + agree_o * len(objects)) / (len(styles) + len(objects)),
         "neighbour_agreement_styles": agree_s, "neighbour_agreement_objects": agree_o,
         "nearest_concept": {**nearest_s, **nearest_o},
+        "text_state_stability": stability["mean"], "text_state_stability_styles": stability["styles"],
+        "text_state_stability_objects": stability["objects"], "text_state_stability_per_concept": stability["per_concept"],
         "per_style_accuracy": per_style, "per_object_accuracy": per_object,
         "style_similarity": {"names": styles, "matrix": np.round(style_sim, 4).tolist()},
         "object_similarity": {"names": objects, "matrix": np.round(object_sim, 4).tolist()},
         "generated_images": len(pairs), "seeds": list(EVAL_SEEDS[:seeds]), "sampler": sampler.__dict__,
         "sampling_images_per_second": len(pairs) / sample_seconds, "torch_threads": torch.get_num_threads(),
-        "held_out_renders": len(triples), "image_size": info.get("image_size"), "latent_size": info.get("latent_size"),
+        "held_out_renders": len(triples), "version": info.get("version", "1.0"), "image_size": info.get("image_size"), "latent_size": info.get("latent_size"),
         "parameters": info.get("parameters"), "build_seconds": info.get("build_seconds"),
         "build_timings_seconds": info.get("timings_seconds"),
     }
