@@ -140,9 +140,7 @@ def _shape_polygons(name: str) -> tuple[list[list[tuple[float, float]]], list[li
     if name == "square":
         return [[(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]], []
     if name == "diamond":
-        # 1.1: wider (0.62 -> 0.82 half-width) so that it reads as a boxy rhombus with four sharp
-        # corners, not as a narrow lozenge that blurs into a leaf or a drop at 32 pixels
-        return [[(0, -1.05), (0.82, 0), (0, 1.05), (-0.82, 0)]], []
+        return [[(0, -1.05), (0.62, 0), (0, 1.05), (-0.62, 0)]], []
     if name == "cross":
         a, b = 0.3, 0.95
         return [[(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]], []
@@ -153,7 +151,7 @@ def _shape_polygons(name: str) -> tuple[list[list[tuple[float, float]]], list[li
     if name == "star":
         pts = []
         for k in range(10):
-            r = 1.08 if k % 2 == 0 else 0.52  # 1.1: fatter points (inner 0.45 -> 0.52) survive 8x8 latents
+            r = 1.05 if k % 2 == 0 else 0.45
             ang = -math.pi / 2 + math.pi * k / 5
             pts.append((r * math.cos(ang), r * math.sin(ang)))
         return [pts], []
@@ -221,7 +219,7 @@ def render(style: str, obj: str, seed: int, size: int = IMAGE_SIZE) -> Image.Ima
     weight = _texture(st, rng, big)[..., None]
     canvas = (1 - weight) * _jitter_colour(st.background_a, rng) + weight * _jitter_colour(st.background_b, rng)
 
-    radius = rng.uniform(0.30, 0.38) * big  # 1.1: minimum 0.27 -> 0.30, thin parts stay >= 2 pixels
+    radius = rng.uniform(0.27, 0.38) * big
     cx = big / 2 + rng.uniform(-0.12, 0.12) * big
     cy = big / 2 + rng.uniform(-0.12, 0.12) * big
     angle = rng.uniform(-0.3, 0.3)  # about +-17 degrees: a square must not become a diamond
