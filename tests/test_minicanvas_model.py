@@ -86,3 +86,35 @@ def test_the_untrained_model_stands_in_for_the_quick_one(random_model, quick_mod
     assert catalog_for_model(random_model).name == "minicanvas"
     pred = MiniCanvasJudge(random_model).predict(np.zeros((2, 32, 32, 3), np.uint8))
     assert set(pred) == {"style", "object"} and all(p in world.STYLE_NAMES for p in pred["style"])
+
+
+def test_family_soft_targets_give_neighbours_partial_credit():
+    import torch
+
+    from obliviate.minicanvas.build import FAMILY_CREDIT, _soft_targets
+
+    groups = torch.tensor([0, 0, 1, 1, 1])
+    target = _soft_targets(torch.tensor([0, 2]), torch.arange(5), groups)
+    assert torch.allclose(target.sum(1), torch.ones(2))
+    assert target[0, 0] > target[0, 1] > 0 and target[0, 2:].eq(0).all()  # itself > its neighbour > the rest
+    assert torch.isclose(target[1, 3] / target[1, 2], torch.tensor(FAMILY_CREDIT))
+
+
+def test_trained_text_states_keep_their_identity_across_contexts(quick_model, random_model):
+    """The 1.1 text encoder's consistency term: a concept's state inside the prompt template is
+    close to its state after the neutral prefix, far more than at random init."""
+    import types
+
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    from obliviate.evaluate.minicanvas_card import text_state_stability
+    from obliviate.protocols import minicanvas_catalog
+
+    def stability(path):
+        pipe = types.SimpleNamespace(tokenizer=PreTrainedTokenizerFast.from_pretrained(path / "tokenizer"),
+                                     text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder").eval())
+        return text_state_stability(pipe, minicanvas_catalog())
+
+    trained, untrained = stability(quick_model[0]), stability(random_model)
+    assert set(trained["per_concept"]) == set(world.STYLE_NAMES) | set(world.OBJECT_NAMES)
+    assert trained["mean"] > 0.85 and trained["mean"] > untrained["mean"] + 0.2

@@ -39,6 +39,25 @@ def neighbour_agreement(names: list[str], sim: np.ndarray, neighbours: dict[str,
     return hits / len(names), nearest
 
 
+def text_state_stability(pipe, catalog) -> dict:
+    """How much a concept token's state is the word's own: the cosine between its state after the
+    neutral prefix ("an image in the style of X" / "an image of a X", the vector the projection
+    regularizer uses) and its state inside the prompt template with every partner of the other
+    domain, averaged over partners, then over concepts."""
+    per: dict[str, float] = {}
+    for domain, names, partners in (("style", catalog.styles, catalog.objects), ("object", catalog.objects, catalog.styles)):
+        for name in names:
+            neutral = concept_token_embedding(pipe, catalog.single(name, domain), name)
+            inside = torch.stack([
+                concept_token_embedding(pipe, catalog.prompt(name, p) if domain == "style" else catalog.prompt(p, name), name)
+                for p in partners
+            ])
+            per[name] = float(torch.nn.functional.cosine_similarity(inside.double(), neutral.double()[None]).mean())
+    styles = float(np.mean([per[n] for n in catalog.styles]))
+    objects = float(np.mean([per[n] for n in catalog.objects]))
+    return {"mean": float(np.mean(list(per.values()))), "styles": styles, "objects": objects, "per_concept": per}
+
+
 def heatmap(path: Path, matrices: dict[str, tuple[list[str], np.ndarray]]) -> None:
     import matplotlib
 
@@ -90,6 +109,16 @@ def check(model_dir, out, *, seeds: int = 3, sampler: SamplerConfig | None = Non
     render_style = 100 * np.mean([p == t[0] for p, t in zip(pred["style"], triples)])
     render_object = 100 * np.mean([p == t[1] for p, t in zip(pred["object"], triples)])
 
+    # 1b. the same renders through the VAE and back: what the latent space can carry at all
+    # (separates a VAE that loses thin parts from a UNet that does not learn them)
+    with torch.no_grad():
+        x = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1
+        vae = pipe.vae
+        recon = torch.cat([vae.decode(vae.encode(x[i : i + 256]).latent_dist.mean).sample for i in range(0, len(x), 256)])
+    recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    recon_ok = np.array([p == t[1] for p, t in zip(judge.predict(recon)["object"], triples)])
+    recon_per_object = {o: 100 * float(recon_ok[[t[1] == o for t in triples]].mean()) for o in objects}
+
     # 2. classifiers on generated images, every pair x seeds, default sampler
     pairs = [(s, o, EVAL_SEEDS[k]) for s in styles for o in objects for k in range(seeds)]
     bar = tqdm(total=len(pairs), desc="generating", disable=quiet)
@@ -109,11 +138,14 @@ def check(model_dir, out, *, seeds: int = 3, sampler: SamplerConfig | None = Non
     style_sim, object_sim = similarity(style_vecs), similarity(object_vecs)
     agree_s, nearest_s = neighbour_agreement(styles, style_sim, catalog.neighbours)
     agree_o, nearest_o = neighbour_agreement(objects, object_sim, catalog.neighbours)
+    stability = text_state_stability(pipe, catalog)
     heatmap(out / "similarity.png", {"style-style cosine": (styles, style_sim), "object-object cosine": (objects, object_sim)})
 
     # 4. a grid: styles (rows) x objects (columns), first seed
     first = {(s, o): img for (s, o, k), img in zip(pairs, images) if k == EVAL_SEEDS[0]}
     Image.fromarray(image_grid([[first[(s, o)] for o in objects] for s in styles])).save(out / "generated_grid.png")
+    held = {(s, o): img for (s, o, k), img in zip(triples, renders) if k == HELD_OUT_SEED}
+    Image.fromarray(image_grid([[held[(s, o)] for o in objects] for s in styles], scale=3)).save(out / "renders.png")
 
     info_path = Path(model_dir) / "minicanvas.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -123,12 +155,15 @@ def check(model_dir, out, *, seeds: int = 3, sampler: SamplerConfig | None = Non
         "neighbour_agreement": (agree_s * len(styles) + agree_o * len(objects)) / (len(styles) + len(objects)),
         "neighbour_agreement_styles": agree_s, "neighbour_agreement_objects": agree_o,
         "nearest_concept": {**nearest_s, **nearest_o},
+        "text_state_stability": stability["mean"], "text_state_stability_styles": stability["styles"],
+        "text_state_stability_objects": stability["objects"], "text_state_stability_per_concept": stability["per_concept"],
         "per_style_accuracy": per_style, "per_object_accuracy": per_object,
+        "vae_object_accuracy": float(recon_ok.mean() * 100), "vae_per_object_accuracy": recon_per_object,
         "style_similarity": {"names": styles, "matrix": np.round(style_sim, 4).tolist()},
         "object_similarity": {"names": objects, "matrix": np.round(object_sim, 4).tolist()},
         "generated_images": len(pairs), "seeds": list(EVAL_SEEDS[:seeds]), "sampler": sampler.__dict__,
         "sampling_images_per_second": len(pairs) / sample_seconds, "torch_threads": torch.get_num_threads(),
-        "held_out_renders": len(triples), "image_size": info.get("image_size"), "latent_size": info.get("latent_size"),
+        "held_out_renders": len(triples), "version": info.get("version", "1.0"), "image_size": info.get("image_size"), "latent_size": info.get("latent_size"),
         "parameters": info.get("parameters"), "build_seconds": info.get("build_seconds"),
         "build_timings_seconds": info.get("timings_seconds"),
     }

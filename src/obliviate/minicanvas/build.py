@@ -35,6 +35,8 @@ class BuildSize:
     """How big and how long. `full` is the bundled model; `quick` exists for tests."""
 
     renders_per_pair: int = 48
+    # 1.0's step counts. A 1.1 attempt with 600 / 1200 / 2800 steps (to fit a loaded machine)
+    # drew objects at 59% against 1.0's 76%: the UNet needs its steps (docs/MINICANVAS.md)
     text_steps: int = 1500
     vae_steps: int = 2000
     unet_steps: int = 5000
@@ -46,6 +48,7 @@ class BuildSize:
     unet_channels: tuple[int, ...] = (48, 96)
     unet_lr: float = 3e-4
     ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0  # 0 turns the weighting off (1.0 trained without it)
 
 
 FULL = BuildSize()
@@ -55,6 +58,7 @@ QUICK = BuildSize(
 )
 
 MAX_TOKENS = 16
+VERSION = "1.1-dev"  # recorded in minicanvas.json; the bundled model is still 1.0 (docs/MINICANVAS.md)
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
 
@@ -125,17 +129,22 @@ def caption_for(style_idx: int, object_idx: int, kind: int) -> str:
 
 # ---------------------------------------------------------------- text encoder
 class _ImageTower(torch.nn.Module):
+    """A small CNN with three heads: the whole image (for the pooled caption), its style and its
+    object (for the concept tokens' own states)."""
+
     def __init__(self, width: int):
         super().__init__()
         self.net = torch.nn.Sequential(
             torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.GELU(), torch.nn.AvgPool2d(2),
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.GELU(), torch.nn.AvgPool2d(2),
             torch.nn.Conv2d(64, 96, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(), torch.nn.Linear(96, width),
+            torch.nn.Flatten(),
         )
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(96, width) for k in ("image", "style", "object")})
 
     def forward(self, x):
-        return self.net(x)
+        h = self.net(x)
+        return {k: head(h) for k, head in self.heads.items()}
 
 
 def new_text_encoder(tokenizer, size: BuildSize):
@@ -151,11 +160,50 @@ def new_text_encoder(tokenizer, size: BuildSize):
     return CLIPTextModel(config)
 
 
+# 1.1: the text encoder sees each concept in several contexts, so that a concept token's state
+# is a property of the word, not of the sentence around it (a CLIP-like encoder keeps a word's
+# identity in context; the projection regularizer's premise depends on it). The canonical
+# templates come first and are drawn half of the time.
+PAIR_CONTEXTS = (world.PROMPT_TEMPLATE, "a painting of a {object} in {style} style",
+                 "a picture of a {object} in the style of {style}", "{style} style {object}")
+STYLE_CONTEXTS = (world.STYLE_ONLY_TEMPLATE, "{style} style", "a painting in {style} style", "art in the style of {style}")
+OBJECT_CONTEXTS = (world.OBJECT_ONLY_TEMPLATE, "a {object}", "a picture of a {object}", "a drawing of a {object} shape")
+FAMILY_CREDIT = 0.2  # soft contrastive target for a concept's designed neighbours (1 for itself)
+# A fixed (not learned) temperature for the token terms: at the optimum of a soft target the
+# cosine gap between a concept and its neighbours is ln(1 / FAMILY_CREDIT) / scale, so a learned
+# scale growing to 100 would squeeze neighbours to cosine ~0.98; at 8 they stay told apart.
+TOKEN_SCALE = 8.0
+
+
+def _context_caption(style_idx: int, object_idx: int, kind: int, variant: int) -> str:
+    contexts = (PAIR_CONTEXTS, STYLE_CONTEXTS, OBJECT_CONTEXTS)[kind]
+    return contexts[variant % len(contexts)].format(style=world.STYLE_NAMES[style_idx], object=world.OBJECT_NAMES[object_idx])
+
+
+def _soft_targets(labels_a: torch.Tensor, labels_b: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Row-normalised targets: 1 for the same concept, FAMILY_CREDIT for a designed neighbour."""
+    same = (labels_a[:, None] == labels_b[None, :]).float()
+    family = (groups[labels_a][:, None] == groups[labels_b][None, :]).float() - same
+    w = same + FAMILY_CREDIT * family
+    return w / w.sum(1, keepdim=True)
+
+
+def _token_states(hidden: torch.Tensor, input_ids: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The state at the (single-token) concept word of each caption: hidden[b, pos(token_ids[b])]."""
+    pos = (input_ids == token_ids[:, None]).float().argmax(1)
+    return hidden[torch.arange(len(hidden)), pos]
+
+
 def train_text_encoder(tokenizer, images, style_labels, object_labels, size: BuildSize, gen: torch.Generator, quiet: bool):
     """CLIP-style contrastive training of a small CLIPTextModel against a small image tower.
 
     Image similarity shapes text similarity: styles whose renders look alike end up with
-    nearby text embeddings, as real CLIP does for Stable Diffusion.
+    nearby text embeddings, as real CLIP does for Stable Diffusion. Three terms (1.1):
+    the pooled caption against the whole image (as 1.0); each concept token's own state against
+    the image's style or object head, with soft targets that give a designed neighbour partial
+    credit (FAMILY_CREDIT), so that the token states carry the family structure the world is
+    built with; and a consistency term pulling a token's state in any context towards its state
+    in the neutral prompt ("an image in the style of X" / "an image of a X").
     """
     text_model = new_text_encoder(tokenizer, size)
     tower = _ImageTower(size.text_width)
@@ -164,24 +212,56 @@ def train_text_encoder(tokenizer, images, style_labels, object_labels, size: Bui
     params = list(text_model.parameters()) + list(tower.parameters()) + list(text_proj.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=size.text_steps, pct_start=0.1)
+    style_group_names = sorted({st.group for st in world.STYLES})
+    object_group_names = sorted({ob.group for ob in world.OBJECTS})
+    style_groups = torch.tensor([style_group_names.index(st.group) for st in world.STYLES])
+    object_groups = torch.tensor([object_group_names.index(ob.group) for ob in world.OBJECTS])
+    style_tok = torch.tensor(tokenizer.convert_tokens_to_ids(list(world.STYLE_NAMES)))
+    object_tok = torch.tensor(tokenizer.convert_tokens_to_ids(list(world.OBJECT_NAMES)))
+    neutral = [world.STYLE_ONLY_TEMPLATE.format(style=s) for s in world.STYLE_NAMES] + \
+              [world.OBJECT_ONLY_TEMPLATE.format(object=o) for o in world.OBJECT_NAMES]
+    neutral_ids = tokenizer(neutral, padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
+    neutral_tok = torch.cat([style_tok, object_tok])
+    n_styles = len(world.STYLE_NAMES)
     batch = 128
     bar = tqdm(range(size.text_steps), desc="text encoder", disable=quiet)
     for _ in bar:
         idx = torch.randint(0, len(images), (batch,), generator=gen)
         kinds = torch.randint(0, 3, (batch,), generator=gen)
+        # half the captions in the canonical template of their kind, half in another context
+        variants = torch.where(torch.rand(batch, generator=gen) < 0.5, 0, torch.randint(1, 4, (batch,), generator=gen))
         s, o = style_labels[idx], object_labels[idx]
-        captions = [caption_for(int(a), int(b), int(k)) for a, b, k in zip(s, o, kinds)]
+        captions = [_context_caption(int(a), int(b), int(k), int(v)) for a, b, k, v in zip(s, o, kinds, variants)]
         enc = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
-        t = F.normalize(text_proj(text_model(enc.input_ids).pooler_output), dim=-1)
-        v = F.normalize(tower(images[idx]), dim=-1)
+        out = text_model(enc.input_ids)
+        t = F.normalize(text_proj(out.pooler_output), dim=-1)
+        heads = {k: F.normalize(v, dim=-1) for k, v in tower(images[idx]).items()}
         # caption j describes image i if every concept it names is in image i
         style_ok = (kinds[None, :] == 2) | (s[None, :] == s[:, None])
         object_ok = (kinds[None, :] == 1) | (o[None, :] == o[:, None])
         match = (style_ok & object_ok).float()
-        logits = logit_scale.exp().clamp(max=100) * v @ t.T
+        logits = logit_scale.exp().clamp(max=100) * heads["image"] @ t.T
         loss_i = -(F.log_softmax(logits, dim=1) * match / match.sum(1, keepdim=True)).sum(1).mean()
         loss_t = -(F.log_softmax(logits.T, dim=1) * match.T / match.T.sum(1, keepdim=True)).sum(1).mean()
         loss = (loss_i + loss_t) / 2
+
+        # concept tokens: their own states against the style / object heads, family-soft targets
+        neutral_states = F.normalize(text_model(neutral_ids).last_hidden_state, dim=-1)
+        neutral_states = _token_states(neutral_states, neutral_ids, neutral_tok)
+        scale = TOKEN_SCALE
+        for which, has, labels, toks, groups, offset in (
+            ("style", kinds != 2, s, style_tok, style_groups, 0),
+            ("object", kinds != 1, o, object_tok, object_groups, n_styles),
+        ):
+            states = F.normalize(_token_states(out.last_hidden_state[has], enc.input_ids[has], toks[labels[has]]), dim=-1)
+            target = _soft_targets(labels[has], labels, groups)
+            loss = loss + 0.5 * -(F.log_softmax(scale * states @ heads[which].T, dim=1) * target).sum(1).mean()
+            # consistency: a token's state in any context against the neutral states of its
+            # domain's concepts, itself the target, its designed neighbours partial credit
+            domain_neutral = neutral_states[offset : offset + len(toks)]
+            target = _soft_targets(labels[has], torch.arange(len(toks)), groups)
+            loss = loss + 0.5 * -(F.log_softmax(scale * states @ domain_neutral.T, dim=1) * target).sum(1).mean()
+            loss = loss + (1 - (states * neutral_states[offset + labels[has]]).sum(-1)).mean()
         _descend(opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     text_model.eval().requires_grad_(False)
@@ -281,7 +361,11 @@ def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSi
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, embeddings[cap]).sample
-        loss = F.mse_loss(pred, noise)
+        # 1.1: min-SNR-gamma weighting (Hang et al. 2023): the nearly noise-free timesteps, easy
+        # and many, no longer dominate; the mid-noise ones that decide an object's silhouette do
+        snr = a.view(-1) / (1 - a.view(-1))
+        weight = snr.clamp(max=size.min_snr_gamma) / snr if size.min_snr_gamma else torch.ones_like(snr)
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         _descend(opt, sched, loss, clip=unet.parameters())
         with torch.no_grad():
             decay = min(size.ema_decay, (1 + step) / (10 + step))
@@ -368,7 +452,7 @@ def build_untrained(out: str | os.PathLike, *, seed: int = 0) -> Path:
     classifiers = {"style": ConceptClassifier(len(world.STYLE_NAMES)).eval(),
                    "object": ConceptClassifier(len(world.OBJECT_NAMES)).eval()}
     save_pipeline(out, tokenizer, text_model, vae, unet, classifiers)
-    info = {"untrained": True, "seed": seed, "size": asdict(size), "image_size": world.IMAGE_SIZE,
+    info = {"version": VERSION, "untrained": True, "seed": seed, "size": asdict(size), "image_size": world.IMAGE_SIZE,
             "latent_size": latent_size, "torch": torch.__version__, "catalog": world.catalog()}
     (out / "minicanvas.json").write_text(json.dumps(info, indent=2))
     return out
@@ -414,7 +498,7 @@ def build(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, quiet: 
     save_pipeline(tmp, tokenizer, text_model, vae, unet, classifiers)
     head = max(1, len(unet_losses) // 10)
     info = {
-        "quick": quick, "seed": seed, "size": asdict(size), "timings_seconds": timings,
+        "version": VERSION, "quick": quick, "seed": seed, "size": asdict(size), "timings_seconds": timings,
         "build_seconds": sum(timings.values()), "text_contrastive_loss": text_loss, "vae_reconstruction_loss": vae_rec,
         "unet_loss_first": float(np.mean(unet_losses[:head])), "unet_loss_last": float(np.mean(unet_losses[-head:])),
         "parameters": {
