@@ -27,7 +27,7 @@ cached file is keyed by its content's inputs and written atomically.
 
     python scripts/study.py [--jobs 2] [--only NAME,...]     # run what is not committed
     python scripts/study.py --plan                           # list every unit with its estimated time
-    nice -n 10 python scripts/study.py --measure             # measure the figures --plan uses (~5 min)
+    python scripts/study.py --measure             # measure the figures --plan uses (~5 min)
     python scripts/study.py --dry-run                        # what would run, what is skipped
 """
 from __future__ import annotations
@@ -269,7 +269,7 @@ def measure(out: Path, *, eval_images: int = 64, conabl_steps: int = 20, esd_ste
         "conabl_steps_timed": conabl_steps, "esd_steps_timed": esd_steps,
         "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "load_average_after": list(os.getloadavg()), "machine": platform.machine(), "torch": torch.__version__,
-        "command": "nice -n 10 python scripts/study.py --measure",
+        "command": "python scripts/study.py --measure",
     })
     atomic_write_json(out, fig)
     return fig
@@ -358,7 +358,7 @@ def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: i
                         "12-request units are counted as extending their 8-request directory on the same machine; "
                         "on a fresh machine they retrain and re-probe requests 1-8 too",
                         "measured on the bundled model of the day: a rebuilt MiniCanvas changes every figure; "
-                        "rerun --measure, then --plan", "measured niced on a shared machine: the load average at "
+                        "rerun --measure, then --plan", "measured on a shared machine: the load average at "
                         "measurement is in `basis`; on idle cores every figure is smaller (bench-conabl.json measured "
                         "an obliviate-recipe ConAbl step at 0.13-0.19 s on an idle machine)"]}
 
@@ -390,7 +390,7 @@ def main() -> None:
     if args.plan:
         cost_path = ROOT / COST
         if not cost_path.exists():
-            raise SystemExit(f"{COST} is missing: run `nice -n 10 python scripts/study.py --measure` first")
+            raise SystemExit(f"{COST} is missing: run `python scripts/study.py --measure` first")
         out = plan_costs(items, json.loads(cost_path.read_text()), factors(ROOT / "docs/results/bench-requests.json"),
                          results, args.jobs)
         for r in out["units"]:
