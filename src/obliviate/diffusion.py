@@ -177,7 +177,7 @@ def image_posteriors(ctx: Context, images: torch.Tensor, hflip: bool) -> tuple[t
     The reference ConAbl re-encodes its stored anchor images at every step. The encoder is
     frozen and deterministic, so encoding each image (and its mirror) once and sampling from
     the stored posterior at every step (`sample_image_latents`) gives the same latents for the
-    same random draws, without a VAE forward per step (about 15% of a MiniCanvas step)."""
+    same random draws, without a VAE forward per step (about 12% of a MiniCanvas step)."""
     vae = ctx.pipe.vae
     x = images.float() / 127.5 - 1.0
     views = [x, x.flip(-1)] if hflip else [x]
