@@ -72,7 +72,6 @@ def main():
     args = ap.parse_args()
     path = Path(args.path)
     config = json.loads((path / "experiment.json").read_text()) if (path / "experiment.json").exists() else {}
-    config = config.get("config", config)
     retained = config.get("retained") or ["lava", "autumn", "winter", "sky", "jungle", "moss", "galaxy", "storm"]
     partners = config.get("partners") or ["circle", "ring", "square", "heart"]
     result = {name: position_drift(d, retained, partners) for name, d in run_dirs(path).items()}

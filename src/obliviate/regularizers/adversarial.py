@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..diffusion import base_model_latents, denoising_target, noised, sampler_settings
+from ..diffusion import base_model_latents, denoising_target, noised, reference_and_prediction, sampler_settings
 from ..model import Cond, is_sdxl, predict
 from ..protocols import family, other_family
 from ..trainer import Context, Hook
@@ -186,9 +186,8 @@ class Adversarial(Hook):
     def refresh(self, ctx: Context) -> None:
         """`attack_steps` Adam steps on one adversary's rows (round-robin), everything else fixed."""
         s = self.settings
-        adv = self.adversaries[self.refreshes % len(self.adversaries)]
-        i = self.adversaries.index(adv)
-        latents, sched_ctx = self.latents[i], ctx
+        i = self.refreshes % len(self.adversaries)
+        adv, latents = self.adversaries[i], self.latents[i]
         rows = adv.rows.clone().requires_grad_(True)
         opt = torch.optim.Adam([rows], lr=s.attack_lr)
         others = self.all_rows()
@@ -196,7 +195,7 @@ class Adversarial(Hook):
         for _ in range(s.attack_steps):
             idx = torch.randint(0, len(latents), (s.batch_size,), generator=self.gen)
             x0 = latents[idx]
-            x_t, t, noise = noised(sched_ctx, x0, self.gen)
+            x_t, t, noise = noised(ctx, x0, self.gen)
             hidden = adv.hidden(ctx.pipe.text_encoder, [adv.prompts[j] for j in idx.tolist()], rows, others)
             with ctx.autocast():
                 pred = predict(ctx.unet, x_t, t, Cond(hidden))
@@ -232,10 +231,8 @@ class Adversarial(Hook):
         target_cond = ctx.encode(target_prompts)
         adv_cond = Cond(hidden)
         x_t, t, adv_cond, target_cond = ctx.local(x_t, t, adv_cond, target_cond)  # several processes: this one's slice
-        with ctx.autocast():
-            with torch.no_grad():
-                reference = predict(ctx.unet, x_t, t, target_cond)
-            prediction = predict(ctx.unet, x_t, t, adv_cond)
+        with ctx.autocast():  # the target prompt's no-gradient forward overlaps the trained one on a CPU
+            reference, prediction = reference_and_prediction(ctx, x_t, t, target_cond, adv_cond)
         return s.weight * F.mse_loss(prediction.float(), reference.float())
 
     # ------------------------------------------------------------ checkpoints and step.json
