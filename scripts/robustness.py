@@ -7,7 +7,7 @@ the last request of an experiment file's sequence (or its first --requests).
     OMP_NUM_THREADS=1 python scripts/robustness.py configs/styles.yaml --out runs/robust-conabl-styles \
         --variants conabl,conabl+adversarial --json docs/results/robustness-conabl-styles.json
 
-Variants (VARIANTS): `uce`, `rece` (closed form); `conabl` (the style study's published
+Variants (VARIANTS): `uce`, `rece`, `uce-null` (closed form); `conabl` (the style study's published
 variant: recipe reference, the config's `defaults.method_settings`, e.g. 60 steps) and
 `conabl+adversarial` (the same plus the `adversarial` add-on, regularizers/adversarial.py).
 Settings after ':' go to the variant's add-on when it has one, else to its method
@@ -47,9 +47,9 @@ from obliviate.minicanvas import bundled_path
 from obliviate.model import load_pipeline, model_hash
 
 # method -> its settings in this table ("defaults" of the config come first for trained methods)
-METHODS = {"uce": {}, "rece": {}, "conabl": {"recipe": "reference"}}  # conabl: the study's published recipe
+METHODS = {"uce": {}, "rece": {}, "uce-null": {}, "conabl": {"recipe": "reference"}}  # conabl: the study's published recipe
 TRAINED = {"conabl"}  # methods that take the config's defaults.method_settings (steps, ...)
-VARIANTS = ("uce", "rece", "conabl", "conabl+ADDON[+ADDON...]")
+VARIANTS = ("uce", "rece", "uce-null", "conabl", "conabl+ADDON[+ADDON...]")
 # defaults of each attack here = the attack's own defaults; relearn checks 2 partners and
 # skips its yardstick on every variant but the first (the yardstick never sees the variant:
 # it fine-tunes the pretrained model)

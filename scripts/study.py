@@ -352,7 +352,10 @@ def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: i
             "basis": {"cost": COST, "regularizer_factors": facs, "eval_seconds_per_image": cost["eval_seconds_per_image"],
                       "conabl_reference_step_seconds": cost["conabl_reference_step_seconds"],
                       "measured_load_average": cost.get("load_average_after")},
-            "caveats": ["one-process CPU seconds on the measuring machine; with --jobs 2 on 2 cores a unit runs at one "
+            "caveats": ["an upper bound: every swept value is counted for every request, but the equal-forgetting "
+                        "policy stops a value after the first request whose probe UA is under the bar (early_stop), "
+                        "which depends on results not known ahead",
+                        "one-process CPU seconds on the measuring machine; with --jobs 2 on 2 cores a unit runs at one "
                         "thread, and any other load slows it", "regularizer factors come from bench-requests.json "
                         "(obliviate's recipe, 60 steps, 2 threads), applied to the measured reference-recipe step",
                         "12-request units are counted as extending their 8-request directory on the same machine; "

@@ -56,15 +56,19 @@ class FakeRunner:
     """What choose_strength needs of a Runner: the policy, the probe plan, probing(), log."""
 
     def __init__(self, policy):
-        self.exp = SimpleNamespace(strength=policy)
+        self.exp = SimpleNamespace(strength={"policy": "equal-forgetting", "ua_min": 90.0, "early_stop": 1.0, **policy},
+                                   requested=["fire", "ice"])
         self.probe = SimpleNamespace(seeds=[1, 2])
-        self.probing_now, self.calls = False, []
+        self.probing_now, self.stop_below, self.calls = False, None, []
 
     @contextlib.contextmanager
-    def probing(self):
-        self.probing_now = True
+    def probing(self, stop_below=None):
+        self.probing_now, self.stop_below = True, stop_below
         yield
-        self.probing_now = False
+        self.probing_now, self.stop_below = False, None
+
+    def stops_sweep(self, res):
+        return self.stop_below is not None and res["UA"] < self.stop_below
 
     def log(self, msg):
         pass
@@ -73,11 +77,16 @@ class FakeRunner:
 def fake_setting(runner, variant, vdir):
     """A setting whose fake evaluator scores a model by its l2sp weight: stronger keeps more
     but forgets less, UA falling under 90 at weight 1000 on the second request."""
-    runner.calls.append((dict(variant.regularizers)["l2sp"]["weight"], runner.probing_now, vdir.name))
     w = dict(variant.regularizers)["l2sp"]["weight"]
-    ua = {10: [96, 94], 100: [95, 91], 1000: [93, 80]}[w]
-    ret = {10: 40, 100: 60, 1000: 90}[w]
-    return [m(None, 100, 100)] + [m(u, ret, ret) for u in ua]
+    ua = {10: [96, 94], 100: [95, 91], 1000: [93, 80], 5000: [70, 60]}[w]
+    ret = {10: 40, 100: 60, 1000: 90, 5000: 95}[w]
+    rows = [m(None, 100, 100)]
+    for u in ua:  # what a real setting does: evaluate after each request, stop when the runner says so
+        runner.calls.append((w, runner.probing_now, vdir.name))
+        rows.append(m(u, ret, ret))
+        if runner.stops_sweep(rows[-1]):
+            break
+    return rows
 
 
 def test_choose_strength_sweeps_on_probe_seeds_and_keeps_the_table(tmp_path, monkeypatch):
@@ -86,11 +95,34 @@ def test_choose_strength_sweeps_on_probe_seeds_and_keeps_the_table(tmp_path, mon
     variant = Variant("reg", setting="fake", regularizers=[("l2sp", {"weight": 1})],
                       sweep={"key": "regularizers.l2sp.weight", "values": [10, 100, 1000]})
     chosen, vdir, choice = choose_strength(runner, variant, tmp_path / "reg")
-    assert [c[:2] for c in runner.calls] == [(10, True), (100, True), (1000, True)]  # every value, on the probe plan
+    # every value, on the probe plan, one call per request evaluated
+    assert [c[:2] for c in runner.calls] == [(10, True)] * 2 + [(100, True)] * 2 + [(1000, True)] * 2
     assert dict(chosen.regularizers)["l2sp"]["weight"] == 100 and vdir == tmp_path / "reg" / "sweep" / "100"
     saved = json.loads((tmp_path / "reg" / "strength.json").read_text())
     assert saved["chosen"] == 100 and saved["probe_seeds"] == [1, 2] and len(saved["table"]) == 3
     assert saved["policy"] == "equal-forgetting" and saved["ua_min"] == 90.0
+
+
+def test_a_value_under_the_bar_stops_early_and_a_chosen_one_is_finished(tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, "fake", fake_setting)
+    # 5000 falls under 90 at request 1: its second request is never run
+    runner = FakeRunner({})
+    variant = Variant("reg", setting="fake", regularizers=[("l2sp", {"weight": 1})],
+                      sweep={"key": "regularizers.l2sp.weight", "values": [100, 5000]})
+    _, _, choice = choose_strength(runner, variant, tmp_path / "a")
+    assert [c[0] for c in runner.calls] == [100, 100, 5000]
+    assert choice["chosen"] == 100 and choice["stopped_after"] == {"5000": 1}
+    assert {r["value"]: r["UA_per_request"] for r in choice["table"]}[5000] == [70]
+    # early_stop 0: every request of every value
+    runner = FakeRunner({"early_stop": 0})
+    choose_strength(runner, variant, tmp_path / "b")
+    assert [c[0] for c in runner.calls] == [100, 100, 5000, 5000]
+    # no value reaches the bar: the one chosen (best UA) is run to the end, without the stop
+    runner = FakeRunner({"ua_min": 99.0})
+    variant.sweep["values"] = [1000, 5000]
+    _, _, choice = choose_strength(runner, variant, tmp_path / "c")
+    assert choice["meets_ua"] is False and choice["chosen"] == 1000 and choice["stopped_after"] == {"1000": 1, "5000": 1}
+    assert [c[0] for c in runner.calls] == [1000, 5000, 1000, 1000]
 
 
 def test_experiment_files_check_sweeps_and_policies(tmp_path):
@@ -98,7 +130,8 @@ def test_experiment_files_check_sweeps_and_policies(tmp_path):
             "variants": [{"name": "a", "regularizers": [{"name": "l2sp", "weight": 1}],
                           "sweep": {"key": "regularizers.l2sp.weight", "values": [1, 10]}}]}
     exp = load_experiment(base)
-    assert exp.strength == {"policy": "equal-forgetting", "ua_min": 90.0} and exp.variants[0].sweep["values"] == [1, 10]
+    assert exp.strength == {"policy": "equal-forgetting", "ua_min": 90.0, "early_stop": 1.0}
+    assert exp.variants[0].sweep["values"] == [1, 10]
     assert load_experiment({**base, "strength": {"policy": "probe-score"}}).strength == {"policy": "probe-score"}
     bad = [
         ({"strength": {"policy": "best"}}, "strength policy 'best' is not valid"),

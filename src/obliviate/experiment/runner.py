@@ -45,18 +45,25 @@ class Runner:
         self.anchors = self.out / "cache" / "base-model"  # anchor / forget / remain images, shared by variants
         self._base_pipe = None
         self._probing = False
+        self._stop_below: float | None = None
         self._vdirs: dict[str, Path] = {}  # variant name -> its directory (a swept variant: the chosen value's)
 
     @contextlib.contextmanager
-    def probing(self):
+    def probing(self, stop_below: float | None = None):
         """Inside: settings evaluate on the probe plan, into `probe-eval/` instead of `eval/`
         (a strength sweep, strength.py; the reported evaluation of the chosen value reuses
-        the sweep's training and writes `eval/`)."""
-        plan, self.plan, self._probing = self.plan, self.probe, True
+        the sweep's training and writes `eval/`). With `stop_below`, a setting ends its
+        sequence after the first request whose probe UA is under it (`stops_sweep`)."""
+        plan, self.plan, self._probing, self._stop_below = self.plan, self.probe, True, stop_below
         try:
             yield
         finally:
-            self.plan, self._probing = plan, False
+            self.plan, self._probing, self._stop_below = plan, False, None
+
+    def stops_sweep(self, res: dict) -> bool:
+        """True when a swept value fell under the equal-forgetting bar: it can no longer be
+        chosen, so its later requests and their probe evaluations would be wasted."""
+        return self._stop_below is not None and res["UA"] < self._stop_below
 
     def log(self, msg: str) -> None:
         if not self.quiet:

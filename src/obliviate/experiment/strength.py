@@ -9,11 +9,16 @@ one value from that table; the variant is then run at that value with the report
 
 Policies, registered by name (`strength: {policy: NAME, ...}` at the top of an experiment file):
 
-- `equal-forgetting` (default; options `ua_min`, 90): among the values whose UA is >= ua_min
-  after *every* request, the one with the best retention (mean of RA-I and RA-C) after the
-  last request; ties go to the earlier value in the sweep. When no value keeps UA >= ua_min
-  throughout, the variant is reported as not reaching it (`meets_ua: false`) with its best UA
-  (the largest, over values, of the smallest UA over requests), and runs at that value.
+- `equal-forgetting` (default; options `ua_min`, 90, and `early_stop`, 1): among the values
+  whose UA is >= ua_min after *every* request, the one with the best retention (mean of RA-I
+  and RA-C) after the last request; ties go to the earlier value in the sweep. When no value
+  keeps UA >= ua_min throughout, the variant is reported as not reaching it (`meets_ua: false`)
+  with its best UA (the largest, over values, of the smallest UA over requests), and runs at
+  that value. With `early_stop` (1; 0 turns it off) a value's sequence stops after the first
+  request whose probe UA is under ua_min, since it can no longer be chosen: its row then holds
+  the requests up to that one (`stopped_after` in the record), its smallest UA is the smallest
+  seen before the stop, and when no value reaches the bar the chosen value's sequence is
+  finished afterwards (resumed: its finished requests and evaluations are reused).
 - `probe-score`: the earlier rule, the best mean of UA, RA-I and RA-C after the last request
   (it rewards variants that forget less; kept for comparison with the first study).
 """
@@ -28,7 +33,7 @@ from ..delta import atomic_write_json
 from .settings import SETTINGS, probe_score
 
 STRENGTH_POLICIES: dict[str, Callable] = {}
-POLICY_OPTIONS = {"equal-forgetting": {"ua_min": 90.0}, "probe-score": {}}
+POLICY_OPTIONS = {"equal-forgetting": {"ua_min": 90.0, "early_stop": 1.0}, "probe-score": {}}
 
 
 def strength_policy(name: str):
@@ -128,16 +133,26 @@ def choose_strength(runner, variant, vdir: Path) -> tuple[object, Path, dict]:
     key, values = variant.sweep["key"], variant.sweep["values"]
     policy = dict(runner.exp.strength)
     name = policy.pop("policy")
-    table = {}
+    early_stop = bool(policy.pop("early_stop", 0))
+    stop_below = policy["ua_min"] if early_stop else None
+    requests = len(runner.exp.requested)
+    table, stopped = {}, {}
     for value in values:
         v = with_value(variant, key, value)
-        with runner.probing():
+        with runner.probing(stop_below=stop_below):
             rows = SETTINGS[v.setting](runner, v, vdir / "sweep" / slug(str(value)))
         table[value] = rows[1:]  # after requests 1..n (row 0 is the base model)
+        if len(rows) - 1 < requests:
+            stopped[value] = len(rows) - 1
         runner.log(f"{variant.name} {key}={value}: probe UA {[round(r['UA'], 1) for r in rows[1:]]}, "
                    f"RA-I {rows[-1]['RA_I']:.1f}, RA-C {rows[-1]['RA_C']:.1f}")
-    choice = {"policy": name, **policy, "key": key, "values": list(values), **STRENGTH_POLICIES[name](table, **policy),
-              "probe_seeds": list(runner.probe.seeds)}
+    choice = {"policy": name, **policy, "early_stop": early_stop, "key": key, "values": list(values),
+              **STRENGTH_POLICIES[name](table, **policy), "probe_seeds": list(runner.probe.seeds),
+              "stopped_after": {str(k): n for k, n in stopped.items()}}
+    if choice["chosen"] in stopped:  # no value reached the bar: the one run anyway needs its whole sequence
+        v = with_value(variant, key, choice["chosen"])
+        with runner.probing():
+            SETTINGS[v.setting](runner, v, vdir / "sweep" / slug(str(choice["chosen"])))
     atomic_write_json(vdir / "strength.json", choice)
     runner.log(f"{variant.name}: {key}={choice['chosen']} ({choice['reason']})")
     chosen = choice["chosen"]

@@ -5,8 +5,9 @@ from .esd import ESD
 from .rece import RECE
 from .sculpmem import SculpMem
 from .uce import UCE
+from .uce_null import UCENull
 
-METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff, UCE, RECE)}
+METHODS = {m.name: m for m in (ConAbl, ESD, SculpMem, EraseDiff, UCE, RECE, UCENull)}
 
 
 def get_method(name: str):

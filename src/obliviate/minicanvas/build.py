@@ -35,20 +35,27 @@ class BuildSize:
     """How big and how long. `full` is the bundled model; `quick` exists for tests."""
 
     renders_per_pair: int = 48
-    # 1.0's step counts. A 1.1 attempt with 600 / 1200 / 2800 steps (to fit a loaded machine)
-    # drew objects at 59% against 1.0's 76%: the UNet needs its steps (docs/MINICANVAS.md)
-    text_steps: int = 1500
-    vae_steps: int = 2000
-    unet_steps: int = 5000
+    # Steps sized for a 90-minute build on the 2-core machine, where a UNet step (batch 64, two
+    # threads) takes ~0.6 s: the UNet gets most of them. A 1.1 attempt with 600 / 1200 / 2800
+    # steps and 1.0's UNet recipe drew objects at 59% against 1.0's 76% (5000 steps): the UNet
+    # needs its steps, and a better recipe (below) per step (docs/MINICANVAS.md)
+    text_steps: int = 800
+    vae_steps: int = 1200
+    unet_steps: int = 5500
     classifier_steps: int = 1200
     batch_size: int = 64
     text_width: int = 64
     text_layers: int = 3
     vae_channels: tuple[int, ...] = (16, 32, 32)
     unet_channels: tuple[int, ...] = (48, 96)
-    unet_lr: float = 3e-4
+    # UNet recipe of 1.1 (scripts/minicanvas_unet_probe.py, docs/minicanvas/unet-probe/): at 1,200
+    # steps on 1.0's VAE and text encoder, lr 1e-3 + min-SNR-5 + logit-normal timesteps drew
+    # objects at 58.9% against 43.8% for 1.0's recipe (lr 3e-4, uniform, unweighted)
+    unet_lr: float = 1e-3
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0  # 0 turns the weighting off (1.0 trained without it)
+    timestep_sampling: str = "logit-normal"  # or "uniform" (1.0)
+    unet_layers_per_block: int = 1
 
 
 FULL = BuildSize()
@@ -59,6 +66,7 @@ QUICK = BuildSize(
 
 MAX_TOKENS = 16
 VERSION = "1.1-dev"  # recorded in minicanvas.json; the bundled model is still 1.0 (docs/MINICANVAS.md)
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
 
@@ -329,9 +337,20 @@ def new_unet(latent_size: int, text_width: int, size: BuildSize):
     n = len(size.unet_channels)
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=size.unet_channels,
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        layers_per_block=size.unet_layers_per_block, down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=text_width, attention_head_dim=8, norm_num_groups=16,
     )
+
+
+def _draw_timesteps(size: BuildSize, n: int, gen: torch.Generator) -> torch.Tensor:
+    if size.timestep_sampling == "uniform":
+        return torch.randint(0, n, (size.batch_size,), generator=gen)
+    if size.timestep_sampling == "logit-normal":
+        # SD3 (Esser et al. 2024): t/n = sigmoid(N(0, 1)); fewer draws near t=0 and t=n, where
+        # a small model learns little about an object's silhouette
+        u = torch.sigmoid(torch.randn(size.batch_size, generator=gen))
+        return (u * n).long().clamp(0, n - 1)
+    raise ValueError(f"timestep_sampling {size.timestep_sampling!r}: choose one of {TIMESTEP_SAMPLINGS}")
 
 
 def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSize, gen: torch.Generator, quiet: bool):
@@ -357,7 +376,7 @@ def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSi
         cap = torch.tensor([index[(int(s), int(o), int(k))] for s, o, k in zip(style_labels[idx], object_labels[idx], kinds)])
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (size.batch_size,), generator=gen)
+        t = _draw_timesteps(size, scheduler.config.num_train_timesteps, gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, embeddings[cap]).sample
