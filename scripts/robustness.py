@@ -22,7 +22,9 @@ The attack grid is the first `--attack-partners` partners x the attack seeds (it
 are the evaluation's when the seeds agree, cached). Intervals: evaluate/resample.py over
 evaluate/power.py (stratified by concept, 1000 resamples, seed 0). Prints one JSON object
 (what --json writes) and the Markdown rows of docs/RESULTS.md. Per attack, `seconds_per_concept`
-is its measured cost (wall clock, on whatever machine and load it ran).
+is its measured cost (wall clock, on whatever machine and load it ran). Every variant after the
+first also gets `robust_UA_minus_first` per attack: its robust UA minus the first variant's,
+paired image by image on the same attack grid, with the interval and a verdict.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from obliviate.attacks.common import Timer
 from obliviate.delta import atomic_write_json, tensors_hash, with_delta
 from obliviate.evaluate.evaluator import load_protocol, make_plan, model_key
 from obliviate.evaluate.metrics import Record
-from obliviate.evaluate.resample import attack_interval, metric_intervals
+from obliviate.evaluate.resample import attack_interval, attack_paired, metric_intervals
 from obliviate.evaluate.sampler import generate
 from obliviate.minicanvas import bundled_path
 from obliviate.model import load_pipeline, model_hash
@@ -176,6 +178,10 @@ def main(argv=None) -> int:
                 entry["yardstick_steps"] = {c: e.get("yardstick_steps") for c, e in res["concepts"].items()}
             else:
                 entry["robust_UA"] = attack_interval(res)
+                if i:  # paired against the first variant on the same attack grid, image by image
+                    first = variants[0][0]
+                    entry["robust_UA_minus_first"] = attack_paired(
+                        res, json.loads((models[first][0] / name_a / "attack.json").read_text()), names=(name, first))
             figures["variants"][name]["attacks"][name_a] = entry
             print(f"[robustness] {name} {name_a}: done", file=sys.stderr, flush=True)
     if args.json:
@@ -215,6 +221,17 @@ def markdown_rows(figures: dict) -> list[str]:
         lines.append(f"| {name} | {fmt(row['clean'].get('UA'))} | {fmt(a.get('paraphrase', {}).get('robust_UA'))} | "
                      f"{fmt(a.get('inversion', {}).get('robust_UA'))} | {fmt(a.get('prefix', {}).get('robust_UA'))} | "
                      f"{fmt(row['clean'].get('RA_I'))} | {fmt(row['clean'].get('RA_C'))} | {revival} |")
+    names = list(figures["variants"])
+    if len(names) > 1:
+        lines += ["", f"| robust UA, paired against {names[0]} (same attack images) | paraphrase | inversion | prefix |",
+                  "|---|---|---|---|"]
+        for name in names[1:]:
+            a = figures["variants"][name]["attacks"]
+            cells = []
+            for attack in ("paraphrase", "inversion", "prefix"):
+                d = a.get(attack, {}).get("robust_UA_minus_first")
+                cells.append("-" if d is None else f"{d['difference']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] {d['verdict']}")
+            lines.append(f"| {name} - {names[0]} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -267,6 +267,21 @@ def test_the_same_request_with_typed_settings_is_not_refused(random_model, tmp_p
         Run(run_dir).unlearn(Request("fire", "style", "conabl", {**typed, "steps": 4}), quiet=True)
 
 
+def test_a_step_made_under_other_defaults_is_not_reused_silently(bundled_model, tmp_path):
+    run = Run.open_or_create(tmp_path / "run", bundled_model)
+    meta = run.unlearn(Request("fire", "style", "uce", {}), quiet=True)
+    assert run.unlearn(Request("fire", "style", "uce", {}), quiet=True)["step"] == 1  # same defaults: reused
+    # the step as an older version would have recorded it, when uce's lam defaulted to 1.0
+    path = tmp_path / "run" / "steps" / "001-fire" / "step.json"
+    recorded = json.loads(path.read_text())
+    recorded["config"]["method"]["lam"] = 1.0
+    path.write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"uce\.lam: 1\.0 -> 0\.5.*a default changed"):
+        Run(tmp_path / "run").unlearn(Request("fire", "style", "uce", {}), quiet=True)
+    # spelling the recorded value out is the same work again
+    assert Run(tmp_path / "run").unlearn(Request("fire", "style", "uce", {"lam": 1.0}), quiet=True)["step"] == meta["step"]
+
+
 # the report a person reads: the command line ------------------------------------------
 def test_every_argument_has_help_and_version_and_quiet_after_the_command(capsys):
     import argparse

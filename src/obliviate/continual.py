@@ -85,6 +85,34 @@ def same_request(recorded: dict, request: Request) -> bool:
         return False
 
 
+def _same_fields(recorded: dict, request: Request) -> bool:
+    """Everything but the method and regularizer settings asks for the same work."""
+    try:
+        old = Request.from_dict(recorded)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
+
+
+def changed_defaults(recorded_config: dict | None, request: Request) -> list[str]:
+    """'NAME.key: recorded -> now' for every resolved setting of `request` that differs from
+    the one a step recorded (its `config`): the same request resolves differently after a
+    default changed, and reusing the step would mix two versions' work silently."""
+    if not recorded_config:
+        return []
+    now = json.loads(json.dumps(resolved_config(*build_hooks(request))))
+    old_parts = [recorded_config.get("method", {})] + list(recorded_config.get("regularizers", []))
+    new_parts = [now["method"]] + now["regularizers"]
+    if [p.get("name") for p in old_parts] != [p.get("name") for p in new_parts]:
+        return [f"method and regularizers: {[p.get('name') for p in old_parts]} -> {[p.get('name') for p in new_parts]}"]
+    changed = []
+    for old, new in zip(old_parts, new_parts):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changed.append(f"{new['name']}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changed
+
+
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -287,15 +315,26 @@ class Run:
         """The step of the same request when it already completed; another request for the concept is refused."""
         request = job.request
         for meta in job.steps:
-            if meta["request"]["concept"] == request.concept:
-                if same_request(meta["request"], request):
-                    if not quiet:
-                        print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
-                    return meta
+            if meta["request"]["concept"] != request.concept:
+                continue
+            if meta.get("config") is None:  # a step from before steps recorded their resolved settings
+                changed, same_work = [], same_request(meta["request"], request)
+            else:  # the same work = the same settings after resolving defaults, today's and the step's
+                changed = changed_defaults(meta["config"], request)
+                same_work = _same_fields(meta["request"], request) and not changed
+            if same_work:
+                if not quiet:
+                    print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
+                return meta
+            if same_request(meta["request"], request):
                 raise ValueError(
-                    f"concept {request.concept!r} was already unlearned in step {meta['step']} of {self.path} "
-                    "with other settings; start a new run to compare settings"
-                )
+                    f"concept {request.concept!r} was unlearned in step {meta['step']} of {self.path} with the same "
+                    f"request, but this version resolves it differently ({'; '.join(changed)}): a default changed "
+                    "since. Start a new run, or give those settings explicitly to match the recorded ones")
+            raise ValueError(
+                f"concept {request.concept!r} was already unlearned in step {meta['step']} of {self.path} "
+                "with other settings; start a new run to compare settings"
+            )
         return None
 
     def _claim_partial(self, job: "_Job") -> None:
