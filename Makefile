@@ -30,8 +30,9 @@ test: $(STAMP)
 test-fullsize: $(STAMP)
 	$(BIN)/python -m pytest tests -m fullsize
 
-# The second-edition study behind docs/RESULTS.md (issue 11; configs/study/): about 160 CPU hours at
-# the speed measured on the shared 2-core machine (`python scripts/study.py --plan`), so it is meant
+# The second-edition study behind docs/RESULTS.md (issue 11; configs/study/): at most 67 CPU hours at
+# the speed measured on an idle 2-core machine (`python scripts/study.py --plan`; swept values that fall
+# under the UA bar stop early, so it is an upper bound), so it is meant
 # to be left running over several sessions. scripts/study.py runs the units not yet committed under
 # docs/results/study/ in decision order, two at a time with one torch thread each, resumes an
 # interrupted unit, and copies each finished unit's summary there (commit them); results.py then
