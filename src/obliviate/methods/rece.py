@@ -29,14 +29,13 @@ Defaults: rounds 3, norm 1.0, adv_scale 1 (adversarial rows weigh what their era
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ..trainer import Context
-from .uce import UCE, UCESettings, erase_rows
+from .uce import UCE, UCESettings, concept_position_rows
 
 
 @dataclass
@@ -125,7 +124,7 @@ class RECE(UCE):
             if s.adv_positions == "after":
                 te, tg, tw = e, g, w
             else:
-                parts = [erase_rows(ctx, c, d, dataclasses.replace(cs, positions="concept")) for c, d, cs in erased]
+                parts = concept_position_rows(ctx, erased)
                 te, tg, tw = (torch.cat([q[i] for q in parts]) for i in range(3))
             adv_e, adv_g, adv_w = [e], [g], [w]
             for _ in range(s.rounds):

@@ -51,6 +51,7 @@ styles; "picture" draws them better (79%) but is sometimes read as an erased sty
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -254,6 +255,12 @@ def erase_rows(ctx: Context, concept: str, domain: str, s: UCESettings):
     if not e_rows:
         raise ValueError(f"uce: no rows for {concept!r} (is it truncated away by the tokenizer's {length}-token limit?)")
     return torch.stack(e_rows), torch.stack(g_rows), torch.tensor(weights, dtype=torch.float64)
+
+
+def concept_position_rows(ctx: Context, erased) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """erase_rows of each (concept, domain, settings) in `erased` at the concept's own token
+    positions only: what an embedding attack imitates (rece's adversaries, uce-null's directions)."""
+    return [erase_rows(ctx, c, d, dataclasses.replace(cs, positions="concept")) for c, d, cs in erased]
 
 
 def preserve_rows(ctx: Context, erased: list[tuple[str, str]], domain: str, s: UCESettings) -> torch.Tensor | None:

@@ -35,7 +35,6 @@ less removed (docs/RESULTS.md, "Attacks").
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -43,7 +42,7 @@ import torch
 
 from ..trainer import Context
 from .rece import adversarial_embeddings, adversary_gap, gram
-from .uce import UCE, UCESettings, erase_rows
+from .uce import UCE, UCESettings, concept_position_rows
 
 
 @dataclass
@@ -93,7 +92,7 @@ class UCENull(UCE):
                 raise ValueError(f"uce-null dims={s.dims} x {len(erased)} erased concepts would remove every one of the "
                                  f"text space's {len(k)} directions; use dims <= {max((len(k) - 1) // len(erased), 0)}")
             lower = torch.linalg.cholesky(k)  # K = L L^T; y = L^T x
-            parts = [erase_rows(ctx, c, d, dataclasses.replace(cs, positions="concept")) for c, d, cs in erased]
+            parts = concept_position_rows(ctx, erased)
             kept_y = p.double() @ lower
             directions = torch.cat([concept_directions(q[0].double() @ lower, q[2], kept_y, s.dims, s.ridge)
                                     for q in parts], dim=1)
