@@ -67,7 +67,7 @@ class FakeRunner:
         yield
         self.probing_now, self.stop_below = False, None
 
-    def stops_sweep(self, res):
+    def stops_sweep(self, res, variant, request):
         return self.stop_below is not None and res["UA"] < self.stop_below
 
     def log(self, msg):
@@ -84,7 +84,7 @@ def fake_setting(runner, variant, vdir):
     for u in ua:  # what a real setting does: evaluate after each request, stop when the runner says so
         runner.calls.append((w, runner.probing_now, vdir.name))
         rows.append(m(u, ret, ret))
-        if runner.stops_sweep(rows[-1]):
+        if runner.stops_sweep(rows[-1], variant.name, len(rows) - 1):
             break
     return rows
 

@@ -94,13 +94,13 @@ def _same_fields(recorded: dict, request: Request) -> bool:
     return all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
 
 
-def changed_defaults(recorded_config: dict | None, request: Request) -> list[str]:
-    """'NAME.key: recorded -> now' for every resolved setting of `request` that differs from
-    the one a step recorded (its `config`): the same request resolves differently after a
-    default changed, and reusing the step would mix two versions' work silently."""
+def changed_defaults(recorded_config: dict | None, current_config: dict) -> list[str]:
+    """'NAME.key: recorded -> now' for every resolved setting (resolved_config) that differs
+    between a step's recorded `config` and the current request's: the same request resolves
+    differently after a default changed, and reusing the step would mix two versions' work."""
     if not recorded_config:
         return []
-    now = json.loads(json.dumps(resolved_config(*build_hooks(request))))
+    now = json.loads(json.dumps(current_config))
     old_parts = [recorded_config.get("method", {})] + list(recorded_config.get("regularizers", []))
     new_parts = [now["method"]] + now["regularizers"]
     if [p.get("name") for p in old_parts] != [p.get("name") for p in new_parts]:
@@ -320,7 +320,7 @@ class Run:
             if meta.get("config") is None:  # a step from before steps recorded their resolved settings
                 changed, same_work = [], same_request(meta["request"], request)
             else:  # the same work = the same settings after resolving defaults, today's and the step's
-                changed = changed_defaults(meta["config"], request)
+                changed = changed_defaults(meta["config"], job.config)
                 same_work = _same_fields(meta["request"], request) and not changed
             if same_work:
                 if not quiet:

@@ -60,10 +60,13 @@ class Runner:
         finally:
             self.plan, self._probing, self._stop_below = plan, False, None
 
-    def stops_sweep(self, res: dict) -> bool:
-        """True when a swept value fell under the equal-forgetting bar: it can no longer be
-        chosen, so its later requests and their probe evaluations would be wasted."""
-        return self._stop_below is not None and res["UA"] < self._stop_below
+    def stops_sweep(self, res: dict, variant: str, request: int) -> bool:
+        """True (and logged) when a swept value fell under the equal-forgetting bar: it can no
+        longer be chosen, so its later requests and their probe evaluations would be wasted."""
+        if self._stop_below is None or res["UA"] >= self._stop_below:
+            return False
+        self.log(f"{variant}: probe UA {res['UA']:.1f} is under the bar after request {request}; this value stops here")
+        return True
 
     def log(self, msg: str) -> None:
         if not self.quiet:

@@ -52,8 +52,7 @@ def sequential(runner, variant, vdir: Path) -> list[dict]:
                               vdir / "eval" / f"step{t:03d}.json")
         rows.append(runner.row(t, concept, res, meta["drift"]["pretrained"]["l2"], meta["timings"]["train_seconds"]))
         runner.log(f"{variant.name} step {t} -{concept}: UA {res['UA']:.1f} RA-I {res['RA_I']:.1f} RA-C {res['RA_C']:.1f}")
-        if runner.stops_sweep(res):
-            runner.log(f"{variant.name}: probe UA {res['UA']:.1f} is under the bar after request {t}; this value stops here")
+        if runner.stops_sweep(res, variant.name, t):
             break
     return rows
 
@@ -72,8 +71,7 @@ def simultaneous(runner, variant, vdir: Path) -> list[dict]:
         rows.append(runner.row(t, concept, res, drift(delta)["l2"], meta["timings"]["train_seconds"],
                                chosen_step=meta.get("early_stopping", {}).get("chosen_step")))
         runner.log(f"{variant.name} step {t} (retrain on {t}): UA {res['UA']:.1f} RA-I {res['RA_I']:.1f} RA-C {res['RA_C']:.1f}")
-        if runner.stops_sweep(res):
-            runner.log(f"{variant.name}: probe UA {res['UA']:.1f} is under the bar after request {t}; this value stops here")
+        if runner.stops_sweep(res, variant.name, t):
             break
     return rows
 
@@ -127,7 +125,6 @@ def independent_merge(runner, variant, vdir: Path) -> list[dict]:
                                merge={"method": method, "lam": lam, "top_k": top}))
         runner.log(f"{variant.name} step {t} (merge {method} lam={lam} top_k={top}): "
                    f"UA {res['UA']:.1f} RA-I {res['RA_I']:.1f} RA-C {res['RA_C']:.1f}")
-        if runner.stops_sweep(res):
-            runner.log(f"{variant.name}: probe UA {res['UA']:.1f} is under the bar after request {t}; this value stops here")
+        if runner.stops_sweep(res, variant.name, t):
             break
     return rows
