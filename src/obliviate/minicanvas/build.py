@@ -65,7 +65,7 @@ QUICK = BuildSize(
 )
 
 MAX_TOKENS = 16
-VERSION = "1.1-dev"  # recorded in minicanvas.json; the bundled model is still 1.0 (docs/MINICANVAS.md)
+VERSION = "1.1"  # recorded in minicanvas.json; the bundled model is 1.1 (docs/MINICANVAS.md)
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
