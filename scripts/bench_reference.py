@@ -373,8 +373,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.steps < 2 or args.rounds < 1 or args.batch < 1 or min(args.threads) < 1:
         ap.error("--steps must be >= 2, --rounds, --batch and --threads >= 1")
-    if not args.cuig.is_dir():
-        ap.error(f"--cuig {args.cuig} is not a directory")
+    if not (args.cuig / "UnlearningMethods" / "ConAbl" / "train_conabl.py").is_file():
+        ap.error(f"--cuig {args.cuig}: no UnlearningMethods/ConAbl/train_conabl.py there; "
+                 "pass a checkout of https://github.com/justinhylee135/CUIG")
     from obliviate.minicanvas import bundled_path
 
     model = args.model or Path(bundled_path())
