@@ -14,7 +14,8 @@ and the implied ratio to the reference implementation's time:
 
 where 0.72 (obliviate's sequential loop at torch's default threads / CUIG's ConAbl loop,
 median of requests 2-8, equal steps and settings, on this 2-core machine) is the
-side-by-side measurement reported in issue 10, not measured here.
+side-by-side measurement reported in issue 10, not measured here. scripts/bench_reference.py
+measures the ratio itself, against CUIG's own training loop (docs/RESULTS.md).
 
 Usage: python scripts/bench_conabl.py [--steps 10] [--rounds 5] [--batch 8] [--model DIR]
 """
