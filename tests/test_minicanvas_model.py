@@ -2,8 +2,10 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from obliviate.minicanvas import world
 from obliviate.minicanvas.classifiers import MiniCanvasJudge
@@ -118,3 +120,38 @@ def test_trained_text_states_keep_their_identity_across_contexts(quick_model, ra
     trained, untrained = stability(quick_model[0]), stability(random_model)
     assert set(trained["per_concept"]) == set(world.STYLE_NAMES) | set(world.OBJECT_NAMES)
     assert trained["mean"] > 0.85 and trained["mean"] > untrained["mean"] + 0.2
+
+
+def test_the_unet_trains_on_the_reference_style_phrasings_conabl_uses():
+    """1.2: the builder's extra caption kinds are, word for word, the prompts ConAbl's reference
+    recipe trains a style request on, and the tokenizer knows every word of them."""
+    from obliviate.methods.conabl import style_phrasings
+    from obliviate.minicanvas import world
+    from obliviate.minicanvas.build import CAPTION_KINDS, UNK, build_tokenizer, caption_for
+
+    for si, oi in [(0, 0), (5, 7), (15, 11)]:
+        s, o = world.STYLE_NAMES[si], world.OBJECT_NAMES[oi]
+        assert [caption_for(si, oi, 4), caption_for(si, oi, 5)] == style_phrasings(s, world.OBJECT_ONLY_TEMPLATE.format(object=o))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tok = build_tokenizer(Path(d))
+    captions = {caption_for(si, oi, k) for si in range(len(world.STYLE_NAMES)) for oi in range(len(world.OBJECT_NAMES))
+                for k in range(CAPTION_KINDS)}
+    unk = tok.convert_tokens_to_ids(UNK)
+    assert all(unk not in tok(c).input_ids for c in captions)
+
+
+def test_caption_mix_adds_the_reference_phrasings_and_zero_draws_the_old_mix():
+    from dataclasses import replace
+
+    from obliviate.minicanvas.build import FULL, draw_caption_kinds
+
+    old = torch.bucketize(torch.rand(20_000, generator=torch.Generator().manual_seed(3)), torch.tensor([0.7, 0.8, 0.9]))
+    new0 = draw_caption_kinds(20_000, replace(FULL, reference_phrasings=0.0), torch.Generator().manual_seed(3))
+    assert torch.equal(old, new0)  # 1.1's kinds, draw for draw
+    kinds = draw_caption_kinds(20_000, FULL, torch.Generator().manual_seed(3))
+    share = torch.bincount(kinds, minlength=6).float() / len(kinds)
+    expected = torch.tensor([0.7 - FULL.reference_phrasings, 0.1, 0.1, 0.1, FULL.reference_phrasings / 2, FULL.reference_phrasings / 2])
+    assert FULL.reference_phrasings > 0
+    assert torch.allclose(share, expected, atol=0.015)

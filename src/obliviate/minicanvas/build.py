@@ -56,6 +56,13 @@ class BuildSize:
     min_snr_gamma: float = 5.0  # 0 turns the weighting off (1.0 trained without it)
     timestep_sampling: str = "logit-normal"  # or "uniform" (1.0)
     unet_layers_per_block: int = 1
+    # 1.2: share of the UNet's training captions in the reference's two style phrasings
+    # (world.REFERENCE_STYLE_PHRASINGS, half each), taken from the template's share; 0 is 1.1's mix
+    reference_phrasings: float = 0.2
+
+    def __post_init__(self):
+        if not 0 <= self.reference_phrasings <= 0.7:
+            raise ValueError(f"reference_phrasings={self.reference_phrasings} must be in [0, 0.7] (the template's share is 0.7)")
 
 
 FULL = BuildSize()
@@ -65,7 +72,7 @@ QUICK = BuildSize(
 )
 
 MAX_TOKENS = 16
-VERSION = "1.1"  # recorded in minicanvas.json; the bundled model is 1.1 (docs/MINICANVAS.md)
+VERSION = "1.2-dev"  # recorded in minicanvas.json; the bundled model is 1.1 (docs/MINICANVAS.md)
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
@@ -132,7 +139,21 @@ def caption_for(style_idx: int, object_idx: int, kind: int) -> str:
         return world.STYLE_ONLY_TEMPLATE.format(style=s)
     if kind == 2:
         return world.OBJECT_ONLY_TEMPLATE.format(object=o)
+    if kind in (4, 5):
+        return world.REFERENCE_STYLE_PHRASINGS[kind - 4].format(style=s, object=o)
     return ""
+
+
+CAPTION_KINDS = 6  # 0 template, 1 style only, 2 object only, 3 empty (CFG), 4 and 5 the reference's phrasings
+
+
+def draw_caption_kinds(n: int, size: "BuildSize", gen: torch.Generator) -> torch.Tensor:
+    """The UNet's caption kinds: template 70% - reference_phrasings, each reference phrasing half
+    of reference_phrasings, style only, object only and empty (classifier-free guidance) 10% each.
+    One uniform draw per caption, so reference_phrasings=0 draws 1.1's kinds exactly."""
+    r = size.reference_phrasings
+    bounds = torch.tensor([0.7 - r, 0.7 - r / 2, 0.7, 0.8, 0.9])
+    return torch.tensor([0, 4, 5, 1, 2, 3])[torch.bucketize(torch.rand(n, generator=gen), bounds)]
 
 
 # ---------------------------------------------------------------- text encoder
@@ -371,8 +392,7 @@ def train_unet(latents, style_labels, object_labels, caption_bank, size: BuildSi
     bar = tqdm(range(size.unet_steps), desc="unet", disable=quiet)
     for step in bar:
         idx = torch.randint(0, len(latents), (size.batch_size,), generator=gen)
-        # caption kinds: 70% full prompt, 10% style only, 10% object only, 10% empty (CFG)
-        kinds = torch.bucketize(torch.rand(size.batch_size, generator=gen), torch.tensor([0.7, 0.8, 0.9]))
+        kinds = draw_caption_kinds(size.batch_size, size, gen)
         cap = torch.tensor([index[(int(s), int(o), int(k))] for s, o, k in zip(style_labels[idx], object_labels[idx], kinds)])
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
@@ -403,7 +423,7 @@ def caption_bank_for(tokenizer, text_model) -> dict:
     keys, captions = [], []
     for si in range(len(world.STYLE_NAMES)):
         for oi in range(len(world.OBJECT_NAMES)):
-            for kind in range(4):
+            for kind in range(CAPTION_KINDS):
                 keys.append((si, oi, kind))
                 captions.append(caption_for(si, oi, kind))
     unique = sorted(set(captions))

@@ -79,6 +79,13 @@ _OBJECT_BY_NAME = {o.name: o for o in OBJECTS}
 PROMPT_TEMPLATE = "A {object} image in {style} style"  # UnlearnCanvas's template
 STYLE_ONLY_TEMPLATE = "an image in the style of {style}"
 OBJECT_ONLY_TEMPLATE = "an image of a {object}"
+# The reference implementation's ConAbl (CUIG) trains a style request on "In X Style, <caption>"
+# and "<caption>, in X Style." (methods/conabl.py, style_phrasings), with the caption
+# OBJECT_ONLY_TEMPLATE. UnlearnCanvas's generator (a fine-tuned SD 1.5) reads them from its
+# pretraining; MiniCanvas 1.1 was never trained on them and draws the named style for only 52% and
+# 53% of them (docs/results/phrasings-minicanvas-1.1.json), so a request trained on them erased
+# whatever else they drew. From 1.2 the UNet is trained on them too (build.BuildSize.reference_phrasings).
+REFERENCE_STYLE_PHRASINGS = ("In {style} Style, an image of a {object}", "an image of a {object}, in {style} Style.")
 
 # Default unlearning orders: each group of look-alike concepts is visited early, so retained
 # sets (every concept not in the order) always contain designed neighbours of unlearned ones.
