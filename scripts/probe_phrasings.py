@@ -35,12 +35,12 @@ def main() -> None:
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     judge = MiniCanvasJudge(model)
-    styles, objects = [s.name for s in world.STYLES], [o.name for o in world.OBJECTS]
+    styles, objects = list(world.STYLE_NAMES), list(world.OBJECT_NAMES)
     # exactly the prompts ConAbl's reference recipe trains a MiniCanvas style request on
     phrasings = {
         "reference: In X Style, <caption>": lambda s, o: style_phrasings(s, world.OBJECT_ONLY_TEMPLATE.format(object=o))[0],
         "reference: <caption>, in X Style.": lambda s, o: style_phrasings(s, world.OBJECT_ONLY_TEMPLATE.format(object=o))[1],
-        "catalog template": lambda s, o: world.PROMPT_TEMPLATE.format(object=o, style=s),
+        "catalog template": lambda s, o: world.prompt(s, o),
     }
     out = {"model": "bundled" if args.model is None else args.model, "seeds": seeds, "sampler": world.SAMPLER, "phrasings": {}}
     for name, make in phrasings.items():

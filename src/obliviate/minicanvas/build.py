@@ -147,7 +147,7 @@ def caption_for(style_idx: int, object_idx: int, kind: int) -> str:
 CAPTION_KINDS = 6  # 0 template, 1 style only, 2 object only, 3 empty (CFG), 4 and 5 the reference's phrasings
 
 
-def draw_caption_kinds(n: int, size: "BuildSize", gen: torch.Generator) -> torch.Tensor:
+def draw_caption_kinds(n: int, size: BuildSize, gen: torch.Generator) -> torch.Tensor:
     """The UNet's caption kinds: template 70% - reference_phrasings, each reference phrasing half
     of reference_phrasings, style only, object only and empty (classifier-free guidance) 10% each.
     One uniform draw per caption, so reference_phrasings=0 draws 1.1's kinds exactly."""
