@@ -72,7 +72,7 @@ QUICK = BuildSize(
 )
 
 MAX_TOKENS = 16
-VERSION = "1.2-dev"  # recorded in minicanvas.json; the bundled model is 1.1 (docs/MINICANVAS.md)
+VERSION = "1.2"  # recorded in minicanvas.json; the bundled model is 1.2 (docs/MINICANVAS.md)
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
