@@ -646,7 +646,7 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
                 verdict = "missing" if "missing" in (ri, rc) else "inconclusive"
             parts.append(verdict)
             texts.append(f"{v}: RA-I {ti}, RA-C {tc}, drift " + ", ".join(f"{a:.3f} vs {b:.3f}" for a, b in drifts)
-                         + f" ({verdict})")
+                         + f"; this add-on: {verdict}")
         out.append("- **(b) every add-on reduces drift and improves retention over the base** — rule per add-on: lower "
                    "cumulative drift in every training seed, RA-I higher (paired interval above 0), RA-C not lower "
                    "(interval not below 0). Differences are add-on - conabl. " + "; ".join(texts) + f". **{combine(parts)}**.")

@@ -105,7 +105,7 @@ def test_clear_differences_give_verdicts_and_zero_differences_are_inconclusive(s
     assert "not yet run" in a  # simultaneous is missing
     # selft drifts less than conabl but retains the same: (b) for it is inconclusive, projection drifts more: no
     b = next(line for line in text.splitlines() if line.startswith("- **(b)"))
-    assert "conabl+projection: RA-I +0.0" in b and "(no)" in b and "**does not hold**" in b
+    assert "conabl+projection: RA-I +0.0" in b and "this add-on: no" in b and "**does not hold**" in b
 
 
 def test_the_answer_is_chosen_at_equal_forgetting_and_says_what_is_missing(study):
