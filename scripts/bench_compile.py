@@ -1,10 +1,11 @@
 """torch.compile (inductor, CPU) on ConAbl's training step: compile time and steady-state step
 time against eager, interleaved in rounds in one process (issue 10, speed).
 
-The step is the sequential ConAbl step of scripts/bench_conabl.py (anchor-prompt forward
-without gradient, target-prompt forward, backward, AdamW) on the bundled model's k/v
-cross-attention tensors at batch 8 and one torch thread. The first compiled step includes
-compilation; then `rounds` of 20 eager steps and 20 compiled steps, median seconds each.
+The step is a plain ConAbl step (anchor-prompt forward without gradient, target-prompt
+forward, MSE backward, AdamW; unlike scripts/bench_conabl.py's loop, no start-token detachment
+and no gradient clipping) on the bundled model's k/v cross-attention tensors at batch 8 and one
+torch thread. The first compiled step includes compilation; then 3 rounds of 20 eager steps
+and 20 compiled steps, median seconds each.
 
     OMP_NUM_THREADS=1 python scripts/bench_compile.py [default|reduce-overhead|max-autotune]
 
