@@ -95,6 +95,14 @@ def weight_variant(path: Path) -> str | None:
     return None
 
 
+def _dtype_keyword() -> str:
+    """from_pretrained's name for the dtype: diffusers renamed `torch_dtype` to `dtype` (huggingface/diffusers#14205)
+    and warns on the old name; releases before it know only `torch_dtype`."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None):
     """Load a StableDiffusion(XL)Pipeline offline, float32 weights, every part frozen."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -105,7 +113,7 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     path = check_pipeline_dir(path)
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()  # "Loading weights" bars on every load
-    options = dict(torch_dtype=torch.float32, local_files_only=True, variant=weight_variant(path))
+    options = {_dtype_keyword(): torch.float32, "local_files_only": True, "variant": weight_variant(path)}
     if is_sdxl(path):
         # no watermark: it changes pixels the evaluation classifies, and needs an extra package
         pipe = StableDiffusionXLPipeline.from_pretrained(path, add_watermarker=False, **options)
