@@ -18,6 +18,12 @@ side-by-side measurement reported in issue 10, not measured here. scripts/bench_
 measures the ratio itself, against CUIG's own training loop (docs/RESULTS.md).
 
 Usage: python scripts/bench_conabl.py [--steps 10] [--rounds 5] [--batch 8] [--model DIR]
+
+With `--compile MODE` (default, reduce-overhead or max-autotune) it times torch.compile
+(inductor) instead, on the same loop at one thread without the overlap: the first compiled
+step (compilation included), then --rounds interleaved rounds of --steps eager and --steps
+compiled steps, median seconds per step each. Result of 2026-11-29/30: not worth it on this
+machine (docs/RESULTS.md, "ConAbl step time"; docs/results/bench-compile.txt).
 """
 from __future__ import annotations
 
@@ -40,18 +46,22 @@ from obliviate.start_token import start_token_detached
 ISSUE_RATIO = 0.72
 
 
-def run(pipe, params, steps, batch, overlap, seed=0, parts=None):
+def run(pipe, params, steps, batch, overlap, seed=0, parts=None, unet=None, detach_start=True):
+    """`steps` ConAbl steps on `params`; `unet` replaces pipe.unet (a compiled one). Restores
+    the parameters and returns (seconds per step, the delta the steps made). detach_start=False
+    when the caller keeps the start-token hooks on for the whole run (a compiled UNet would
+    recompile if they came and went every step)."""
     from diffusers import DDPMScheduler
 
     os.environ["OBLIVIATE_OVERLAP"] = "1" if overlap else "0"
-    ctx = types.SimpleNamespace(unet=pipe.unet, device=torch.device("cpu"), dist=None, autocast=contextlib.nullcontext)
+    unet = unet if unet is not None else pipe.unet
+    ctx = types.SimpleNamespace(unet=unet, device=torch.device("cpu"), dist=None, autocast=contextlib.nullcontext)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     start = {n: p.detach().clone() for n, p in params.items()}
     opt = torch.optim.AdamW(params.values(), lr=5e-4, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(seed)
-    unet = pipe.unet
-    size = unet.config.sample_size
-    latents = torch.randn(48, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(1))
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(48, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(1))
     anchor = encode_prompts(pipe, ["an image of a circle"]).expand(batch, -1, -1)
     target = encode_prompts(pipe, ["A circle image in fire style"]).expand(batch, -1, -1)
     t_all = time.perf_counter()
@@ -61,7 +71,7 @@ def run(pipe, params, steps, batch, overlap, seed=0, parts=None):
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
         x_t = sched.add_noise(x0, noise, t)
-        with start_token_detached(unet):
+        with start_token_detached(pipe.unet, enabled=detach_start):
             t0 = time.perf_counter()
             if parts is None:
                 reference, prediction = diffusion.reference_and_prediction(ctx, x_t, t, anchor, target)
@@ -122,17 +132,40 @@ def reference_recipe_latents(pipe, batch, rounds=20):
             "stored_posterior_setup_seconds_64_images": setup}
 
 
+def compile_figures(pipe, params, mode, steps, rounds, batch):
+    """torch.compile against eager on the sequential loop at one thread, interleaved in rounds."""
+    torch.set_num_threads(1)
+    compiled = torch.compile(pipe.unet, mode=None if mode == "default" else mode, dynamic=False)
+    rounds_out = []
+    with start_token_detached(pipe.unet):  # on throughout, so that the compiled graph keeps its guards
+        t0 = time.perf_counter()
+        run(pipe, params, 1, batch, False, unet=compiled, detach_start=False)
+        first = time.perf_counter() - t0
+        for _ in range(rounds):
+            eager, _ = run(pipe, params, steps, batch, False, detach_start=False)
+            fast, _ = run(pipe, params, steps, batch, False, unet=compiled, detach_start=False)
+            rounds_out.append({"eager": eager, "compiled": fast, "compiled_over_eager": fast / eager})
+    return {"mode": mode, "steps": steps, "rounds": rounds, "batch": batch, "threads": 1,
+            "load_average": os.getloadavg(), "compile_and_first_step_seconds": first, "rounds_seconds_per_step": rounds_out,
+            "median_compiled_over_eager": statistics.median(r["compiled_over_eager"] for r in rounds_out)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10, help="steps per timed loop")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every configuration")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
+                    help="time torch.compile in this mode against eager instead")
     args = ap.parse_args()
     pipe = load_pipeline(args.model or bundled_path(), device="cpu")
     params = select_parameters(pipe.unet, "kv-xattn")
     for p in params.values():
         p.requires_grad_(True)
+    if args.compile:
+        print(json.dumps(compile_figures(pipe, params, args.compile, args.steps, args.rounds, args.batch), indent=2))
+        return
     configs = [(threads, overlap) for threads in (1, 2) for overlap in (False, True)]
     times = {c: [] for c in configs}
     parts: dict[str, list[float]] = {}
