@@ -11,7 +11,8 @@ Variants (VARIANTS): `uce`, `rece`, `uce-null` (closed form); `conabl` (the styl
 variant: recipe reference, the config's `defaults.method_settings`, e.g. 60 steps) and
 `conabl+adversarial` (the same plus the `adversarial` add-on, regularizers/adversarial.py).
 Settings after ':' go to the variant's add-on when it has one, else to its method
-(`rece:rounds=2`, `conabl+adversarial:weight=2`).
+(`rece:rounds=2`, `conabl+adversarial:weight=2`); `METHOD.key` and `ADDON.key` name the owner
+(`conabl+l1sp+adversarial:conabl.steps=30,l1sp.weight=10`).
 
 Per variant: the sequence is unlearned in a run (OUT/VARIANT/run; training images cached in
 OUT/train-cache, shared by variants), the final model is evaluated on the config's grid (every
@@ -61,9 +62,10 @@ RELEARN = {"check_partners": 2, "max_steps": 50}  # the table's relearn: 2 check
 
 def parse_variant(text: str, defaults: dict | None = None):
     """`METHOD[+ADDON...][:key=value,...]` -> (text, method, method settings, [(add-on, settings)]).
-    A key `ADDON.key` goes to that add-on; a plain key to the last add-on, or to the method
-    when there is none (`rece:rounds=2`, `conabl+adversarial:weight=2`,
-    `conabl+selft+adversarial:selft.top_k=0.01`). Checked before any work."""
+    A key `ADDON.key` goes to that add-on, `METHOD.key` to the method; a plain key to the last
+    add-on, or to the method when there is none (`rece:rounds=2`, `conabl+adversarial:weight=2`,
+    `conabl+selft+adversarial:selft.top_k=0.01`, `conabl+adversarial:conabl.steps=30`). Checked
+    before any work."""
     from obliviate.continual import build_hooks
 
     head, _, rest = text.partition(":")
@@ -77,9 +79,12 @@ def parse_variant(text: str, defaults: dict | None = None):
         if not eq:
             raise ValueError(f"variant {text!r}: settings must look like key=value")
         owner, dot, key = k.rpartition(".")
-        if dot and owner not in regs:
-            raise ValueError(f"variant {text!r}: {owner!r} is not one of its add-ons ({', '.join(regs) or 'none'})")
-        if dot:
+        if dot and owner == method:  # `conabl.steps=30`: the method's, beside add-ons
+            settings[key] = v
+        elif dot and owner not in regs:
+            raise ValueError(f"variant {text!r}: {owner!r} is neither its method ({method}) nor one of its add-ons "
+                             f"({', '.join(regs) or 'none'})")
+        elif dot:
             regs[owner][key] = v
         elif addons:
             regs[addons[-1]][k] = v

@@ -119,8 +119,10 @@ def test_robustness_variants_route_settings_and_refuse_bad_ones():
     assert method == "conabl" and settings == {"steps": 60, "recipe": "reference"}
     assert regs == [("l1sp", {"weight": "10"}), ("adversarial", {"mode": "prefix"})]
     assert r.parse_variant("rece:rounds=2", {"steps": 60})[2] == {"rounds": "2"}  # closed form: no training defaults
+    _, _, settings, regs = r.parse_variant("conabl+adversarial:conabl.steps=30,weight=2", {"steps": 60})
+    assert settings == {"steps": "30", "recipe": "reference"} and regs == [("adversarial", {"weight": "2"})]
     for bad, message in (("nope", "valid variants"), ("uce+adversarial", "valid variants"),
-                         ("conabl+adversarial:mode=x", "mode"), ("conabl+adversarial:l2sp.weight=1", "not one of its add-ons"),
+                         ("conabl+adversarial:mode=x", "mode"), ("conabl+adversarial:l2sp.weight=1", "neither its method"),
                          ("conabl+adversarial:weight", "key=value")):
         with pytest.raises(ValueError, match=message):
             r.parse_variant(bad)
