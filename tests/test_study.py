@@ -169,7 +169,7 @@ def test_the_plan_counts_every_value_request_and_image(tmp_path):
     assert c12["train_seconds"] == pytest.approx(390 * 4 * 0.1) and c12["probe_evaluations"] == 4 * 4
     sim = rows["styles-r8-simultaneous-s0"]  # request t retrains on t concepts
     assert sim["train_seconds"] == pytest.approx((30 + 60 + 100) * 36 * 0.1)
-    assert rows["styles-r8-uce-s0"]["train_seconds"] == pytest.approx(4 * 8 * 0.5)
+    assert rows["styles-r8-uce-s0"]["train_seconds"] == pytest.approx(5 * 8 * 0.5)  # 5 erase_scale values x 8 requests
     assert out["anchor_seconds"] == pytest.approx(10.0 + 8 * 5.0)
     assert out["total_seconds"] == pytest.approx(sum(r["seconds"] for r in out["units"]) + out["anchor_seconds"])
     assert out["left_seconds"] == pytest.approx(out["total_seconds"])  # nothing committed
