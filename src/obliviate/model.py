@@ -96,11 +96,13 @@ def weight_variant(path: Path) -> str | None:
 
 
 def _dtype_keyword() -> str:
-    """from_pretrained's name for the dtype: diffusers renamed `torch_dtype` to `dtype` (huggingface/diffusers#14205)
-    and warns on the old name; releases before it know only `torch_dtype`."""
-    from diffusers.utils import deprecation_utils
+    """from_pretrained's name for the dtype: diffusers 0.40 renamed `torch_dtype` to `dtype`
+    (huggingface/diffusers#14205) and warns on the old name, which 1.0 drops; earlier releases
+    know only `torch_dtype`. By version, not by a private helper that may go with the old name."""
+    import diffusers
+    from packaging.version import Version
 
-    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
 
 
 def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None):
