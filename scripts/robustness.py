@@ -222,7 +222,8 @@ def markdown_rows(figures: dict) -> list[str]:
         revival = "-"
         if rel:
             vals = sorted(v if v is not None else float("inf") for v in rel.values())
-            revival = f"{vals[len(vals) // 2]:g} ({', '.join('never' if v is None else str(v) for v in rel.values())})"
+            mid = vals[len(vals) // 2]  # the upper median; `never` counts as more than max_steps
+            revival = f"{'never' if mid == float('inf') else f'{mid:g}'} ({', '.join('never' if v is None else str(v) for v in rel.values())})"
         lines.append(f"| {name} | {fmt(row['clean'].get('UA'))} | {fmt(a.get('paraphrase', {}).get('robust_UA'))} | "
                      f"{fmt(a.get('inversion', {}).get('robust_UA'))} | {fmt(a.get('prefix', {}).get('robust_UA'))} | "
                      f"{fmt(row['clean'].get('RA_I'))} | {fmt(row['clean'].get('RA_C'))} | {revival} |")

@@ -126,3 +126,14 @@ def test_robustness_variants_route_settings_and_refuse_bad_ones():
                          ("conabl+adversarial:weight", "key=value")):
         with pytest.raises(ValueError, match=message):
             r.parse_variant(bad)
+
+
+def test_robustness_table_says_never_when_most_concepts_do_not_revive():
+    r = _robustness_script()
+    iv = {"value": 90.0, "lo": 85.0, "hi": 95.0}
+    row = {"clean": {"UA": iv, "RA_I": iv, "RA_C": iv},
+           "attacks": {"relearn": {"steps_to_revival": {"a": 0, "b": None, "c": None, "d": 20}}}}
+    line = r.markdown_rows({"variants": {"x": row}})[2]
+    assert line.endswith("| never (0, never, never, 20) |"), line  # the upper median of 0, 20, never, never
+    row["attacks"]["relearn"]["steps_to_revival"] = {"a": 10, "b": 30, "c": None}
+    assert r.markdown_rows({"variants": {"x": row}})[2].endswith("| 30 (10, 30, never) |")
