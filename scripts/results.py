@@ -721,7 +721,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     ua = value_ci(pool, best, "UA")
     lines.append(f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** **{best}** — retention (mean of RA-I "
                  f"and RA-C) {fmt_ci(ret[best])}, UA {fmt_ci(ua)} on the reported seeds (training seeds {seeds}), among "
-                 f"{len(eligible)} variants at equal forgetting.{caveat}")
+                 f"{len(eligible)} variant{'' if len(eligible) == 1 else 's'} at equal forgetting.{caveat}")
     ties, beaten = [], []
     for v in eligible:
         if v == best:
