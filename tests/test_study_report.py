@@ -113,8 +113,8 @@ def test_the_answer_is_chosen_at_equal_forgetting_and_says_what_is_missing(study
     answer = next(line for line in text.splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "**conabl+projection+selft**" in answer  # ours:replay keeps more but never reached UA 90
     assert "Provisional: 6 of 7 variants run (not yet run: simultaneous)" in answer
-    assert "ours:replay 72.5, 72.5" in text  # reported with its best UA, per training seed
-    assert "| ours:replay | reference | weight=10, weight=10 | no (best UA 72.5, 72.5) |" in text
+    assert "ours:replay best UA 72.5, best UA 72.5" in text  # reported with its best UA, per training seed
+    assert "| ours:replay | reference | weight=10, weight=10 | no (best UA 72.5, best UA 72.5) |" in text
     assert "| simultaneous | | not yet run |" in text
     assert "### Objects, after 2 requests" in text and "no finished objects unit with 2 requests" in text
     assert "| conabl+projection+selft | 0 | regularizers.x.weight | 10 |" in text and "**chosen**" in text

@@ -13,8 +13,11 @@ Policies, registered by name (`strength: {policy: NAME, ...}` at the top of an e
   whose UA is >= ua_min after *every* request, the one with the best retention (mean of RA-I
   and RA-C) after the last request; ties go to the earlier value in the sweep. When no value
   keeps UA >= ua_min throughout, the variant is reported as not reaching it (`meets_ua: false`)
-  with its best UA (the largest, over values, of the smallest UA over requests), and runs at
-  that value. With `early_stop` (1; 0 turns it off) a value's sequence stops after the first
+  and runs at the value that kept UA >= ua_min through the most requests (`kept_requests`),
+  ties going to the higher smallest UA; `best_UA` is that value's smallest UA. Why not simply
+  the highest smallest UA: under early_stop a value that fails at request 1 with UA 83 would
+  beat one that held the bar for 3 requests and fell to 81 at the 4th, and once run through
+  all 8 requests the first can end far lower (ties-merge on styles: 31.9). With `early_stop` (1; 0 turns it off) a value's sequence stops after the first
   request whose probe UA is under ua_min, since it can no longer be chosen: its row then holds
   the requests up to that one (`stopped_after` in the record), its smallest UA is the smallest
   seen before the stop, and when no value reaches the bar the chosen value's sequence is
@@ -66,16 +69,20 @@ def equal_forgetting(table: dict, ua_min: float = 90.0) -> dict:
     rows = sweep_table(table)
     for r in rows:
         r["keeps_ua"] = r["min_UA"] >= ua_min
+        r["kept_requests"] = next((i for i, ua in enumerate(r["UA_per_request"]) if ua < ua_min), len(r["UA_per_request"]))
     eligible = [r for r in rows if r["keeps_ua"]]
-    best_ua_row = max(rows, key=lambda r: r["min_UA"])  # first of equals: max keeps the earliest
     if eligible:
         chosen = max(eligible, key=lambda r: r["retention"])
-        return {"chosen": chosen["value"], "meets_ua": True, "ua_min": ua_min, "best_UA": best_ua_row["min_UA"],
+        return {"chosen": chosen["value"], "meets_ua": True, "ua_min": ua_min, "best_UA": max(r["min_UA"] for r in rows),
                 "reason": f"best retention {chosen['retention']:.1f} among {len(eligible)} of {len(rows)} values "
                           f"keeping UA >= {ua_min:g} after every request", "table": rows}
-    return {"chosen": best_ua_row["value"], "meets_ua": False, "ua_min": ua_min, "best_UA": best_ua_row["min_UA"],
-            "reason": f"no value keeps UA >= {ua_min:g} after every request; best UA {best_ua_row['min_UA']:.1f} "
-                      f"at {best_ua_row['value']!r}, run at that value", "table": rows}
+    # first of equals: max keeps the earliest value in the sweep
+    closest = max(rows, key=lambda r: (r["kept_requests"], r["min_UA"]))
+    return {"chosen": closest["value"], "meets_ua": False, "ua_min": ua_min, "best_UA": closest["min_UA"],
+            "kept_requests": closest["kept_requests"],
+            "reason": f"no value keeps UA >= {ua_min:g} after every request; {closest['value']!r} keeps it longest "
+                      f"({closest['kept_requests']} requests, then UA {closest['min_UA']:.1f}), run at that value",
+            "table": rows}
 
 
 @strength_policy("probe-score")
