@@ -749,7 +749,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
 
 
 def closest_text(strength: dict | None) -> str:
-    """A variant that never kept the bar: how many requests its run value held UA >= ua_min, then its smallest UA."""
+    """A variant that never kept the bar: how many requests its run value held UA >= ua_min, then its UA where it fell."""
     if not strength:
         return "–"
     row = next((r for r in strength.get("table", []) if r["value"] == strength["chosen"]), None)
@@ -757,7 +757,8 @@ def closest_text(strength: dict | None) -> str:
         return f"best UA {strength.get('best_UA', float('nan')):.1f}"
     ua_min = strength.get("ua_min", UA_MIN)
     kept = next((i for i, ua in enumerate(row["UA_per_request"]) if ua < ua_min), len(row["UA_per_request"]))
-    return f"kept {kept}, then UA {row['min_UA']:.1f}"
+    fell = row["UA_per_request"][kept] if kept < len(row["UA_per_request"]) else row["min_UA"]
+    return f"kept {kept}, then UA {fell:.1f}"
 
 
 def table2(pool: Pool, by_seed: dict, H: int, expected: list[str]) -> list[str]:

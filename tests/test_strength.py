@@ -36,8 +36,8 @@ def test_equal_forgetting_picks_the_best_retention_among_values_keeping_ua():
 
 def test_a_variant_that_never_reaches_the_bar_is_reported_with_its_best_ua():
     table = {1: [m(80, 90, 90), m(70, 90, 90)], 2: [m(88, 50, 50), m(86, 50, 50)], 3: [m(60, 99, 99), m(95, 99, 99)]}
-    out = equal_forgetting(table)  # none keeps the bar for a single request: the highest smallest UA
-    assert out["meets_ua"] is False and out["chosen"] == 2 and out["best_UA"] == 86 and out["kept_requests"] == 0
+    out = equal_forgetting(table)  # none keeps the bar for a single request: the highest UA at request 1
+    assert out["meets_ua"] is False and out["chosen"] == 2 and out["best_UA"] == 88 and out["kept_requests"] == 0
     assert "no value keeps UA >= 90" in out["reason"]
 
 
@@ -50,6 +50,10 @@ def test_under_early_stop_the_value_that_keeps_the_bar_longest_is_run_not_an_ear
     assert out["meets_ua"] is False and out["chosen"] == 3.0
     assert out["kept_requests"] == 3 and out["best_UA"] == pytest.approx(81.2)
     assert {r["value"]: r["kept_requests"] for r in out["table"]} == {1.0: 0, 2.0: 2, 3.0: 3}
+    # finishing the chosen value's sequence afterwards (resume) does not change the choice
+    table[3.0] = table[3.0] + [m(40, 20, 20)] * 4
+    again = equal_forgetting(table)
+    assert again["chosen"] == 3.0 and again["best_UA"] == pytest.approx(81.2)
 
 
 def test_with_value_sets_a_regularizer_or_method_setting_and_refuses_others():

@@ -14,7 +14,8 @@ Policies, registered by name (`strength: {policy: NAME, ...}` at the top of an e
   and RA-C) after the last request; ties go to the earlier value in the sweep. When no value
   keeps UA >= ua_min throughout, the variant is reported as not reaching it (`meets_ua: false`)
   and runs at the value that kept UA >= ua_min through the most requests (`kept_requests`),
-  ties going to the higher smallest UA; `best_UA` is that value's smallest UA. Why not simply
+  ties going to the higher UA at the request where it fell (`best_UA`; unlike the smallest UA
+  over requests, it does not change when the chosen value's sequence is finished afterwards). Why not simply
   the highest smallest UA: under early_stop a value that fails at request 1 with UA 83 would
   beat one that held the bar for 3 requests and fell to 81 at the 4th, and once run through
   all 8 requests the first can end far lower (ties-merge on styles: 31.9). With `early_stop` (1; 0 turns it off) a value's sequence stops after the first
@@ -70,6 +71,8 @@ def equal_forgetting(table: dict, ua_min: float = 90.0) -> dict:
     for r in rows:
         r["keeps_ua"] = r["min_UA"] >= ua_min
         r["kept_requests"] = next((i for i, ua in enumerate(r["UA_per_request"]) if ua < ua_min), len(r["UA_per_request"]))
+        # UA at the request where it fell: the same whether or not the row ran on after it (stable on resume)
+        r["fell_to_UA"] = r["UA_per_request"][r["kept_requests"]] if not r["keeps_ua"] else None
     eligible = [r for r in rows if r["keeps_ua"]]
     if eligible:
         chosen = max(eligible, key=lambda r: r["retention"])
@@ -77,11 +80,11 @@ def equal_forgetting(table: dict, ua_min: float = 90.0) -> dict:
                 "reason": f"best retention {chosen['retention']:.1f} among {len(eligible)} of {len(rows)} values "
                           f"keeping UA >= {ua_min:g} after every request", "table": rows}
     # first of equals: max keeps the earliest value in the sweep
-    closest = max(rows, key=lambda r: (r["kept_requests"], r["min_UA"]))
-    return {"chosen": closest["value"], "meets_ua": False, "ua_min": ua_min, "best_UA": closest["min_UA"],
+    closest = max(rows, key=lambda r: (r["kept_requests"], r["fell_to_UA"]))
+    return {"chosen": closest["value"], "meets_ua": False, "ua_min": ua_min, "best_UA": closest["fell_to_UA"],
             "kept_requests": closest["kept_requests"],
             "reason": f"no value keeps UA >= {ua_min:g} after every request; {closest['value']!r} keeps it longest "
-                      f"({closest['kept_requests']} requests, then UA {closest['min_UA']:.1f}), run at that value",
+                      f"({closest['kept_requests']} requests, then UA {closest['fell_to_UA']:.1f}), run at that value",
             "table": rows}
 
 
