@@ -739,7 +739,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     below = [v for v in present if meets_ua(by_seed, v) is False]
     if below:
         lines.append("Not at equal forgetting (no swept value kept UA >= 90 after every request; per training seed, the "
-                     "value run: how many requests it kept UA >= 90, then its smallest UA): " + "; ".join(
+                     "value run: how many requests it kept UA >= 90, then its UA at the request where it fell): " + "; ".join(
                          f"{v} " + ", ".join(closest_text(s) for s in strength_info(by_seed, v).values())
                          for v in below) + ".")
     if ua is not None and ua["lo"] < UA_MIN:
