@@ -50,7 +50,7 @@ def row(step, ra_i, ua=100.0, ra_c=100.0, drift=1.0, flip_seed=None):
 
 def unit(variant, ra_i, *, meets=True, best_ua=96.0, drift=1.0, steps=2, ra_c=100.0):
     strength = {"key": "regularizers.x.weight", "chosen": 10, "meets_ua": meets, "best_UA": best_ua, "ua_min": 90.0,
-                "table": [{"value": 10, "min_UA": best_ua, "UA": best_ua, "RA_I": ra_i, "RA_C": ra_c,
+                "table": [{"value": 10, "UA_per_request": [best_ua] * steps, "min_UA": best_ua, "UA": best_ua, "RA_I": ra_i, "RA_C": ra_c,
                            "retention": (ra_i + ra_c) / 2, "keeps_ua": meets},
                           {"value": 1, "min_UA": best_ua - 20, "UA": best_ua - 20, "RA_I": 100, "RA_C": 100,
                            "retention": 100.0, "keeps_ua": False}]}
@@ -113,8 +113,9 @@ def test_the_answer_is_chosen_at_equal_forgetting_and_says_what_is_missing(study
     answer = next(line for line in text.splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "**conabl+projection+selft**" in answer  # ours:replay keeps more but never reached UA 90
     assert "Provisional: 6 of 7 variants run (not yet run: simultaneous)" in answer
-    assert "ours:replay best UA 72.5, best UA 72.5" in text  # reported with its best UA, per training seed
-    assert "| ours:replay | reference | weight=10, weight=10 | no (best UA 72.5, best UA 72.5) |" in text
+    # reported with how long it kept UA >= 90 and where it fell, per training seed
+    assert "ours:replay kept 0, then UA 72.5, kept 0, then UA 72.5" in text
+    assert "| ours:replay | reference | weight=10, weight=10 | no (kept 0, then UA 72.5, kept 0, then UA 72.5) |" in text
     assert "| simultaneous | | not yet run |" in text
     assert "### Objects, after 2 requests" in text and "no finished objects unit with 2 requests" in text
     assert "| conabl+projection+selft | 0 | regularizers.x.weight | 10 |" in text and "**chosen**" in text

@@ -15,10 +15,11 @@ Policies, registered by name (`strength: {policy: NAME, ...}` at the top of an e
   keeps UA >= ua_min throughout, the variant is reported as not reaching it (`meets_ua: false`)
   and runs at the value that kept UA >= ua_min through the most requests (`kept_requests`),
   ties going to the higher UA at the request where it fell (`best_UA`; unlike the smallest UA
-  over requests, it does not change when the chosen value's sequence is finished afterwards). Why not simply
-  the highest smallest UA: under early_stop a value that fails at request 1 with UA 83 would
-  beat one that held the bar for 3 requests and fell to 81 at the 4th, and once run through
-  all 8 requests the first can end far lower (ties-merge on styles: 31.9). With `early_stop` (1; 0 turns it off) a value's sequence stops after the first
+  over requests, it does not change when the chosen value's sequence is finished afterwards).
+  Why not the highest smallest UA: under early_stop a value that fails at request 1 with UA 83
+  would beat one that held the bar for 3 requests and fell to 81 at the 4th, and run through
+  all 8 requests the first can end far lower (ties-merge on styles: 31.9).
+  With `early_stop` (1; 0 turns it off) a value's sequence stops after the first
   request whose probe UA is under ua_min, since it can no longer be chosen: its row then holds
   the requests up to that one (`stopped_after` in the record), its smallest UA is the smallest
   seen before the stop, and when no value reaches the bar the chosen value's sequence is
@@ -52,6 +53,13 @@ def retention(res: dict) -> float:
     return (res["RA_I"] + res["RA_C"]) / 2
 
 
+def kept_then_fell(ua_per_request: list[float], ua_min: float) -> tuple[int, float | None]:
+    """How many requests UA stayed >= ua_min, and the UA at the request where it fell (None if it
+    never fell): the same whether or not the sequence ran on after the fall (stable on resume)."""
+    kept = next((i for i, ua in enumerate(ua_per_request) if ua < ua_min), len(ua_per_request))
+    return kept, (ua_per_request[kept] if kept < len(ua_per_request) else None)
+
+
 def sweep_table(table: dict) -> list[dict]:
     """One row per value: UA after each request, its minimum, and the last request's figures."""
     rows = []
@@ -70,9 +78,7 @@ def equal_forgetting(table: dict, ua_min: float = 90.0) -> dict:
     rows = sweep_table(table)
     for r in rows:
         r["keeps_ua"] = r["min_UA"] >= ua_min
-        r["kept_requests"] = next((i for i, ua in enumerate(r["UA_per_request"]) if ua < ua_min), len(r["UA_per_request"]))
-        # UA at the request where it fell: the same whether or not the row ran on after it (stable on resume)
-        r["fell_to_UA"] = r["UA_per_request"][r["kept_requests"]] if not r["keeps_ua"] else None
+        r["kept_requests"], r["fell_to_UA"] = kept_then_fell(r["UA_per_request"], ua_min)
     eligible = [r for r in rows if r["keeps_ua"]]
     if eligible:
         chosen = max(eligible, key=lambda r: r["retention"])
