@@ -12,8 +12,16 @@ partner x 3 seeds). Units run in this order, the most decision-relevant first:
   3. objects and styles, 8 requests, seed 1    (the second training seed of both answers)
   4. styles, 12 requests, seeds 0 and 1        (grows each 8-request run to 12, same directory)
 
-and within each, in the study file's variant order (the claims' variants first). A 12-request
-unit reruns the same directory with `requests: 12`: its first 8 requests' training and probe
+and within each, in the study file's variant order (the claims' variants first).
+
+A variant's strength is chosen once per domain and number of requests, on training seed 0:
+a seed-1 unit runs at the value its seed-0 unit chose (read from that unit's committed
+summary; its "sweep" is that one value, still probed, so its record says whether the value
+kept UA >= 90 for this seed too). So the seeds replicate one recipe rather than each picking
+its own, and a seed-1 unit costs one value's training instead of the sweep's. A seed-1 unit
+waits for its seed-0 unit when both are to run.
+
+A 12-request unit reruns the same directory with `requests: 12`: its first 8 requests' training and probe
 evaluations are reused (the evaluation grid is the whole sequence either way), so on the same
 machine it only adds requests 9-12 and the reported evaluations of its chosen value.
 
@@ -65,6 +73,13 @@ class Unit:
     variant: str
     config: dict   # the experiment: the study file with this one variant and `requests`
 
+    @property
+    def reference(self) -> str | None:
+        """The seed-0 unit whose chosen strength this unit runs at (None for seed 0 or no sweep)."""
+        if self.seed == 0 or not self.config["variants"][0].get("sweep"):
+            return None
+        return self.name.rsplit("-s", 1)[0] + "-s0"
+
 
 def slug(text: str) -> str:
     from obliviate.continual import slug as _slug
@@ -106,6 +121,22 @@ def check_units(items: list[Unit]) -> None:
             load_experiment(u.config)
         except ValueError as err:
             raise SystemExit(f"study unit {u.name}: {err}") from None
+
+
+def at_reference_strength(unit: Unit, results: Path) -> Unit | None:
+    """`unit` with its sweep narrowed to the value its seed-0 unit chose (from that unit's
+    committed summary); the unit itself when it has no reference; None when the reference's
+    summary is not committed yet (or does not record a choice)."""
+    if unit.reference is None:
+        return unit
+    try:
+        summary = json.loads((results / unit.reference / "summary.json").read_text())
+        chosen = summary["variants"][unit.variant]["strength"]["chosen"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    cfg = copy.deepcopy(unit.config)
+    cfg["variants"][0]["sweep"] = {**cfg["variants"][0]["sweep"], "values": [chosen]}
+    return Unit(unit.name, unit.run_dir, unit.domain, unit.requests, unit.seed, unit.variant, cfg)
 
 
 def finished(path: Path) -> bool:
@@ -191,10 +222,18 @@ def run_study(items: list[Unit], runs: Path, results: Path, *, jobs: int = 2, la
     while pending or running:
         while len(running) < jobs and pending:
             busy = {u.run_dir for u, _ in running}
-            i = next((k for k, u in enumerate(pending) if u.run_dir not in busy), None)
+            waiting = {u.name for u, _ in running} | {u.name for u in pending}  # a seed-1 unit waits for its seed 0
+            i = next((k for k, u in enumerate(pending) if u.run_dir not in busy and u.reference not in waiting), None)
             if i is None:
                 break
             u = pending.pop(i)
+            fixed = at_reference_strength(u, results)
+            if fixed is None:
+                failed.append(u.name)
+                log(f"[study] {u.name}: runs at the strength {u.reference} chose, and {results / u.reference}/summary.json "
+                    f"is not there; run {u.reference} first")
+                continue
+            u = fixed
             log(f"[study] {u.name}: started ({len(kept) + len(failed) + len(running) + 1} of {len(todo)})")
             running.append((u, launch(command(u, runs), env)))
         done = [(u, p, rc) for u, p in running for rc in [p.poll() if hasattr(p, "poll") else p.wait()] if rc is not None]
@@ -334,6 +373,7 @@ def estimate(unit: Unit, cost: dict, facs: dict, *, extends: bool = False) -> di
 def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: int) -> dict:
     rows, seen = [], set()
     for u in items:
+        u = at_reference_strength(u, results) or u  # seed 1 at seed 0's value; the whole sweep until it is known
         row = estimate(u, cost, facs, extends=u.run_dir in seen and u.requests > 8)
         seen.add(u.run_dir)
         row["committed"] = finished(results / u.name / "summary.json")
@@ -358,7 +398,8 @@ def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: i
                         "one-process CPU seconds on the measuring machine; with --jobs 2 on 2 cores a unit runs at one "
                         "thread, and any other load slows it", "regularizer factors come from bench-requests.json "
                         "(obliviate's recipe, 60 steps, 2 threads), applied to the measured reference-recipe step",
-                        "12-request units are counted as extending their 8-request directory on the same machine; "
+                        "a seed-1 unit is counted at the one value its seed-0 unit chose once that unit is committed, "
+                        "and at the whole sweep before", "12-request units are counted as extending their 8-request directory on the same machine; "
                         "on a fresh machine they retrain and re-probe requests 1-8 too",
                         "measured on the bundled model of the day: a rebuilt MiniCanvas changes every figure; "
                         "rerun --measure, then --plan", "measured on a shared machine: the load average at "

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,3 +194,36 @@ def test_requests_runs_a_prefix_and_merge_strengths_can_be_swept():
     bad = {**base, "variants": [{"name": "m", "setting": "independent+merge", "sweep": {"key": "merge.top_k", "values": [0.5, 2]}}]}
     with pytest.raises(ValueError, match="swept merge top_k 2 is out of range"):
         load_experiment(bad)
+
+
+def test_seed_1_runs_at_the_strength_seed_0_chose_and_waits_for_it(tmp_path):
+    """A variant's strength is chosen once, on training seed 0: the seed-1 unit's sweep is that
+    one value, read from the seed-0 unit's summary, and it starts only once that unit is kept."""
+    sweep = {"key": "method_settings.steps", "values": [10, 20, 40]}
+    cfg = {"domain": "style", "sequence": ["fire", "ice"],
+           "variants": [{"name": "a", "sweep": sweep}, {"name": "b"}]}
+    write(tmp_path / "s.yaml", json.dumps(cfg))
+    items = study.units({"styles": str(tmp_path / "s.yaml")}, phases=[("styles", 2, 0), ("styles", 2, 1)])
+    assert [u.reference for u in items] == [None, None, "styles-r2-a-s0", None]  # b has no sweep: nothing to share
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    order = []
+
+    def launch(cmd, env):
+        rd = Path(cmd[cmd.index("--out") + 1]).name
+        exp = yaml.safe_load(Path(cmd[cmd.index("run") + 1]).read_text())
+        order.append((rd, exp["variants"][0].get("sweep", {}).get("values")))
+        if rd == "styles-a-s1":  # started only after its seed-0 unit finished and was kept
+            assert (results / "styles-r2-a-s0" / "summary.json").exists()
+        chosen = {"variants": {"a": {"strength": {"chosen": 20}}}} if rd == "styles-a-s0" else {"variants": {}}
+        write(runs / rd / "summary.json", {**chosen, "wall_seconds": 1.0, "requests": 2, "base_model": {}})
+        return FakeProc(0, ticks=2)
+
+    out = study.run_study(items, runs, results, jobs=2, launch=launch, log=lambda m: None, poll_seconds=0)
+    assert not out["failed"] and len(out["kept"]) == 4
+    assert order.index(("styles-a-s1", [20])) > order.index(("styles-a-s0", [10, 20, 40]))
+    # without its seed-0 summary a seed-1 unit is refused by name, before any work
+    alone = [u for u in items if u.name == "styles-r2-a-s1"]
+    logs = []
+    out = study.run_study(alone, runs, tmp_path / "empty", jobs=1, launch=launch, log=logs.append, poll_seconds=0)
+    assert out["failed"] == ["styles-r2-a-s1"] and any("run styles-r2-a-s0 first" in m for m in logs)
+    assert study.at_reference_strength(alone[0], results).config["variants"][0]["sweep"]["values"] == [20]
