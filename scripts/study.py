@@ -12,7 +12,10 @@ partner x 3 seeds). Units run in this order, the most decision-relevant first:
   3. objects and styles, 8 requests, seed 1    (the second training seed of both answers)
   4. styles, 12 requests, seeds 0 and 1        (grows each 8-request run to 12, same directory)
 
-and within each, in the study file's variant order (the claims' variants first).
+and within each, in the study file's variant order (the claims' variants first). A variant
+whose seed-0, 8-request sweep kept UA >= 90 at no value cannot be at equal forgetting for
+another seed or a longer sequence, so its later units cannot change the answer: they run
+last, after every other unit.
 
 A variant's strength is chosen once per domain and number of requests, on training seed 0:
 a seed-1 unit runs at the value its seed-0 unit chose (read from that unit's committed
@@ -148,11 +151,28 @@ def finished(path: Path) -> bool:
     return isinstance(summary, dict) and summary.get("wall_seconds") is not None
 
 
+def out_of_the_answer(unit: Unit, results: Path) -> bool:
+    """True when a committed seed-0, 8-request summary of the unit's variant and domain says no
+    swept value kept UA >= 90 (`meets_ua` false): the variant is then not at equal forgetting for
+    any seed or a longer sequence, so this unit's results cannot change which variant to run."""
+    if unit.seed == 0 and unit.requests <= 8:
+        return False
+    first = f"{unit.domain}-r8-{unit.name.split('-', 2)[2].rsplit('-s', 1)[0]}-s0"
+    try:
+        summary = json.loads((results / first / "summary.json").read_text())
+        return summary["variants"][unit.variant]["strength"]["meets_ua"] is False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def plan(items: list[Unit], results: Path) -> tuple[list, list]:
-    """(to run, skipped): a unit is skipped when its finished summary is committed under `results`."""
+    """(to run, skipped): a unit is skipped when its finished summary is committed under `results`.
+    Units that cannot change the answer (`out_of_the_answer`) run after the others, which keep
+    their order."""
     todo, skipped = [], []
     for u in items:
         (skipped if finished(results / u.name / "summary.json") else todo).append(u)
+    todo.sort(key=lambda u: out_of_the_answer(u, results))  # stable: the decision order otherwise
     return todo, skipped
 
 

@@ -227,3 +227,20 @@ def test_seed_1_runs_at_the_strength_seed_0_chose_and_waits_for_it(tmp_path):
     out = study.run_study(alone, runs, tmp_path / "empty", jobs=1, launch=launch, log=logs.append, poll_seconds=0)
     assert out["failed"] == ["styles-r2-a-s1"] and any("run styles-r2-a-s0 first" in m for m in logs)
     assert study.at_reference_strength(alone[0], results).config["variants"][0]["sweep"]["values"] == [20]
+
+
+def test_units_that_cannot_change_the_answer_run_last(tmp_path):
+    """A variant whose seed-0, 8-request sweep never kept UA >= 90 is out of the answer: its seed-1
+    and 12-request units go after every other unit, which keep the decision order."""
+    cfg = {"domain": "style", "sequence": [f"c{i}" for i in range(12)],
+           "variants": [{"name": "a", "sweep": {"key": "method_settings.steps", "values": [10, 20]}},
+                        {"name": "b", "sweep": {"key": "method_settings.steps", "values": [10, 20]}}]}
+    write(tmp_path / "s.yaml", json.dumps(cfg))
+    items = study.units({"styles": str(tmp_path / "s.yaml")}, phases=[("styles", 8, 0), ("styles", 8, 1), ("styles", 12, 0)])
+    results = tmp_path / "results"
+    for v, meets in (("a", False), ("b", True)):
+        write(results / f"styles-r8-{v}-s0" / "summary.json",
+              {"variants": {v: {"strength": {"chosen": 10, "meets_ua": meets}}}, "wall_seconds": 1.0})
+    todo, skipped = study.plan(items, results)
+    assert [u.name for u in skipped] == ["styles-r8-a-s0", "styles-r8-b-s0"]
+    assert [u.name for u in todo] == ["styles-r8-b-s1", "styles-r12-b-s0", "styles-r8-a-s1", "styles-r12-a-s0"]
