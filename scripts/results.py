@@ -428,6 +428,7 @@ HORIZONS = {"objects": (8,), "styles": (8, 12)}
 UNIT = re.compile(r"^(styles|objects)-r(\d+)-(.+)-s(\d+)$")
 METRICS2 = ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C")
 UA_MIN = 90.0
+TRAINING_SEEDS = (0, 1)  # the study's (scripts/study.py): an answer lacking one is provisional
 NOT_RUN = "not yet run"
 
 
@@ -706,9 +707,14 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     ret = {v: retention_ci(pool, [(v, H)]) for v in present}
     eligible = [v for v in eligible if ret[v] is not None]
     lines = []
-    caveat = ""
+    gaps = []
     if missing:
-        caveat = f" Provisional: {len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})."
+        gaps.append(f"{len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})")
+    partial = [v for v in present if any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
+    if partial:
+        gaps.append(f"{len(present) - len(partial)} of {len(present)} variants run have every training seed "
+                    f"({', '.join(map(str, TRAINING_SEEDS))})" + (f"; not yet: {', '.join(partial)}" if len(partial) <= 4 else ""))
+    caveat = f" Provisional: {'; '.join(gaps)}." if gaps else ""
     seeds = sorted({s for s, vs in by_seed.items() if any(v in vs for v in present)})
     if not eligible:
         best_ua = {v: max((s or {}).get("best_UA", float("nan")) for s in strength_info(by_seed, v).values() if s)
@@ -719,6 +725,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
                      f"{best_ua[closest]:.1f})" if closest else "") + f". Training seeds {seeds}.{caveat}")
         return lines
     best = max(eligible, key=lambda v: ret[v]["value"])
+    seeds = sorted(s for s, vs in by_seed.items() if best in vs)  # the seeds its figures pool
     ua = value_ci(pool, best, "UA")
     lines.append(f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** **{best}** — retention (mean of RA-I "
                  f"and RA-C) {fmt_ci(ret[best])}, UA {fmt_ci(ua)} on the reported seeds (training seeds {seeds}), among "
@@ -739,10 +746,9 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
         lines.append(f"Retains less than {best} (paired interval above 0): " + "; ".join(beaten) + ".")
     below = [v for v in present if meets_ua(by_seed, v) is False]
     if below:
-        lines.append("Not at equal forgetting (no swept value kept UA >= 90 after every request; per training seed, the "
-                     "value run: how many requests it kept UA >= 90, then its UA at the request where it fell): " + "; ".join(
-                         f"{v} " + ", ".join(closest_text(s) for s in strength_info(by_seed, v).values())
-                         for v in below) + ".")
+        lines.append("Not at equal forgetting (on some training seed the value run did not keep UA >= 90 after every "
+                     "request; per training seed, how many requests it kept UA >= 90, then its UA at the request where "
+                     "it fell): " + "; ".join(f"{v} {per_seed_text(by_seed, v)}" for v in below) + ".")
     if ua is not None and ua["lo"] < UA_MIN:
         lines.append(f"Note: on the reported seeds {best}'s UA interval reaches below {UA_MIN:g} ({fmt_ci(ua)}): the probe "
                      "seeds chose its strength, the reported seeds only measure it.")
@@ -750,13 +756,22 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
 
 
 def closest_text(strength: dict | None) -> str:
-    """A variant that never kept the bar: how many requests its run value held UA >= ua_min, then
-    its UA where it fell (recomputed from the sweep table: records before 2026-11-30 lack the fields)."""
+    """How many requests the value run held UA >= ua_min, then its UA where it fell, or that it
+    held throughout (a training seed that kept the bar where another did not); recomputed from
+    the sweep table: records before 2026-11-30 lack the fields."""
     if not strength:
         return "–"
     row = next(r for r in strength["table"] if r["value"] == strength["chosen"])
     kept, fell = kept_then_fell(row["UA_per_request"], strength["ua_min"])
-    return f"kept {kept}, then UA {fell:.1f}"
+    return f"kept all {kept}" if fell is None else f"kept {kept}, then UA {fell:.1f}"
+
+
+def per_seed_text(by_seed: dict, variant: str) -> str:
+    """closest_text for each training seed, labelled by seed when there are several."""
+    info = strength_info(by_seed, variant)
+    if len(info) == 1:
+        return closest_text(next(iter(info.values())))
+    return ", ".join(f"seed {seed} {closest_text(s)}" for seed, s in info.items())
 
 
 def table2(pool: Pool, by_seed: dict, H: int, expected: list[str]) -> list[str]:
@@ -774,7 +789,7 @@ def table2(pool: Pool, by_seed: dict, H: int, expected: list[str]) -> list[str]:
         info = strength_info(by_seed, v)
         chosen = ", ".join(f"{s['key'].split('.')[-1]}={s['chosen']:g}" if s else "–" for s in info.values())
         m = meets_ua(by_seed, v)
-        ok = "–" if m is None else ("yes" if m else "no (" + ", ".join(closest_text(s) for s in info.values()) + ")")
+        ok = "–" if m is None else ("yes" if m else f"no ({per_seed_text(by_seed, v)})")
         cells = [fmt_ci(value_ci(pool, v, k)) for k in METRICS2]
         drift = [r["variants"][v]["steps"][H]["drift_l2"] for r in runs.values() if len(r["variants"][v]["steps"]) > H]
         lines.append(f"| {v} | {recipe} | {chosen} | {ok} | " + " | ".join(cells) + f" | {fmt_ci(retention_ci(pool, [(v, H)]))} | "

@@ -62,7 +62,7 @@ def unit(variant, ra_i, *, meets=True, best_ua=96.0, drift=1.0, steps=2, ra_c=10
 
 
 EXPECTED = ["conabl", "simultaneous", "conabl+projection", "conabl+selft", "conabl+projection+selft",
-            "conabl+projection-update", "ours:replay"]
+            "conabl+projection-update", "ours:replay", "esd"]
 
 
 @pytest.fixture
@@ -80,8 +80,12 @@ def study(tmp_path):
     }
     from obliviate.continual import slug
 
+    # esd keeps UA >= 90 at its chosen value on training seed 0 but not on seed 1 (the same value)
+    esd_seed1 = unit("esd", 100.0)
+    esd_seed1["variants"]["esd"]["strength"].update(meets_ua=False)
+    esd_seed1["variants"]["esd"]["strength"]["table"][0].update(UA_per_request=[96.0, 85.0], min_UA=85.0, keeps_ua=False)
     for seed in (0, 1):
-        for v, s in units.items():
+        for v, s in {**units, "esd": esd_seed1 if seed else unit("esd", 100.0)}.items():
             path = committed / f"styles-r2-{slug(v)}-s{seed}" / "summary.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(s))
@@ -112,13 +116,26 @@ def test_the_answer_is_chosen_at_equal_forgetting_and_says_what_is_missing(study
     text = section(study)
     answer = next(line for line in text.splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "**conabl+projection+selft**" in answer  # ours:replay keeps more but never reached UA 90
-    assert "Provisional: 6 of 7 variants run (not yet run: simultaneous)" in answer
+    assert "Provisional: 7 of 8 variants run (not yet run: simultaneous)." in answer  # every one run has both seeds
+    assert "training seeds [0, 1]" in answer
     # reported with how long it kept UA >= 90 and where it fell, per training seed
-    assert "ours:replay kept 0, then UA 72.5, kept 0, then UA 72.5" in text
-    assert "| ours:replay | reference | weight=10, weight=10 | no (kept 0, then UA 72.5, kept 0, then UA 72.5) |" in text
+    assert "ours:replay seed 0 kept 0, then UA 72.5, seed 1 kept 0, then UA 72.5" in text
+    assert "| ours:replay | reference | weight=10, weight=10 | no (seed 0 kept 0, then UA 72.5, seed 1 kept 0, then UA 72.5) |" in text
+    # at equal forgetting only if every training seed kept the bar: esd held on seed 0 only
+    assert "esd seed 0 kept all 2, seed 1 kept 1, then UA 85.0" in text
     assert "| simultaneous | | not yet run |" in text
     assert "### Objects, after 2 requests" in text and "no finished objects unit with 2 requests" in text
     assert "| conabl+projection+selft | 0 | regularizers.x.weight | 10 |" in text and "**chosen**" in text
+
+
+def test_an_answer_missing_a_training_seed_is_provisional(study):
+    import shutil
+
+    tmp, committed, configs = study
+    shutil.rmtree(committed / "styles-r2-conabl-s1")
+    answer = next(line for line in section(study).splitlines() if line.startswith("**Which variant to run for 2 styles"))
+    assert "Provisional: 7 of 8 variants run (not yet run: simultaneous); 6 of 7 variants run have every training seed " \
+           "(0, 1); not yet: conabl." in answer
 
 
 def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
