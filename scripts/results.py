@@ -564,6 +564,14 @@ def strength_info(by_seed: dict, variant: str) -> dict:
     return out
 
 
+def closed_form(by_seed: dict, variant: str) -> bool:
+    """A closed-form variant (uce) does not depend on the training seed: it runs once (scripts/study.py)."""
+    from obliviate.methods import METHODS
+
+    method = next((vs[variant]["variants"][variant].get("method") for vs in by_seed.values() if variant in vs), None)
+    return method in METHODS and bool(METHODS[method].closed_form)
+
+
 def meets_ua(by_seed: dict, variant: str) -> bool | None:
     """True when every training seed's probe sweep found a value keeping UA >= 90 after every
     request; False when one did not; None for a variant with no sweep or no runs."""
@@ -710,10 +718,10 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     gaps = []
     if missing:
         gaps.append(f"{len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})")
-    partial = [v for v in present if any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
+    partial = [v for v in present if not closed_form(by_seed, v) and any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
     if partial:
-        gaps.append(f"{len(present) - len(partial)} of {len(present)} variants run have every training seed "
-                    f"({', '.join(map(str, TRAINING_SEEDS))})" + (f"; not yet: {', '.join(partial)}" if len(partial) <= 4 else ""))
+        gaps.append(f"{len(present) - len(partial)} of {len(present)} variants run have every training seed they need "
+                    f"({', '.join(map(str, TRAINING_SEEDS))}; a closed-form one, 0 only)" + (f"; not yet: {', '.join(partial)}" if len(partial) <= 4 else ""))
     caveat = f" Provisional: {'; '.join(gaps)}." if gaps else ""
     seeds = sorted({s for s, vs in by_seed.items() if any(v in vs for v in present)})
     if not eligible:
@@ -874,7 +882,9 @@ def study2_section(studies, config_dir: Path, results_dir: Path, horizons: dict 
            "forgetting:** each variant's strength is swept on the probe seed (1: one seed over every partner, 192 images; never a reported seed) and "
            f"chosen as the best retention (mean of RA-I and RA-C) among the values keeping UA >= {UA_MIN:g} after every "
            "request, on training seed 0; training seed 1 runs at the value seed 0 chose (one recipe per variant, replicated; "
-           "it is still probed, and \"UA >= 90 on probe?\" says yes only if it held for every seed). A variant with no "
+           "it is still probed, and \"UA >= 90 on probe?\" says yes only if it held for every seed); a closed-form variant "
+           "(uce) runs for seed 0 only, since its solve does not depend on the training seed (a seed-1 run reproduced "
+           "seed 0's figures exactly), and is compared on seed 0's images. A variant with no "
            "such value is reported with its best UA and is not compared as if it forgot as "
            "much. Brackets: 95% bootstrap intervals over images (stratified by concept; training seeds pooled). Every "
            "\"better than\" is a paired comparison on the same images (A - B, interval of the difference); it is "

@@ -21,7 +21,8 @@ A variant's strength is chosen once per domain and number of requests, on traini
 a seed-1 unit runs at the value its seed-0 unit chose (read from that unit's committed
 summary; its "sweep" is that one value, still probed, so its record says whether the value
 kept UA >= 90 for this seed too). So the seeds replicate one recipe rather than each picking
-its own, and a seed-1 unit costs one value's training instead of the sweep's. A seed-1 unit
+its own, and a seed-1 unit costs one value's training instead of the sweep's. A closed-form
+variant (uce) has no seed-1 unit: its solve does not depend on the training seed. A seed-1 unit
 waits for its seed-0 unit when both are to run.
 
 A 12-request unit reruns the same directory with `requests: 12`: its first 8 requests' training and probe
@@ -90,8 +91,16 @@ def slug(text: str) -> str:
     return _slug(text)
 
 
+def seed_free(method: str) -> bool:
+    """A closed-form method (uce) solves without randomness: a training seed changes nothing (a
+    seed-1 run of styles uce reproduced seed 0's figures exactly), so it runs for seed 0 only."""
+    from obliviate.methods import get_method
+
+    return bool(get_method(method).closed_form)
+
+
 def units(files: dict[str, str] | None = None, phases=None, root: Path = ROOT) -> list[Unit]:
-    """Every unit of the study, in execution order."""
+    """Every unit of the study, in execution order (no seed-1 unit for a closed-form variant)."""
     files = files or FILES
     raws = {}
     for domain, path in files.items():
@@ -105,6 +114,8 @@ def units(files: dict[str, str] | None = None, phases=None, root: Path = ROOT) -
         if requests > len(raw["sequence"]):
             continue
         for v in raw["variants"]:
+            if seed > 0 and seed_free(v.get("method", (raw.get("defaults") or {}).get("method", "conabl"))):
+                continue
             cfg = copy.deepcopy(raw)
             cfg["variants"] = [copy.deepcopy(v)]
             cfg["requests"] = requests

@@ -39,6 +39,8 @@ def test_units_come_in_decision_order_and_every_one_parses():
     by_name = {u.name: u for u in items}
     assert by_name["styles-r12-conabl-projection-s1"].run_dir == by_name["styles-r8-conabl-projection-s1"].run_dir
     assert not any(u.domain == "objects" and u.requests == 12 for u in items)  # 8 of 12 objects: no 12-request unit
+    # a closed-form solve does not depend on the training seed: uce runs for seed 0 only
+    assert "styles-r12-uce-s0" in by_name and not any(u.variant.startswith("uce") and u.seed for u in items)
     u = by_name["objects-r8-ours-replay-s0"]
     assert [v["name"] for v in u.config["variants"]] == ["ours:replay"] and u.config["requests"] == 8
     assert u.config["grid"]["variant"] == "ours:replay" and u.config["partners"] == "all"

@@ -133,9 +133,14 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
 
     tmp, committed, configs = study
     shutil.rmtree(committed / "styles-r2-conabl-s1")
+    # a closed-form variant needs training seed 0 only: esd made one here, so its missing seed 1 is no gap
+    shutil.rmtree(committed / "styles-r2-esd-s1")
+    s0 = json.loads((committed / "styles-r2-esd-s0" / "summary.json").read_text())
+    s0["variants"]["esd"]["method"] = "uce"
+    (committed / "styles-r2-esd-s0" / "summary.json").write_text(json.dumps(s0))
     answer = next(line for line in section(study).splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "Provisional: 7 of 8 variants run (not yet run: simultaneous); 6 of 7 variants run have every training seed " \
-           "(0, 1); not yet: conabl." in answer
+           "they need (0, 1; a closed-form one, 0 only); not yet: conabl." in answer
 
 
 def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
