@@ -477,10 +477,17 @@ class Pool:
 
     def rows(self, entries):
         """entries: [(variant, step)]; -> (groups, [hits per entry], seeds used), over the seeds where
-        every entry exists (with predictions)."""
+        every entry exists (with predictions). A closed-form variant runs for the first training seed
+        only (its solve does not depend on the seed): paired with a variant that has another seed, its
+        one model stands for that seed too, so the pair uses every seed of the other; alone, its
+        images are counted once."""
         seeds, cells, hits = [], [], [[] for _ in entries]
         ref = None
+        first = min(self.by_seed, default=None)
+        fixed = [v for v, _ in entries if closed_form(self.by_seed, v)]
         for seed, variants in sorted(self.by_seed.items()):
+            if any(v in variants and v not in fixed for v, _ in entries):
+                variants = {**{v: self.by_seed[first][v] for v in fixed if v in self.by_seed[first]}, **variants}
             ok = all(v in variants and len(variants[v]["variants"][v]["steps"]) > st and
                      "predictions" in variants[v]["variants"][v]["steps"][st] for v, st in entries)
             if not ok:
@@ -884,7 +891,8 @@ def study2_section(studies, config_dir: Path, results_dir: Path, horizons: dict 
            "request, on training seed 0; training seed 1 runs at the value seed 0 chose (one recipe per variant, replicated; "
            "it is still probed, and \"UA >= 90 on probe?\" says yes only if it held for every seed); a closed-form variant "
            "(uce) runs for seed 0 only, since its solve does not depend on the training seed (a seed-1 run reproduced "
-           "seed 0's figures exactly), and is compared on seed 0's images. A variant with no "
+           "seed 0's figures exactly): its own figures count its images once, and paired with a variant run for both "
+           "seeds its one model stands for each. A variant with no "
            "such value is reported with its best UA and is not compared as if it forgot as "
            "much. Brackets: 95% bootstrap intervals over images (stratified by concept; training seeds pooled). Every "
            "\"better than\" is a paired comparison on the same images (A - B, interval of the difference); it is "

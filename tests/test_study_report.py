@@ -141,6 +141,10 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
     answer = next(line for line in section(study).splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "Provisional: 7 of 8 variants run (not yet run: simultaneous); 6 of 7 variants run have every training seed " \
            "they need (0, 1; a closed-form one, 0 only); not yet: conabl." in answer
+    # the closed-form model stands for seed 1 too when paired with a variant that has seed 1; alone, it counts once
+    pool = results.Pool(results.load_units([committed])[("styles", 2)], 2)
+    assert pool.rows([("esd", 2), ("ours:replay", 2)])[2] == [0, 1]
+    assert pool.rows([("esd", 2)])[2] == [0] and pool.rows([("esd", 2), ("conabl", 2)])[2] == [0]
 
 
 def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
