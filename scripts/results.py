@@ -726,10 +726,16 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     if missing:
         gaps.append(f"{len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})")
     partial = [v for v in present if not closed_form(by_seed, v) and any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
-    if partial:
-        gaps.append(f"{len(present) - len(partial)} of {len(present)} variants run have every training seed they need "
-                    f"({', '.join(map(str, TRAINING_SEEDS))}; a closed-form one, 0 only)" + (f"; not yet: {', '.join(partial)}" if len(partial) <= 4 else ""))
+    # a variant off equal forgetting on one seed is off for good: its missing seeds cannot change the answer
+    open_ = [v for v in partial if meets_ua(by_seed, v) is not False]
+    if open_:
+        gaps.append(f"{len(present) - len(open_)} of {len(present)} variants run have every training seed they need "
+                    f"({', '.join(map(str, TRAINING_SEEDS))}; a closed-form one needs 0 only, one already off equal "
+                    f"forgetting no more)" + (f"; not yet: {', '.join(open_)}" if len(open_) <= 4 else ""))
     caveat = f" Provisional: {'; '.join(gaps)}." if gaps else ""
+    if len(partial) > len(open_):
+        caveat += (f" Training seed {', '.join(map(str, TRAINING_SEEDS[1:]))} is not yet run for "
+                   f"{', '.join(v for v in partial if v not in open_)}, which cannot change this answer (off equal forgetting).")
     seeds = sorted({s for s, vs in by_seed.items() if any(v in vs for v in present)})
     if not eligible:
         best_ua = {v: max((s or {}).get("best_UA", float("nan")) for s in strength_info(by_seed, v).values() if s)

@@ -133,6 +133,7 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
 
     tmp, committed, configs = study
     shutil.rmtree(committed / "styles-r2-conabl-s1")
+    shutil.rmtree(committed / "styles-r2-ours-replay-s1")  # off equal forgetting: its seed 1 cannot change the answer
     # a closed-form variant needs training seed 0 only: esd made one here, so its missing seed 1 is no gap
     shutil.rmtree(committed / "styles-r2-esd-s1")
     s0 = json.loads((committed / "styles-r2-esd-s0" / "summary.json").read_text())
@@ -140,10 +141,11 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
     (committed / "styles-r2-esd-s0" / "summary.json").write_text(json.dumps(s0))
     answer = next(line for line in section(study).splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "Provisional: 7 of 8 variants run (not yet run: simultaneous); 6 of 7 variants run have every training seed " \
-           "they need (0, 1; a closed-form one, 0 only); not yet: conabl." in answer
+           "they need (0, 1; a closed-form one needs 0 only, one already off equal forgetting no more); not yet: conabl." in answer
     # the closed-form model stands for seed 1 too when paired with a variant that has seed 1; alone, it counts once
     pool = results.Pool(results.load_units([committed])[("styles", 2)], 2)
-    assert pool.rows([("esd", 2), ("ours:replay", 2)])[2] == [0, 1]
+    assert "Training seed 1 is not yet run for ours:replay, which cannot change this answer" in answer
+    assert pool.rows([("esd", 2), ("conabl+selft", 2)])[2] == [0, 1]
     assert pool.rows([("esd", 2)])[2] == [0] and pool.rows([("esd", 2), ("conabl", 2)])[2] == [0]
 
 
