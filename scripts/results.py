@@ -590,8 +590,8 @@ def meets_ua(by_seed: dict, variant: str) -> bool | None:
 
 def judged(p: dict | None, a: str, b: str, by_seed: dict) -> tuple[str, str]:
     """A paired result -> ("A"|"B"|"inconclusive"|"missing", text). A winner that is not at equal
-    forgetting (its sweep never kept UA >= 90) makes the verdict inconclusive: it may keep more
-    only because it forgets less."""
+    forgetting (on some training seed the value run did not keep UA >= 90) makes the verdict
+    inconclusive: it may keep more only because it forgets less."""
     if p is None:
         return "missing", NOT_RUN
     text = f"{p['difference']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]"
@@ -601,7 +601,7 @@ def judged(p: dict | None, a: str, b: str, by_seed: dict) -> tuple[str, str]:
         return "inconclusive", text + (f" inconclusive ({p['note']})" if p.get("note") else " inconclusive")
     winner, loser = (a, b) if p["verdict"] == "A higher" else (b, a)
     if meets_ua(by_seed, winner) is False:
-        return "inconclusive", text + f" inconclusive ({winner} is not at equal forgetting: its sweep never kept UA >= {UA_MIN:g})"
+        return "inconclusive", text + f" inconclusive ({winner} is not at equal forgetting: on some training seed the value run did not keep UA >= {UA_MIN:g})"
     return ("A" if winner == a else "B"), text + f" ({winner} higher)"
 
 
