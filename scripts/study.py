@@ -82,7 +82,7 @@ class Unit:
         """The seed-0 unit whose chosen strength this unit runs at (None for seed 0 or no sweep)."""
         if self.seed == 0 or not self.config["variants"][0].get("sweep"):
             return None
-        return self.name.rsplit("-s", 1)[0] + "-s0"
+        return f"{self.domain}-r{self.requests}-{slug(self.variant)}-s0"
 
 
 def slug(text: str) -> str:
@@ -168,9 +168,8 @@ def out_of_the_answer(unit: Unit, results: Path) -> bool:
     any seed or a longer sequence, so this unit's results cannot change which variant to run."""
     if unit.seed == 0 and unit.requests <= 8:
         return False
-    first = f"{unit.domain}-r8-{unit.name.split('-', 2)[2].rsplit('-s', 1)[0]}-s0"
     try:
-        summary = json.loads((results / first / "summary.json").read_text())
+        summary = json.loads((results / f"{unit.domain}-r8-{slug(unit.variant)}-s0" / "summary.json").read_text())
         return summary["variants"][unit.variant]["strength"]["meets_ua"] is False
     except (OSError, ValueError, KeyError, TypeError):
         return False
