@@ -710,12 +710,30 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
     return out
 
 
-def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str) -> list[str]:
+def off_before(units: dict, domain: str, H: int) -> dict[str, int]:
+    """Variant -> the smaller number of requests after which it was already off equal forgetting
+    (no swept value kept UA >= 90 after every request, on some training seed). Equal forgetting
+    after H requests needs the bar after each of the first ones too, at the same values, so such a
+    variant cannot be at equal forgetting after H, nor change the answer for H."""
+    off = {}
+    for (d, h), by_seed in sorted(units.items()):
+        if d == domain and h < H:
+            for v in {v for vs in by_seed.values() for v in vs}:
+                if meets_ua(by_seed, v) is False:
+                    off.setdefault(v, h)
+    return off
+
+
+def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
+            off_earlier: dict[str, int] | None = None) -> list[str]:
     """Which variant to run for H requests at UA >= 90: among the variants whose probe sweep kept
     UA >= 90 after every request (every training seed), the best retention after H on the
-    reported seeds, paired against every other such variant."""
+    reported seeds, paired against every other such variant. `off_earlier` (from `off_before`)
+    names variants already off equal forgetting after fewer requests: not yet run, they are no gap."""
+    off_earlier = off_earlier or {}
     present = [v for v in expected if any(v in vs for vs in by_seed.values())]
-    missing = [v for v in expected if v not in present]
+    cannot = [v for v in expected if v not in present and v in off_earlier]
+    missing = [v for v in expected if v not in present and v not in off_earlier]
     if not present:
         return [f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** {NOT_RUN}."]
     eligible = [v for v in present if meets_ua(by_seed, v)]
@@ -724,10 +742,12 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     lines = []
     gaps = []
     if missing:
-        gaps.append(f"{len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})")
+        gaps.append(f"{len(present) + len(cannot)} of {len(expected)} variants run or already off equal forgetting "
+                    f"({NOT_RUN}: {', '.join(missing)})" if cannot else
+                    f"{len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})")
     partial = [v for v in present if not closed_form(by_seed, v) and any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
     # a variant off equal forgetting on one seed is off for good: its missing seeds cannot change the answer
-    open_ = [v for v in partial if meets_ua(by_seed, v) is not False]
+    open_ = [v for v in partial if meets_ua(by_seed, v) is not False and v not in off_earlier]
     if open_:
         gaps.append(f"{len(present) - len(open_)} of {len(present)} variants run have every training seed they need "
                     f"({', '.join(map(str, TRAINING_SEEDS))}; a closed-form one needs 0 only, one already off equal "
@@ -736,6 +756,11 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
     if len(partial) > len(open_):
         caveat += (f" Training seed {', '.join(map(str, TRAINING_SEEDS[1:]))} is not yet run for "
                    f"{', '.join(v for v in partial if v not in open_)}, which cannot change this answer (off equal forgetting).")
+    if cannot:
+        caveat += (f" {NOT_RUN.capitalize()} after {H} requests: {', '.join(f'{v} (off after {off_earlier[v]})' for v in cannot)}"
+                   f"; each was already off equal forgetting after fewer requests (no value swept kept UA >= {UA_MIN:g} after "
+                   "every request), so none can change this answer.")
+    eligible = [v for v in eligible if v not in off_earlier]
     seeds = sorted({s for s, vs in by_seed.items() if any(v in vs for v in present)})
     if not eligible:
         best_ua = {v: max((s or {}).get("best_UA", float("nan")) for s in strength_info(by_seed, v).values() if s)
@@ -765,7 +790,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str)
                      f"inconclusive): " + "; ".join(ties) + ".")
     if beaten:
         lines.append(f"Retains less than {best} (paired interval above 0): " + "; ".join(beaten) + ".")
-    below = [v for v in present if meets_ua(by_seed, v) is False]
+    below = [v for v in present if meets_ua(by_seed, v) is False or v in off_earlier]
     if below:
         lines.append("Not at equal forgetting (on some training seed the value run did not keep UA >= 90 after every "
                      "request; per training seed, how many requests it kept UA >= 90, then its UA at the request where "
@@ -919,7 +944,7 @@ def study2_section(studies, config_dir: Path, results_dir: Path, horizons: dict 
             doc += [f"### {domain.capitalize()}, after {H} requests", ""]
             if not by_seed:
                 doc += [f"{NOT_RUN}: no finished {domain} unit with {H} requests yet.", ""]
-            doc += answer2(pool, by_seed, H, names, domain) + [""]
+            doc += answer2(pool, by_seed, H, names, domain, off_before(units, domain, H)) + [""]
             doc += table2(pool, by_seed, H, names) + [""]
             doc += [f"Verdicts on the published claims after {H} {domain}:", "", *claims2(pool, by_seed, H), ""]
             doc += [f"<details><summary>Strength sweeps on the probe seeds ({domain}, {H} requests)</summary>", "",

@@ -163,16 +163,22 @@ def finished(path: Path) -> bool:
 
 
 def out_of_the_answer(unit: Unit, results: Path) -> bool:
-    """True when a committed seed-0, 8-request summary of the unit's variant and domain says no
-    swept value kept UA >= 90 (`meets_ua` false): the variant is then not at equal forgetting for
-    any seed or a longer sequence, so this unit's results cannot change which variant to run."""
+    """True when a committed seed-0 summary of the unit's variant and domain, for 8 requests or for
+    the unit's own number of requests, says no swept value kept UA >= 90 (`meets_ua` false): the
+    variant is then not at equal forgetting for any seed or a longer sequence (equal forgetting
+    needs the bar after every request), so this unit's results cannot change which variant to run."""
     if unit.seed == 0 and unit.requests <= 8:
         return False
-    try:
-        summary = json.loads((results / f"{unit.domain}-r8-{slug(unit.variant)}-s0" / "summary.json").read_text())
-        return summary["variants"][unit.variant]["strength"]["meets_ua"] is False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    for requests in sorted({8, unit.requests}):
+        if requests == unit.requests and unit.seed == 0:
+            continue  # the unit itself
+        try:
+            summary = json.loads((results / f"{unit.domain}-r{requests}-{slug(unit.variant)}-s0" / "summary.json").read_text())
+            if summary["variants"][unit.variant]["strength"]["meets_ua"] is False:
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return False
 
 
 def plan(items: list[Unit], results: Path) -> tuple[list, list]:

@@ -232,17 +232,25 @@ def test_seed_1_runs_at_the_strength_seed_0_chose_and_waits_for_it(tmp_path):
 
 
 def test_units_that_cannot_change_the_answer_run_last(tmp_path):
-    """A variant whose seed-0, 8-request sweep never kept UA >= 90 is out of the answer: its seed-1
-    and 12-request units go after every other unit, which keep the decision order."""
+    """A variant whose seed-0 sweep never kept UA >= 90 (at 8 requests, or at the unit's own number)
+    is out of the answer: its later units go after every other unit, which keep the decision order."""
     cfg = {"domain": "style", "sequence": [f"c{i}" for i in range(12)],
            "variants": [{"name": "a", "sweep": {"key": "method_settings.steps", "values": [10, 20]}},
                         {"name": "b", "sweep": {"key": "method_settings.steps", "values": [10, 20]}}]}
     write(tmp_path / "s.yaml", json.dumps(cfg))
-    items = study.units({"styles": str(tmp_path / "s.yaml")}, phases=[("styles", 8, 0), ("styles", 8, 1), ("styles", 12, 0)])
+    items = study.units({"styles": str(tmp_path / "s.yaml")},
+                        phases=[("styles", 8, 0), ("styles", 8, 1), ("styles", 12, 0), ("styles", 12, 1)])
     results = tmp_path / "results"
     for v, meets in (("a", False), ("b", True)):
         write(results / f"styles-r8-{v}-s0" / "summary.json",
               {"variants": {v: {"strength": {"chosen": 10, "meets_ua": meets}}}, "wall_seconds": 1.0})
     todo, skipped = study.plan(items, results)
     assert [u.name for u in skipped] == ["styles-r8-a-s0", "styles-r8-b-s0"]
-    assert [u.name for u in todo] == ["styles-r8-b-s1", "styles-r12-b-s0", "styles-r8-a-s1", "styles-r12-a-s0"]
+    assert [u.name for u in todo] == ["styles-r8-b-s1", "styles-r12-b-s0", "styles-r12-b-s1",
+                                      "styles-r8-a-s1", "styles-r12-a-s0", "styles-r12-a-s1"]
+    # b held the bar through 8 requests but not through 12: its 12-request seed-1 unit goes last too
+    write(results / "styles-r12-b-s0" / "summary.json",
+          {"variants": {"b": {"strength": {"chosen": 10, "meets_ua": False}}}, "wall_seconds": 1.0})
+    todo, _ = study.plan(items, results)
+    assert [u.name for u in todo] == ["styles-r8-b-s1", "styles-r8-a-s1", "styles-r12-a-s0", "styles-r12-a-s1",
+                                      "styles-r12-b-s1"]

@@ -149,6 +149,25 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
     assert pool.rows([("esd", 2)])[2] == [0] and pool.rows([("esd", 2), ("conabl", 2)])[2] == [0]
 
 
+def test_a_variant_off_equal_forgetting_after_fewer_requests_is_no_gap_in_a_longer_answer(study):
+    from obliviate.continual import slug
+
+    tmp, committed, configs = study
+    # simultaneous ran 1 request and kept UA >= 90 at no value: unrun after 2, it cannot be at equal forgetting there
+    for seed in (0, 1):
+        path = committed / f"styles-r1-{slug('simultaneous')}-s{seed}" / "summary.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(unit("simultaneous", 100.0, meets=False, best_ua=80.0, steps=1)))
+    assert results.off_before(results.load_units([committed]), "styles", 2) == {"simultaneous": 1}
+    text = "\n".join(results.study2_section([tmp / "runs", committed], configs, tmp / "results", horizons={"styles": (1, 2)}))
+    answers = [line for line in text.splitlines() if line.startswith("**Which variant to run for")]
+    assert "Provisional" in answers[0]  # after 1 request, 7 of 8 variants are not yet run
+    assert "**conabl+projection+selft**" in answers[1] and "Provisional" not in answers[1]
+    assert "Not yet run after 2 requests: simultaneous (off after 1)" in answers[1]
+    # esd's seed 1 broke the bar after 2 requests: that is about 2 requests, not an earlier one
+    assert "esd (off after" not in answers[1]
+
+
 def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
     tmp, committed, configs = study
     by_seed = results.load_units([committed])[("styles", 2)]
