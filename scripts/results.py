@@ -615,6 +615,13 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
     pm = lambda a, b, key="RA_I", sa=H, sb=H: paired_metric(pool, (a, sa), (b, sb), key)
     out = []
 
+    def seeds_note(variants) -> str:
+        """A verdict resting on fewer training seeds than the study runs may still change."""
+        short = [v for v in variants if has(v) and not closed_form(by_seed, v)
+                 and any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
+        return (f" Provisional: training seed {', '.join(map(str, TRAINING_SEEDS[1:]))} not yet run for "
+                f"{', '.join(short)}." if short else "")
+
     def combine(parts):  # parts: list of "yes"/"no"/"inconclusive"/"missing"
         if "no" in parts:  # one clear counter-example decides, whatever is missing
             return "does not hold"
@@ -636,7 +643,7 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
         out.append(f"- **(a) sequential fine-tuning collapses in retention, simultaneous does not** — rule: sequential "
                    f"ConAbl's RA-I drops by more than 10 points from the base model (paired, same images), and "
                    f"simultaneous keeps a higher RA-I than sequential (paired). Drop: {t1}; simultaneous - sequential: {t2}. "
-                   f"**{combine([collapse, better])}**.")
+                   f"**{combine([collapse, better])}**." + seeds_note(need))
     else:
         out.append(f"- **(a) sequential collapses, simultaneous does not**: {NOT_RUN} (needs conabl, simultaneous).")
     # (b)
@@ -666,7 +673,8 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
                          + f"; this add-on: {verdict}")
         out.append("- **(b) every add-on reduces drift and improves retention over the base** — rule per add-on: lower "
                    "cumulative drift in every training seed, RA-I higher (paired interval above 0), RA-C not lower "
-                   "(interval not below 0). Differences are add-on - conabl. " + "; ".join(texts) + f". **{combine(parts)}**.")
+                   "(interval not below 0). Differences are add-on - conabl. " + "; ".join(texts) + f". **{combine(parts)}**."
+                   + seeds_note(["conabl", *singles]))
     else:
         out.append(f"- **(b) every add-on reduces drift and improves retention**: {NOT_RUN}.")
     # (c)
@@ -679,7 +687,7 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
             texts.append(f"vs {v}: {t}")
         out.append("- **(c) projection gives the best in-domain retention among single regularizers** — rule: RA-I of "
                    "conabl+projection above every other single add-on's (paired; projection - other). "
-                   + "; ".join(texts) + f". **{combine(parts)}**.")
+                   + "; ".join(texts) + f". **{combine(parts)}**." + seeds_note(singles))
     else:
         out.append(f"- **(c) projection best among single regularizers**: {NOT_RUN}.")
     # (d)
@@ -691,7 +699,7 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
                 parts.append({"A": "yes", "B": "no"}.get(r, r))
                 texts.append(f"vs {part}: {t}")
             out.append(f"- **(d) {combo} beats either part alone** — rule: RA-I above both parts (paired; combination - part). "
-                       + "; ".join(texts) + f". **{combine(parts)}**.")
+                       + "; ".join(texts) + f". **{combine(parts)}**." + seeds_note([combo, "conabl+projection", other]))
         else:
             out.append(f"- **(d) {combo} beats either part alone**: {NOT_RUN}.")
     # (e)
@@ -704,7 +712,7 @@ def claims2(pool: Pool, by_seed: dict, H: int) -> list[str]:
         rc = judged(pm(u, g, "RA_C"), u, g, by_seed)[1]
         out.append(f"- **(e) the exact `update` projection retains more than the published `grad` projection** — rule: "
                    f"retention (mean of RA-I and RA-C) higher, paired (update - grad): {text}; RA-I {ri}; RA-C {rc}. "
-                   f"**{ {'A': 'holds', 'B': 'does not hold'}.get(verdict, 'inconclusive' if verdict != 'missing' else NOT_RUN) }**.")
+                   f"**{ {'A': 'holds', 'B': 'does not hold'}.get(verdict, 'inconclusive' if verdict != 'missing' else NOT_RUN) }**." + seeds_note([u, g]))
     else:
         out.append(f"- **(e) exact `update` vs published `grad` projection**: {NOT_RUN}.")
     return out

@@ -139,7 +139,12 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
     s0 = json.loads((committed / "styles-r2-esd-s0" / "summary.json").read_text())
     s0["variants"]["esd"]["method"] = "uce"
     (committed / "styles-r2-esd-s0" / "summary.json").write_text(json.dumps(s0))
-    answer = next(line for line in section(study).splitlines() if line.startswith("**Which variant to run for 2 styles"))
+    text = section(study)
+    answer = next(line for line in text.splitlines() if line.startswith("**Which variant to run for 2 styles"))
+    # a claim verdict resting on one training seed of a variant says so; one on both seeds does not
+    b = next(line for line in text.splitlines() if line.startswith("- **(b)"))
+    assert b.endswith("**does not hold**. Provisional: training seed 1 not yet run for conabl.")
+    assert next(line for line in text.splitlines() if line.startswith("- **(e)")).endswith("**inconclusive**.")
     assert "Provisional: 7 of 8 variants run (not yet run: simultaneous); 6 of 7 variants run have every training seed " \
            "they need (0, 1; a closed-form one needs 0 only, one already off equal forgetting no more); not yet: conabl." in answer
     assert "Training seed 1 is not yet run for ours:replay, which cannot change this answer" in answer
