@@ -733,16 +733,19 @@ def off_before(units: dict, domain: str, H: int) -> dict[str, int]:
 
 
 def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
-            off_earlier: dict[str, int] | None = None) -> list[str]:
+            off_earlier: dict[str, int] | None = None, brief: list | None = None) -> list[str]:
     """Which variant to run for H requests at UA >= 90: among the variants whose probe sweep kept
     UA >= 90 after every request (every training seed), the best retention after H on the
     reported seeds, paired against every other such variant. `off_earlier` (from `off_before`)
-    names variants already off equal forgetting after fewer requests: not yet run, they are no gap."""
+    names variants already off equal forgetting after fewer requests: not yet run, they are no gap.
+    `brief`, when given, receives one row for the summary table (`brief_table`)."""
     off_earlier = off_earlier or {}
     present = [v for v in expected if any(v in vs for vs in by_seed.values())]
     cannot = [v for v in expected if v not in present and v in off_earlier]
     missing = [v for v in expected if v not in present and v not in off_earlier]
+    brief = [] if brief is None else brief
     if not present:
+        brief.append(f"| {domain} | {H} | {NOT_RUN} | | | | |")
         return [f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** {NOT_RUN}."]
     eligible = [v for v in present if meets_ua(by_seed, v)]
     ret = {v: retention_ci(pool, [(v, H)]) for v in present}
@@ -777,6 +780,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
         lines.append(f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** none of the variants run kept UA >= "
                      f"{UA_MIN:g} after every request on the probe seeds" + (f"; the closest is {closest} (best UA "
                      f"{best_ua[closest]:.1f})" if closest else "") + f". Training seeds {seeds}.{caveat}")
+        brief.append(f"| {domain} | {H} | none at UA >= {UA_MIN:g} | | | 0 | {'provisional' if gaps else 'final'} |")
         return lines
     best = max(eligible, key=lambda v: ret[v]["value"])
     seeds = sorted(s for s, vs in by_seed.items() if best in vs)  # the seeds its figures pool
@@ -784,7 +788,9 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
     lines.append(f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** **{best}** — retention (mean of RA-I "
                  f"and RA-C) {fmt_ci(ret[best])}, UA {fmt_ci(ua)} on the reported seeds (training seeds {seeds}), among "
                  f"{len(eligible)} variant{'' if len(eligible) == 1 else 's'} at equal forgetting.{caveat}")
-    ties, beaten = [], []
+    brief.append(f"| {domain} | {H} | **{best}** | {fmt_ci(ret[best])} | {fmt_ci(ua)} | {len(eligible)} | "
+                 f"{'provisional' if gaps else 'final'} |")
+    ties, beaten, tied = [], [], []
     for v in eligible:
         if v == best:
             continue
@@ -793,7 +799,10 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
             continue
         text = f"{v}: {r['difference']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}]"
         (ties if r["verdict"] == "inconclusive" else beaten).append(text)
-    if ties:
+        if r["verdict"] == "inconclusive":
+            tied.append(v)
+    if ties:  # the summary row names them: the choice among them is the user's
+        brief[-1] = brief[-1].replace(f"**{best}**", f"**{best}** (not distinguishable from {', '.join(tied)})", 1)
         lines.append(f"Not distinguishable from {best} (paired retention difference {best} - other spans 0: "
                      f"inconclusive): " + "; ".join(ties) + ".")
     if beaten:
@@ -942,6 +951,8 @@ def study2_section(studies, config_dir: Path, results_dir: Path, horizons: dict 
            "edition (before equal forgetting and the reference recipe).", ""]
     doc += bench_eval_verdict(results_dir / "bench-eval.json") + [""]
     doc += ["### Cost", "", *cost2(results_dir / "study-plan.json", units, studies), ""]
+    brief: list[str] = []
+    brief_at = len(doc)
     for domain in horizons:
         names = expected.get(domain, [])
         for H in horizons[domain]:
@@ -952,11 +963,19 @@ def study2_section(studies, config_dir: Path, results_dir: Path, horizons: dict 
             doc += [f"### {domain.capitalize()}, after {H} requests", ""]
             if not by_seed:
                 doc += [f"{NOT_RUN}: no finished {domain} unit with {H} requests yet.", ""]
-            doc += answer2(pool, by_seed, H, names, domain, off_before(units, domain, H)) + [""]
+            doc += answer2(pool, by_seed, H, names, domain, off_before(units, domain, H), brief) + [""]
             doc += table2(pool, by_seed, H, names) + [""]
             doc += [f"Verdicts on the published claims after {H} {domain}:", "", *claims2(pool, by_seed, H), ""]
             doc += [f"<details><summary>Strength sweeps on the probe seeds ({domain}, {H} requests)</summary>", "",
                     *sweeps2(by_seed, names), "", "</details>", ""]
+    doc[brief_at:brief_at] = [
+        "### What to run", "",
+        f"The variant with the best retention (mean of RA-I and RA-C, 95% interval) among those at equal forgetting "
+        f"(UA >= {UA_MIN:g} after every request on the probe seed, on every training seed); UA on the reported seeds. "
+        "*Final*: no unit still to run could change the choice (the reasons, and the paired comparisons, are in each "
+        "domain's section below).", "",
+        "| domain | requests | run | retention | UA | variants at equal forgetting | answer |",
+        "|---|---|---|---|---|---|---|", *brief, ""]
     return doc + [END]
 
 

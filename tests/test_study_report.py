@@ -116,7 +116,14 @@ def test_the_answer_is_chosen_at_equal_forgetting_and_says_what_is_missing(study
     text = section(study)
     answer = next(line for line in text.splitlines() if line.startswith("**Which variant to run for 2 styles"))
     assert "**conabl+projection+selft**" in answer  # ours:replay keeps more but never reached UA 90
-    assert "Provisional: 7 of 8 variants run (not yet run: simultaneous)." in answer  # every one run has both seeds
+    # the summary table at the top of the section, one row per domain and number of requests
+    assert "| styles | 2 | **conabl+projection+selft** | 100.0 [100.0, 100.0] | 100.0 [100.0, 100.0] | 5 | provisional |" in text
+    assert "| objects | 2 | not yet run |" in text
+    tmp, committed, configs = study
+    for seed in (0, 1):  # the exact projection now retains as much: the row names the tie instead of hiding it
+        (committed / f"styles-r2-conabl-projection-update-s{seed}" / "summary.json").write_text(
+            json.dumps(unit("conabl+projection-update", 100.0)))
+    assert "| styles | 2 | **conabl+projection+selft** (not distinguishable from conabl+projection-update) |" in section(study)
     assert "training seeds [0, 1]" in answer
     # reported with how long it kept UA >= 90 and where it fell, per training seed
     assert "ours:replay seed 0 kept 0, then UA 72.5, seed 1 kept 0, then UA 72.5" in text
