@@ -738,7 +738,7 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
     UA >= 90 after every request (every training seed), the best retention after H on the
     reported seeds, paired against every other such variant. `off_earlier` (from `off_before`)
     names variants already off equal forgetting after fewer requests: not yet run, they are no gap.
-    `brief`, when given, receives one row for the summary table (`brief_table`)."""
+    `brief`, when given, receives this answer's row of the section's "What to run" table."""
     off_earlier = off_earlier or {}
     present = [v for v in expected if any(v in vs for vs in by_seed.values())]
     cannot = [v for v in expected if v not in present and v in off_earlier]
