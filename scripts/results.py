@@ -753,9 +753,8 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
     lines = []
     gaps = []
     if missing:
-        gaps.append(f"{len(present) + len(cannot)} of {len(expected)} variants run or already off equal forgetting "
-                    f"({NOT_RUN}: {', '.join(missing)})" if cannot else
-                    f"{len(present)} of {len(expected)} variants run ({NOT_RUN}: {', '.join(missing)})")
+        gaps.append(f"{len(present) + len(cannot)} of {len(expected)} variants run"
+                    f"{' or already off equal forgetting' if cannot else ''} ({NOT_RUN}: {', '.join(missing)})")
     partial = [v for v in present if not closed_form(by_seed, v) and any(v not in by_seed.get(s, {}) for s in TRAINING_SEEDS)]
     # a variant off equal forgetting on one seed is off for good: its missing seeds cannot change the answer
     open_ = [v for v in partial if meets_ua(by_seed, v) is not False and v not in off_earlier]
@@ -788,25 +787,23 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
     lines.append(f"**Which variant to run for {H} {domain}, at UA >= {UA_MIN:g}:** **{best}** — retention (mean of RA-I "
                  f"and RA-C) {fmt_ci(ret[best])}, UA {fmt_ci(ua)} on the reported seeds (training seeds {seeds}), among "
                  f"{len(eligible)} variant{'' if len(eligible) == 1 else 's'} at equal forgetting.{caveat}")
-    brief.append(f"| {domain} | {H} | **{best}** | {fmt_ci(ret[best])} | {fmt_ci(ua)} | {len(eligible)} | "
-                 f"{'provisional' if gaps else 'final'} |")
-    ties, beaten, tied = [], [], []
+    ties, beaten = {}, {}  # variant -> its paired retention difference, best - it
     for v in eligible:
         if v == best:
             continue
         r = retention_ci(pool, [(best, H), (v, H)])
         if r is None:
             continue
-        text = f"{v}: {r['difference']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}]"
-        (ties if r["verdict"] == "inconclusive" else beaten).append(text)
-        if r["verdict"] == "inconclusive":
-            tied.append(v)
-    if ties:  # the summary row names them: the choice among them is the user's
-        brief[-1] = brief[-1].replace(f"**{best}**", f"**{best}** (not distinguishable from {', '.join(tied)})", 1)
+        (ties if r["verdict"] == "inconclusive" else beaten)[v] = f"{r['difference']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}]"
+    # the summary row names the ties: the choice among them is the user's
+    tie_text = f" (not distinguishable from {', '.join(ties)})" if ties else ""
+    brief.append(f"| {domain} | {H} | **{best}**{tie_text} | {fmt_ci(ret[best])} | {fmt_ci(ua)} | {len(eligible)} | "
+                 f"{'provisional' if gaps else 'final'} |")
+    if ties:
         lines.append(f"Not distinguishable from {best} (paired retention difference {best} - other spans 0: "
-                     f"inconclusive): " + "; ".join(ties) + ".")
+                     f"inconclusive): " + "; ".join(f"{v}: {t}" for v, t in ties.items()) + ".")
     if beaten:
-        lines.append(f"Retains less than {best} (paired interval above 0): " + "; ".join(beaten) + ".")
+        lines.append(f"Retains less than {best} (paired interval above 0): " + "; ".join(f"{v}: {t}" for v, t in beaten.items()) + ".")
     below = [v for v in present if meets_ua(by_seed, v) is False or v in off_earlier]
     if below:
         lines.append("Not at equal forgetting (on some training seed the value run did not keep UA >= 90 after every "
