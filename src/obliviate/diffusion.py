@@ -117,6 +117,21 @@ def sampling_scheduler(pipe, scheduler: str | None):
         pipe.scheduler = own
 
 
+def image_seeds(offset: int, seed: int, count: int) -> list[int]:
+    """Per-image seeds of a set of base-model images a request trains on (ConAbl's anchors,
+    replay's and EraseDiff's images): `offset + 1_000_000 * seed + i`.
+
+    The set follows the request's seed, so a new training seed is a new draw of images, as in
+    the reference ConAbl (it samples its anchors from the generator its --seed seeds): the
+    anchor draw moves UA and RA-I far more than the training seed does on one fixed set
+    (docs/RESULTS.md, "Anchor sets"). Seed 0 gives `offset + i`, the images every seed used
+    before the set followed the seed. Sets of different seeds share no image below a million
+    images per set, and stay clear of the evaluation and probe seeds (below 10,000)."""
+    if seed < 0:
+        raise ValueError(f"image seed {seed} must be >= 0")
+    return [offset + 1_000_000 * seed + i for i in range(count)]
+
+
 @torch.no_grad()
 def base_model_latents(ctx: Context, prompts: list[str], seeds: list[int], steps: int, guidance: float, purpose: str,
                        scheduler: str | None = None) -> torch.Tensor:

@@ -47,6 +47,7 @@ SETTING_RANGES: dict[str, tuple] = {
     "swap_fraction": (0, True, 1, True), "stop_fraction": (0, True, 1, True), "weight": (0, True, None, False),
     "top_k": (0, False, 1, True), "score_batches": (1, True, None, False), "dedup": (0, False, 1, True),
     "nearest": (0, True, None, False), "images_per_concept": (1, True, None, False),
+    "image_seed": (0, True, None, False),
 }
 
 

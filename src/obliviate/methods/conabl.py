@@ -37,8 +37,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import (base_model_images, base_model_latents, image_posteriors, noised, reference_and_prediction,
-                         sample_image_latents, sampler_settings)
+from ..diffusion import (base_model_images, base_model_latents, image_posteriors, image_seeds, noised,
+                         reference_and_prediction, sample_image_latents, sampler_settings)
 from ..trainer import Context, Method, TrainSettings
 from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
@@ -68,6 +68,9 @@ class ConAblSettings(TrainSettings):
     hflip: bool | None = None
     loss: Literal["mse", "masked"] | None = None
     mask_border: int = 1  # latent pixels dropped at each edge by loss=masked
+    # seed of the anchor images (diffusion.image_seeds); None = the request's seed, so each
+    # training seed draws its own anchor set. Set it to hold one anchor set across seeds.
+    image_seed: int | None = None
     # style requests: how the target prompt inserts the style into an anchor caption.
     # "spec": the reference's "In X Style, <caption>" / "<caption>, in X Style." (SPEC 3);
     # "catalog": the model's own prompt template with the anchor's object (ours; the
@@ -108,16 +111,19 @@ class ConAbl(Method):
     Settings = ConAblSettings
 
     def report(self) -> dict:
-        return {"anchor": self.anchor} if getattr(self, "anchor", None) else {}
+        out = {"anchor": self.anchor} if getattr(self, "anchor", None) else {}
+        return {**out, "anchor_image_seeds": self.seeds_used} if hasattr(self, "seeds_used") else out
 
     def setup(self, ctx: Context, method=None) -> None:
         s, domain = self.settings, ctx.request.domain
         steps, guidance = sampler_settings(ctx, s.sampler_steps, s.guidance)
         scheduler = "dpm-solver" if s.anchor_sampler == "dpm-solver" else None
         anchors_x, anchor_prompts, target_prompts, anchors = [], [], [], []
+        image_seed = ctx.request.seed if s.image_seed is None else s.image_seed
         for concept in ctx.request.targets:  # several only when unlearning simultaneously
             a, t = self.build_prompts(ctx, concept, domain, s.anchor_images)
-            seeds = [10_000 + i for i in range(len(a))]
+            seeds = image_seeds(10_000, image_seed, len(a))
+            self.seeds_used = {"first": seeds[0], "count": len(seeds)}
             if s.anchor_store == "images":
                 anchors_x.append(base_model_images(ctx, a, seeds, steps, guidance, purpose="anchors", scheduler=scheduler))
             else:
