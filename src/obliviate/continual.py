@@ -28,7 +28,7 @@ from . import __version__
 from .locking import exclusive
 from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file_hash, load_delta, save_delta, swapped
 from .methods import get_method
-from . import distributed, lora, lora_hooks
+from . import distributed, lora
 from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
 from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
@@ -58,9 +58,26 @@ def build_hooks(request: Request):
             f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
         )
     check_param_group(request.param_group)
-    if lora.is_lora(request.param_group):  # regularizers on A and B, or a clear refusal
-        method, regs = lora_hooks.adapt_hooks(method, regs, request.param_group)
+    if lora.is_lora(request.param_group):  # each component's LoRA form, or its refusal
+        group = lora.parse_group(request.param_group) and request.param_group
+        method = method.for_lora(group)
+        try:
+            regs = [r.for_lora(group) for r in regs]
+        except ValueError as err:
+            raise ValueError(f"{err}; with LoRA use {', '.join(lora_ready_regularizers(group))}") from None
     return method, regs
+
+
+def lora_ready_regularizers(group: str) -> list[str]:
+    """The add-ons that declare a LoRA form (their `for_lora` accepts `group`)."""
+    from .regularizers import REGULARIZERS
+
+    ready = []
+    for name, cls in REGULARIZERS.items():
+        with contextlib.suppress(ValueError):
+            cls(cls.Settings()).for_lora(group)
+            ready.append(name)
+    return ready
 
 
 def resolved_config(method, regs) -> dict:

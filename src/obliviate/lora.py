@@ -23,7 +23,7 @@ orthogonal to the protected concepts, so dW c = 0 cannot hold.
 Cost of stacking: the stored rank grows by r per request (still far below the full delta for any
 realistic stream: 12 SD 1.5 style requests at r=4 are 2.4 M numbers vs 19.2 M per full delta).
 
-Regularizers on A and B (decided here, see `adapt_hooks`):
+Regularizers on A and B (each add-on's `for_lora` gives its form or refuses):
 - projection: dW c = s B (A c), so projecting **A** onto the orthogonal complement of span(C)
   keeps A c = 0, hence dW c = 0, whatever B does. A starts projected; mode=update projects A's
   actual optimizer update (exact invariance); mode=grad projects A's gradient (approximate
@@ -52,13 +52,9 @@ TARGET_PATTERNS = {
     "kv-xattn": r".*\.attn2\.(to_k|to_v)",
     "xattn": r".*\.attn2\.(to_q|to_k|to_v|to_out\.0)",
 }
-SUPPORTED_REGULARIZERS = ("projection", "l1sp", "l2sp", "replay")
-UNSUPPORTED = {
-    "selft": "selft masks individual elements of W, but every element of a LoRA update B A depends on all of A "
-             "and B, so masked elements cannot stay fixed",
-    "sculpmem": "sculpmem masks individual elements of W, but every element of a LoRA update B A depends on all "
-                "of A and B, so masked elements cannot stay fixed",
-}
+# why an element mask (SelFT, SculpMem) has no LoRA form; both quote it when they refuse
+ELEMENT_MASK = ("it keeps chosen elements of W fixed, but every element of a LoRA update s B A depends on all of A "
+                "and B, so masked elements cannot stay fixed")
 
 
 @dataclass
@@ -240,4 +236,16 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
     with atomic_directory(out) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(state),
                                                   safe_serialization=True)
+    return out
+
+
+def adapted_modules(params: dict) -> list[tuple[str, str, str]]:
+    """(module, A name, B name) of every adapted layer, by the trained tensors' names."""
+    import re
+
+    out = []
+    for n in params:
+        m = re.match(rf"(.*)\.lora_A\.{ADAPTER}\.weight$", n)
+        if m:
+            out.append((m.group(1), n, f"{m.group(1)}.lora_B.{ADAPTER}.weight"))
     return out

@@ -86,6 +86,12 @@ def is_sdxl(path_or_pipe) -> bool:
     return getattr(path_or_pipe, "text_encoder_2", None) is not None
 
 
+def model_family(path_or_pipe) -> str:
+    """"sdxl" (two text encoders) or "sd" (Stable Diffusion 1.x/2.x, MiniCanvas): what a
+    component's `families` capability names."""
+    return "sdxl" if is_sdxl(path_or_pipe) else "sd"
+
+
 def weight_variant(path: Path) -> str | None:
     """"fp16" when the UNet ships only fp16 variant files (diffusion_pytorch_model.fp16.safetensors):
     diffusers loads those only when asked for the variant; they are upcast to float32 on load."""

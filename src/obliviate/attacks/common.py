@@ -332,6 +332,9 @@ class Attack:
     name = ""
     Settings = AttackSettings
     counts_in_robust_ua = True  # relearn changes the weights: reported, but not a prompt-side ASR
+    # model families it can attack (model.model_family): learned tokens and relearning train
+    # through one text encoder, so the default is single-encoder Stable Diffusion
+    families: tuple[str, ...] = ("sd",)
 
     def __init__(self, settings):
         self.settings = settings

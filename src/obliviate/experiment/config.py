@@ -307,21 +307,14 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
         exp.style_classifier = args.style_classifier
     if getattr(args, "object_classifier", None):
         exp.object_classifier = args.object_classifier
-    if exp.protocol == "unlearncanvas" and not (exp.style_classifier and exp.object_classifier):
-        raise ValueError("the unlearncanvas protocol needs both classifier checkpoints: pass --style-classifier FILE "
-                         "and --object-classifier FILE (or set classifiers.style / classifiers.object in the file)")
-    for flag, path in (("--style-classifier", exp.style_classifier), ("--object-classifier", exp.object_classifier)):
-        if path and not Path(path).is_file():  # before building two ViT-L judges
-            raise FileNotFoundError(f"{flag} {path} does not exist")
     from ..model import check_pipeline_dir
+    from ..protocols import get_protocol
 
+    protocol = get_protocol(exp.protocol)
+    if protocol.judge_inputs == "checkpoints":  # the checkpoints first: the message names the flags
+        protocol.check_judge_inputs(exp.model, exp.style_classifier, exp.object_classifier)
     check_pipeline_dir(exp.model)
-    if exp.protocol == "minicanvas" and not (Path(exp.model) / "classifiers" / "config.json").exists():
-        # the MiniCanvas judge ships inside the MiniCanvas model; say so before any work
-        raise ValueError(
-            f"protocol minicanvas judges images with the classifiers that MiniCanvas models carry (classifiers/), and "
-            f"{exp.model} has none. For a Stable Diffusion model use protocol: unlearncanvas with --style-classifier "
-            "FILE --object-classifier FILE (the UnlearnCanvas judges), or unlearn without an evaluation: obliviate unlearn")
+    protocol.check_judge_inputs(exp.model, exp.style_classifier, exp.object_classifier)
     from ..attacks import check_model
 
     for attack in exp.attacks:  # before the training, not after it

@@ -38,6 +38,7 @@ class EraseDiffSettings(TrainSettings):
 class EraseDiff(Method):
     name = "erasediff"
     Settings = EraseDiffSettings
+    not_multi_process = "its bi-level step combines whole-batch gradients nonlinearly; run it in one process"
 
     def setup(self, ctx: Context, method=None) -> None:
         s, cat = self.settings, ctx.catalog

@@ -37,11 +37,13 @@ dW C = 0 exactly under any optimizer.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from ..lora import adapted_modules, parse_group
 from ..protocols import family, read_prompt_file
 from ..trainer import Context, Hook
 from .common import concept_domain, concept_embedding, protected_concepts
@@ -154,6 +156,13 @@ class Projection(Hook):
     def report(self) -> dict:
         return {"projection_concepts": self.concepts}
 
+    def for_lora(self, group: str) -> Hook:
+        if parse_group(group).continual == "keep":
+            raise ValueError(f"projection does not work with --param-group {group}: continuing an adapter changes B, "
+                             "and B's update multiplies the earlier A, whose rows are not orthogonal to the protected "
+                             "concepts; use continual=stack (the default) with projection")
+        return ProjectionOnLora(self.settings)
+
     def resolved_source(self, ctx: Context, method=None) -> str:
         s = self.settings
         if s.source != "auto":
@@ -237,3 +246,19 @@ class Projection(Hook):
             for n in self.targets:
                 p = ctx.params[n]
                 p.copy_(before[n] + (p - before[n]) @ self.P)
+
+
+class ProjectionOnLora(Projection):
+    """Projection on A: A P keeps A c = 0 for every protected c, so dW c = s B A c = 0
+    whatever B does (lora.py). A starts projected; B is left free."""
+
+    def setup(self, ctx: Context, method=None) -> None:
+        super().setup(ctx, method)
+        width = self.C.shape[0]
+        self.targets = [a for m, a, _ in adapted_modules(ctx.params)
+                        if re.search(r"\.attn2\.to_[kv]$", m) and ctx.params[a].shape[1] == width]
+        with torch.no_grad():  # the adapter starts inside the complement
+            for n in self.targets:
+                ctx.params[n].copy_(ctx.params[n] @ self.P)
+                ctx.start[n] = ctx.params[n].detach().clone()
+        ctx.log(f"projection on LoRA A: {len(self.targets)} tensors")

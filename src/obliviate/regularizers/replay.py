@@ -102,6 +102,9 @@ class Replay(Hook):
     def report(self) -> dict:
         return {"replay_image_seeds": self.seeds_used}
 
+    def for_lora(self, group: str) -> Hook:
+        return self  # it distils the model's outputs, whatever is trained
+
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}  # resume draws the same batches
 
