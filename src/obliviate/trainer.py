@@ -155,6 +155,9 @@ class Hook:
     # Capabilities, declared here and asked by the engine (never a table of names elsewhere):
     # None = supported; a string = not supported, and why (the refusal quotes it).
     not_multi_process: str | None = None  # splitting a request's batches across processes
+    # settings that make one request run in seconds on a tiny model (the engine's tests run every
+    # registered method with every registered add-on with these; never defaults for real use)
+    quick_settings: dict = {}
 
     def __init__(self, settings=None):
         self.settings = settings  # an instance of the hook's Settings dataclass

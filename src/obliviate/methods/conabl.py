@@ -109,6 +109,7 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, border: int) -> t
 class ConAbl(Method):
     name = "conabl"
     Settings = ConAblSettings
+    quick_settings = {"steps": 6, "batch_size": 2, "anchor_images": 4, "sampler_steps": 3}
 
     def report(self) -> dict:
         out = {"anchor": self.anchor} if getattr(self, "anchor", None) else {}

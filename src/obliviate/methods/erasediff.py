@@ -38,6 +38,7 @@ class EraseDiffSettings(TrainSettings):
 class EraseDiff(Method):
     name = "erasediff"
     Settings = EraseDiffSettings
+    quick_settings = {"steps": 6, "batch_size": 2, "forget_images": 4, "remain_images": 4, "sampler_steps": 3}
     not_multi_process = "its bi-level step combines whole-batch gradients nonlinearly; run it in one process"
 
     def setup(self, ctx: Context, method=None) -> None:

@@ -35,6 +35,7 @@ class ESDSettings(TrainSettings):
 class ESD(Method):
     name = "esd"
     Settings = ESDSettings
+    quick_settings = {"steps": 6, "batch_size": 2, "ddim_steps": 4}
 
     def setup(self, ctx: Context, method=None) -> None:
         # the concept in the model's own prompt template when it has one (MiniCanvas), with

@@ -34,6 +34,7 @@ class SculpMem(ConAbl):
     name = "sculpmem"
     Settings = SculpMemSettings
     needs_update_transform = True
+    quick_settings = {**ConAbl.quick_settings, "warmup": 2, "swap_every": 2}
 
     def for_lora(self, group: str):
         raise ValueError(f"method sculpmem does not work with --param-group {group}: its gradient mask {ELEMENT_MASK}; "

@@ -109,6 +109,7 @@ class Adversarial(Hook):
     name = "adversarial"
     order = 50
     Settings = AdversarialSettings
+    quick_settings = {"every": 3, "attack_steps": 1, "images": 2, "batch_size": 2, "tokens": 1}
 
     def setup(self, ctx: Context, method=None) -> None:
         if is_sdxl(ctx.pipe):

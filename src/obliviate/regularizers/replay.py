@@ -56,6 +56,7 @@ class Replay(Hook):
     name = "replay"
     order = 50
     Settings = ReplaySettings
+    quick_settings = {"images_per_concept": 1}
 
     def prompts(self, ctx: Context) -> list[str]:
         cat, n = ctx.catalog, self.settings.images_per_concept

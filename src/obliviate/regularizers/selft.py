@@ -31,6 +31,7 @@ class SelFT(Hook):
     order = 90  # after the projection: masked elements stay exactly unchanged
     Settings = SelFTSettings
     needs_update_transform = True
+    quick_settings = {"top_k": 0.2}
 
     def for_lora(self, group: str) -> Hook:
         raise ValueError(f"regularizer selft does not work with --param-group {group}: {ELEMENT_MASK}, and its "

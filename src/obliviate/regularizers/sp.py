@@ -30,6 +30,7 @@ class SPSettings:
 class _SP(Hook):
     Settings = SPSettings
     power = 1
+    quick_settings = {"weight": 1}
 
     def setup(self, ctx: Context, method=None) -> None:
         # one dict keyed by the UNet's own unique parameter names: no colliding references
