@@ -120,7 +120,8 @@ def cmd_unlearn(args) -> int:
     # several processes: the main one creates the run first (another arriving mid-creation would
     # find a non-empty directory without run.json, fail, and leave the main one at a barrier)
     with dist.main_first() if dist is not None else contextlib.nullcontext():
-        run = Run.open_or_create(args.run, args.model)
+        # one process: the run is written once the request is valid and the model loads
+        run = Run.open_or_create(args.run, args.model, write_now=dist is not None)
     meta = run.unlearn(request, quiet=args.quiet, device=args.device, precision=args.precision,
                        gradient_checkpointing=args.gradient_checkpointing)
     d = meta["drift"]
@@ -168,9 +169,13 @@ def cmd_eval(args) -> int:
     from .delta import apply_delta, atomic_write_json
     from .distributed import validate_device
     from .evaluate.evaluator import evaluate, load_protocol, make_plan, model_key
-    from .model import load_pipeline, model_hash
+    from .model import check_pipeline_dir, load_pipeline, model_hash
+    from .parsing import check_output_dir, parse_seeds
 
     validate_device(args.device)
+    check_output_dir(args.out)
+    if args.model:  # before the judge looks inside it
+        check_pipeline_dir(args.model)
     unlearned = [c for c in (args.unlearned or "").split(",") if c]
     domain = args.domain
     if args.run:
@@ -190,10 +195,7 @@ def cmd_eval(args) -> int:
                              object_classifier=args.object_classifier, device=args.device or "cpu")
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 188,288") from None
+    seeds = parse_seeds(args.seeds)
     partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
@@ -332,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from safetensors import SafetensorError
+
     from .locking import BusyError
 
     try:
@@ -346,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # read-only directory, full disk, a file where a directory should be ...
         where = f"{err.filename}: " if err.filename else ""
         print(f"obliviate: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except SafetensorError as err:  # safetensors' own error for a failed write (a full disk, say), not an OSError
+        print(f"obliviate: error: writing a safetensors file failed: {err}; nothing was left half-written", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("obliviate: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -54,6 +54,9 @@ def check_pipeline_dir(path: str | os.PathLike) -> Path:
             f"model {str(path)!r} is not a local directory; it looks like a Hugging Face Hub id. obliviate never "
             f"downloads: fetch it first (e.g. `huggingface-cli download {path} --local-dir DIR`) and pass that local directory"
         )
+    if path.is_file():
+        raise ValueError(f"model {str(path)!r} is a file, not a diffusers pipeline directory "
+                         "(a directory with model_index.json, as save_pretrained writes it)")
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
     index_path = path / "model_index.json"
@@ -76,6 +79,12 @@ def check_pipeline_dir(path: str | os.PathLike) -> Path:
     missing = [c for c in needed if not (isinstance(index.get(c), list) and index[c][0] and (path / c).is_dir())]
     if missing:
         raise ValueError(f"{str(path)!r} lacks the pipeline components {missing}; a {kind} needs {list(needed)}")
+    for component in needed:  # a damaged config fails here, before a run is created on the model
+        for config in sorted((path / component).glob("*.json")):
+            try:
+                json.loads(config.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{config} is not valid JSON ({err}); the model directory is damaged") from None
     return path
 
 

@@ -228,6 +228,8 @@ def load_experiment(path_or_dict) -> Experiment:
         raise ValueError(f"{where}: domain {raw['domain']!r} is not valid; valid: style, object")
     if not raw["sequence"]:
         raise ValueError(f"{where}: sequence is empty; list the concepts to unlearn in order")
+    if not raw["variants"]:
+        raise ValueError(f"{where}: variants is empty; list at least one variant, e.g. - {{name: conabl, method: conabl}}")
     ev = raw.get("eval", {}) or {}
     _check_types(ev, _EVAL_TYPES, f"{where}: eval")
     _check_types(raw.get("grid") or {}, _GRID_TYPES, f"{where}: grid")
