@@ -62,7 +62,7 @@ from typing import Literal
 import torch
 
 from ..delta import load_verified_tensor, save_verified_tensor
-from ..model import concept_token_span, encode_prompts
+from ..model import concept_token_span, encode_prompts, text_segments, token_ids
 from ..protocols import family, read_prompt_file
 from ..trainer import Context, Method, parse_settings
 from .common import replace_word
@@ -167,12 +167,11 @@ def text_states(ctx: Context, prompts: list[str]) -> torch.Tensor:
     gives identical weights.
     """
     memo = ctx.__dict__.setdefault("_uce_states", {})
-    tok = ctx.pipe.tokenizer
     directory = Path(ctx.cache_dir) / "uce-text" / str(ctx.base_hash)[:16] if ctx.cache_dir else None
     for p in dict.fromkeys(prompts):
         if p in memo:
             continue
-        ids = tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+        ids = token_ids(ctx.pipe, p)
         key = hashlib.sha256(json.dumps([str(ctx.base_hash), list(ids)]).encode()).hexdigest()[:32]
         path = directory / f"{key}.safetensors" if directory else None
         state = load_verified_tensor(path) if path else None
@@ -225,35 +224,38 @@ def _has_word(text: str, word: str) -> bool:
 
 
 def erase_rows(ctx: Context, concept: str, domain: str, s: UCESettings):
-    """(erase rows, guide rows, weights) of one concept under its own request's settings."""
+    """(erase rows, guide rows, weights) of one concept under its own request's settings.
+
+    Positions are counted in each run of tokens of the text states (model.text_segments):
+    one CLIP run for SD/SDXL, one T5 run for FLUX, a CLIP run and a T5 run for SD3, each
+    with its own tokenizer, concept span and guide alignment."""
     guide_word = DEFAULT_GUIDE[domain] if s.guide is None else s.guide
-    tok = ctx.pipe.tokenizer
-    length = tok.model_max_length
     prompts = erase_prompts(ctx, concept, domain, s)
     guides = [" ".join(replace_word(p, concept, guide_word).split()) for p in prompts]
     states = text_states(ctx, prompts + guides)
     e_rows, g_rows, weights = [], [], []
-    for i, (p, g) in enumerate(zip(prompts, guides)):
-        start, end = concept_token_span(tok, p, concept)
-        if guide_word:
-            gs, ge = concept_token_span(tok, g, guide_word)
-        else:  # the concept's place in the guide prompt: where its prefix ends
-            gs = ge = len(tok(p[: p.lower().rindex(concept.lower())].rstrip()).input_ids) - 1
-        last = length if s.positions == "after" else end
-        for k in range(start, min(last, length)):
-            if k < end:
-                gk = gs + min(k - start, ge - gs - 1) if ge > gs else max(gs - 1, 0)
-                w = 1.0
-            else:
-                gk = min(ge + (k - end), length - 1)
-                w = s.after_weight
-            if w == 0:
-                continue
-            e_rows.append(states[i, k])
-            g_rows.append(states[len(prompts) + i, gk])
-            weights.append(w)
+    for tok, offset, length in text_segments(ctx.pipe):
+        for i, (p, g) in enumerate(zip(prompts, guides)):
+            start, end = concept_token_span(tok, p, concept, limit=length)
+            if guide_word:
+                gs, ge = concept_token_span(tok, g, guide_word, limit=length)
+            else:  # the concept's place in the guide prompt: where its prefix ends
+                gs = ge = len(tok(p[: p.lower().rindex(concept.lower())].rstrip()).input_ids) - 1
+            last = length if s.positions == "after" else end
+            for k in range(start, min(last, length)):
+                if k < end:
+                    gk = gs + min(k - start, ge - gs - 1) if ge > gs else max(gs - 1, 0)
+                    w = 1.0
+                else:
+                    gk = min(ge + (k - end), length - 1)
+                    w = s.after_weight
+                if w == 0:
+                    continue
+                e_rows.append(states[i, offset + k])
+                g_rows.append(states[len(prompts) + i, offset + gk])
+                weights.append(w)
     if not e_rows:
-        raise ValueError(f"uce: no rows for {concept!r} (is it truncated away by the tokenizer's {length}-token limit?)")
+        raise ValueError(f"uce: no rows for {concept!r} (is it truncated away by the tokenizer's token limit?)")
     return torch.stack(e_rows), torch.stack(g_rows), torch.tensor(weights, dtype=torch.float64)
 
 
@@ -284,9 +286,10 @@ def preserve_rows(ctx: Context, erased: list[tuple[str, str]], domain: str, s: U
     if "erased-partners" in sources:
         for concept, cdom in erased:
             for p in erase_prompts(ctx, concept, cdom, s):
-                start, _ = concept_token_span(ctx.pipe.tokenizer, p, concept)
-                if start > 0:
-                    rows.append(text_states(ctx, [p])[0, :start])
+                for tok, offset, length in text_segments(ctx.pipe):
+                    start, _ = concept_token_span(tok, p, concept, limit=length)
+                    if start > 0:
+                        rows.append(text_states(ctx, [p])[0, offset : offset + start])
     return torch.cat(rows) if rows else None
 
 
