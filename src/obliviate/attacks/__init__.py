@@ -44,12 +44,17 @@ def parse_attack(text: str) -> tuple[str, dict[str, str]]:
 
 
 def check_model(name: str, model) -> None:
-    """Learned tokens and relearning read the first text encoder only: refused on SDXL (two)."""
-    from ..model import is_sdxl
+    """Learned tokens and relearning read the first text encoder only: refused on SDXL (two),
+    SD3 (three) and FLUX (CLIP and T5, whose states are what the transformer reads)."""
+    from ..model import family_name, is_flow, is_sdxl
 
     if name != "paraphrase" and is_sdxl(model):
         raise ValueError(f"attack {name!r} does not support SDXL pipelines yet (it trains through one text encoder; "
                          "SDXL has two); on SDXL use attack paraphrase")
+    if name != "paraphrase" and is_flow(model):
+        raise ValueError(f"attack {name!r} does not support {family_name(model)} pipelines yet (it learns token "
+                         "embeddings of one CLIP text encoder and trains a UNet's cross-attention; SD3 and FLUX read T5 "
+                         f"states through a transformer); on {family_name(model)} use attack paraphrase")
 
 
 def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **info) -> dict:
