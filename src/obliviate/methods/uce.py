@@ -41,6 +41,26 @@ request (the published repeated application), kept for comparison.
 
 edit: `kv` (default) solves keys and values; `k` or `v` solves only one, the other keeps W0.
 
+SD3 and FLUX (flow-matching transformers; --param-group context): the text states reach image
+attention through the context side of joint attention, but not directly: each block's
+add_k_proj / add_v_proj (FLUX's double-stream blocks, SD3's joint blocks) reads the text
+stream after a layer norm modulated by the timestep and the pooled embedding, and after the
+earlier blocks mixed image tokens into it, so no fixed text state c has a fixed key W c there
+and the closed form does not apply. FLUX's 38 single-stream blocks send text and image tokens
+through one shared to_k / to_v, so editing them would change how every image token is read
+too. What is edited instead is the transformer's `context_embedder`, the one linear map whose
+input is the text encoders' states (T5's for FLUX; SD3's CLIP-L + CLIP-G + T5 sequence) and
+whose output is the text stream every block reads (UCE's own FLUX script edits the same
+layer). The rows are those states, exactly as for a UNet's k/v (W_new = W0 M, one solve of
+T5's width), so the erased prompt's text tokens carry the guide's states into every block:
+its keys and values move in the double-stream blocks and in the text rows of the
+single-stream blocks, while image tokens pass through no edited weight
+(tests/test_flow_models.py checks both, and that an unrelated preserved prompt's keys stay).
+Positions are counted per tokenizer run (model.text_segments): SD3's CLIP run and T5 run each
+contribute rows; T5 is not causal, so with positions=after its later positions are rows
+because they attend to the concept, not because they follow it. Not edited: the pooled CLIP
+embedding (time_text_embed), which FLUX and SD3 also read, as a global modulation.
+
 Defaults (positions=after, guide per domain, lam 0.5, erase/preserve scale 1, preserve
 others+empty, edit kv) were chosen on MiniCanvas probe seed 1 (docs/RESULTS.md): they keep
 UA and RA-I at the bar; RA-C is what they lose, and most of that loss is the guide itself:
