@@ -464,7 +464,11 @@ def concept_token_span(tokenizer, text: str, concept: str, limit: int | None = N
     """Token positions [start, end) of the last occurrence of `concept` in `text` (a name of
     several BPE tokens, "Van Gogh" -> van</w> gogh</w>, spans several positions). CLIP's
     tokenizer splits at word boundaries, so the tokens of the text before the concept are a
-    prefix of the text's tokens. The match ignores case, as CLIP's tokenizer does."""
+    prefix of the text's tokens. The match ignores case, as CLIP's tokenizer does. T5's
+    tokenizer (SentencePiece pieces that start at a word, no start token) keeps the same
+    property; its positions count from 0, which `len(ids) - 1` (dropping the end token) gives
+    for both. `limit`: the positions the encoder reads (default: the tokenizer's model_max_length)."""
+    limit = limit or tokenizer.model_max_length
     if concept.lower() not in text.lower() and concept.replace("_", " ").lower() in text.lower():
         concept = concept.replace("_", " ")  # UnlearnCanvas labels: "Van_Gogh" reads "Van Gogh"
     at = text.lower().rindex(concept.lower())
