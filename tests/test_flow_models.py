@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 CATALOG = Catalog(
-    name="realnames", styles=["Van Gogh", "Pop Art", "Claude Monet"], objects=["sports car", "tree"],
+    name="realnames", styles=["Van Gogh", "Pop Art", "Claude Monet", "Art Nouveau"], objects=["sports car", "tree"],
     template="a painting of a {object} in {style} style", style_only="an image in the style of {style}",
     object_only="an image of a {object}", sampler={"steps": 2, "guidance": 3.0},
 )
@@ -116,17 +116,23 @@ def test_every_method_on_flow_models(flow_models, family, tmp_path, catalog_run)
     """One request of each method (and the SP add-ons and projection where they apply), each
     changing only the tensors of its group."""
     run = Run.open_or_create(tmp_path / "train", flow_models[family])
-    first = run.unlearn(Request("Van Gogh", "style", "conabl", FAST["conabl"], [("l2sp", {})]), quiet=True)
+    regs = {"flux": [("l2sp", {})], "sd3": [("l1sp", {}), ("selft", {}), ("replay", {"images_per_concept": "1", "batch_size": "2"})]}
+    other = {"flux": Request("Claude Monet", "style", "sculpmem", {"steps": "2", "anchor_images": "2", "batch_size": "2",
+                                                                 "warmup": "1", "swap_every": "1"}),
+             "sd3": Request("Claude Monet", "style", "erasediff", {"steps": "2", "batch_size": "2", "forget_images": "2",
+                                                                  "remain_images": "2"})}
+    first = run.unlearn(Request("Van Gogh", "style", "conabl", FAST["conabl"], regs[family]), quiet=True)
     second = run.unlearn(Request("Pop Art", "style", "esd", FAST["esd"]), quiet=True)
+    fourth = run.unlearn(other[family], quiet=True)
     third = run.unlearn(Request("tree", "object", "conabl", FAST["conabl"],
                                 [("projection", {"mode": "update", "dedup": "1.0", "source": "catalog"})],
                                 param_group="context"), quiet=True)
-    assert all(m["drift"]["parent"]["l2"] > 0 for m in (first, second, third))
-    base, after = (dict(denoiser(run.load(k, device="cpu")).named_parameters()) for k in (0, 3))
+    assert all(m["drift"]["parent"]["l2"] > 0 for m in (first, second, third, fourth))
+    base, after = (dict(denoiser(run.load(k, device="cpu")).named_parameters()) for k in (0, 4))
     moved = sorted(n for n in base if not torch.equal(base[n], after[n]))
     assert moved and all(n == "context_embedder.weight" or ".attn.add_k_proj." in n or ".attn.add_v_proj." in n for n in moved)
     # the projection kept the protected concepts' text states fixed under the third request's change
-    third_only = dict(denoiser(run.load(2, device="cpu")).named_parameters())["context_embedder.weight"]
+    third_only = dict(denoiser(run.load(3, device="cpu")).named_parameters())["context_embedder.weight"]
     pipe = load_pipeline(flow_models[family], device="cpu")
     from obliviate.model import concept_token_embedding
 
