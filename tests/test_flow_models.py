@@ -372,6 +372,11 @@ def test_obliviate_run_and_paraphrase_on_flow_models(flow_models, judges, family
     code = main(["--quiet", "run", str(cfg), "--out", str(tmp_path / "out2"), "--model", str(flow_models[family]), *args])
     err = capsys.readouterr().err
     assert code == 2 and "does not support" in err and "use attack paraphrase" in err and not (tmp_path / "out2").exists()
+    raw["attacks"], raw["variants"] = [], [{"name": "uce", "method": "uce"}]
+    cfg.write_text(yaml.safe_dump(raw))
+    code = main(["--quiet", "run", str(cfg), "--out", str(tmp_path / "out3"), "--model", str(flow_models[family]), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "variant 'uce'" in err and "param_group: context" in err and not (tmp_path / "out3").exists()
 
 
 # ---------------------------------------------------------------- real size, on the meta device
