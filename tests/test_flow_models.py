@@ -135,10 +135,12 @@ def test_every_method_on_flow_models(flow_models, family, tmp_path, catalog_run)
     # the projection kept the protected concepts' text states fixed under the last request's change
     name = "context_embedder.weight"
     before_last = base[name] + run.cumulative_delta(3).get(name, torch.zeros_like(base[name]))
-    from obliviate.model import concept_token_embedding
+    from obliviate.model import concept_token_embeddings
 
-    C = torch.stack([concept_token_embedding(pipe, CATALOG.single(c, "object" if c in CATALOG.objects else "style"), c)
-                     for c in third["projection_concepts"]], 1)
+    names = list(dict.fromkeys(c.split("@")[0] for c in third["projection_concepts"]))  # SD3: X@clip, X@t5
+    assert len(third["projection_concepts"]) == len(names) * (2 if family == "sd3" else 1)
+    C = torch.cat([concept_token_embeddings(pipe, CATALOG.single(c, "object" if c in CATALOG.objects else "style"), c)
+                   for c in names]).T  # every run's state of every protected concept
     assert torch.allclose((after[name] - before_last) @ C, torch.zeros(1), atol=1e-5)
 
     closed = Run.open_or_create(tmp_path / "closed", flow_models[family])

@@ -271,9 +271,8 @@ def _flux_inputs(model, x_t: torch.Tensor, t, cond: Cond, guidance: float | None
     g = None
     if model.config.guidance_embeds:
         g = torch.full((b,), FLUX_GUIDANCE if guidance is None else float(guidance), device=x_t.device, dtype=x_t.dtype)
-    kwargs = {"hidden_states": packed, "timestep": timestep, "guidance": g, "pooled_projections": cond.pooled,
-              "encoder_hidden_states": cond.hidden, "txt_ids": txt_ids, "img_ids": img_ids}
-    return kwargs, (b, c, h, w)
+    return {"hidden_states": packed, "timestep": timestep, "guidance": g, "pooled_projections": cond.pooled,
+            "encoder_hidden_states": cond.hidden, "txt_ids": txt_ids, "img_ids": img_ids}
 
 
 def predict(unet, x_t: torch.Tensor, t, cond: "Cond | torch.Tensor", params: dict | None = None,
@@ -292,9 +291,9 @@ def predict(unet, x_t: torch.Tensor, t, cond: "Cond | torch.Tensor", params: dic
     if kind == "FluxTransformer2DModel":
         from diffusers import FluxPipeline
 
-        kwargs, shape = _flux_inputs(unet, x_t, t, cond, guidance)
-        b, c, h, w = shape  # unpacked with latent units (vae_scale_factor 1)
-        return FluxPipeline._unpack_latents(call(**kwargs, return_dict=False)[0], h, w, 1)
+        packed = call(**_flux_inputs(unet, x_t, t, cond, guidance), return_dict=False)[0]
+        h, w = x_t.shape[-2:]  # unpacked in latent units (vae_scale_factor 1)
+        return FluxPipeline._unpack_latents(packed, h, w, 1)
     if kind == "SD3Transformer2DModel":
         timestep = torch.as_tensor(t, device=x_t.device, dtype=x_t.dtype).expand(x_t.shape[0])
         return call(hidden_states=x_t, timestep=timestep, encoder_hidden_states=cond.hidden,
@@ -493,6 +492,14 @@ def concept_spans(pipe, text: str, concept: str) -> list[tuple[int, int]]:
 @torch.no_grad()
 def concept_token_embedding(pipe, text: str, concept: str) -> torch.Tensor:
     """Mean text state over the tokens of the last occurrence of `concept` in `text` (SD3:
-    over its CLIP and its T5 tokens together)."""
+    over its CLIP and its T5 tokens together; concept_token_embeddings keeps them apart)."""
     hidden = encode_prompts(pipe, [text])[0]  # the states of the whole text, as generation sees them
     return torch.cat([hidden[a:b] for a, b in concept_spans(pipe, text, concept)]).mean(0)
+
+
+@torch.no_grad()
+def concept_token_embeddings(pipe, text: str, concept: str) -> torch.Tensor:
+    """(runs, width): the mean state over the concept's tokens in each run of text_segments
+    (one row, equal to concept_token_embedding, except for SD3: its CLIP row and its T5 row)."""
+    hidden = encode_prompts(pipe, [text])[0]
+    return torch.stack([hidden[a:b].mean(0) for a, b in concept_spans(pipe, text, concept)])

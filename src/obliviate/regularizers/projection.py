@@ -34,8 +34,8 @@ SD3 and FLUX: the only weight whose input is the text encoders' states is the tr
 `context_embedder` (--param-group context); the context-side key/value projections of joint
 attention read those states after a timestep-dependent normalisation, where no fixed column
 c stays fixed under dW. So on these models the projection acts on context_embedder only and
-needs that group; its columns come from the catalog (concept states averaged over every
-position of the concept, SD3: its CLIP and T5 positions); `anchors`, `prompts` and
+needs that group; its columns come from the catalog (the concept's state averaged over its
+tokens; SD3: one column for its CLIP tokens and one for its T5 tokens, named `X@clip`, `X@t5`); `anchors`, `prompts` and
 `protect_start` locate words with CLIP's tokenizer and are refused there.
 
 `mode=grad` projects gradients (published). With AdamW the applied update is not -lr G P
@@ -50,7 +50,7 @@ from typing import Literal
 
 import torch
 
-from ..model import is_flow, is_transformer
+from ..model import is_flow, is_transformer, text_segments
 from ..protocols import family, read_prompt_file
 from ..trainer import Context, Hook
 from .common import concept_domain, concept_embedding, protected_concepts
@@ -214,6 +214,10 @@ class Projection(Hook):
             retained = sorted((c for c in names if c not in earlier), key=lambda c: -sims[c])[: s.nearest]
             keep = [i for i, c in enumerate(names) if c in earlier or c in retained]
             names, embeddings = [names[i] for i in keep], [embeddings[i] for i in keep]
+        if len(text_segments(ctx.pipe)) > 1:  # SD3: a column for the concept's CLIP positions and one for its T5 positions
+            runs = [concept_embedding(ctx, c, concept_domain(ctx, c), s.context, per_run=True) for c in names]
+            names = [f"{c}@{kind}" for c in names for kind in ("clip", "t5")]
+            embeddings = [row for r in runs for row in r]
         return names, embeddings
 
     def check_flow(self, ctx: Context, method=None) -> None:
