@@ -89,6 +89,23 @@ def cmd_minicanvas(args) -> int:
     return 0
 
 
+def _default_param_group(args) -> str:
+    """kv-xattn, except for a closed-form method on an SD3 / FLUX model: `context`, the text
+    projection its solve edits (methods/uce.py)."""
+    from .methods import get_method
+    from .model import is_flow
+
+    run_info = Path(args.run) / "run.json"
+    model = json.loads(run_info.read_text())["base_model"] if run_info.is_file() else args.model
+    try:
+        closed = get_method(args.method).closed_form
+    except ValueError:
+        return "kv-xattn"  # the unknown method is reported by build_hooks
+    if closed and model and (Path(model) / "model_index.json").is_file() and is_flow(model):
+        return "context"
+    return "kv-xattn"
+
+
 def cmd_unlearn(args) -> int:
     from .continual import Run, build_hooks
     from .trainer import Request
@@ -98,7 +115,8 @@ def cmd_unlearn(args) -> int:
         method_settings["steps"] = str(args.steps)
     request = Request(
         concept=args.concept, domain=args.domain, method=args.method, method_settings=method_settings,
-        regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
+        regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed,
+        param_group=args.param_group or _default_param_group(args),
     )
     build_hooks(request)  # every name, setting, range and the parameter group checked before anything is created
     from .distributed import autocast_dtype, validate_device
@@ -169,7 +187,7 @@ def cmd_eval(args) -> int:
     from .delta import apply_delta, atomic_write_json
     from .distributed import validate_device
     from .evaluate.evaluator import evaluate, load_protocol, make_plan, model_key
-    from .model import check_pipeline_dir, load_pipeline, model_hash
+    from .model import check_pipeline_dir, denoiser, load_pipeline, model_hash
     from .parsing import check_output_dir, parse_seeds
 
     validate_device(args.device)
@@ -201,7 +219,7 @@ def cmd_eval(args) -> int:
     key = key or model_key(model_hash(model_dir))
     pipe = load_pipeline(model_dir, device=args.device)
     if delta:
-        apply_delta(pipe.unet, delta)
+        apply_delta(denoiser(pipe), delta)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
@@ -268,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--model", help="base pipeline directory for a new run (default: bundled MiniCanvas)")
     un.add_argument("--steps", type=int, help="training steps (default: the method's)")
     un.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    un.add_argument("--param-group", default="kv-xattn",
-                    help="kv-xattn (default), xattn, full, or a LoRA adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
+    un.add_argument("--param-group",
+                    help="kv-xattn (default; uce/rece/uce-null on SD3 and FLUX: context), xattn, context, full, or a LoRA "
+                         "adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
     un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under accelerate launch: one GPU per process)")
     un.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="autocast dtype for training; masters stay float32 (auto: bf16 on CUDA, fp32 on CPU)")

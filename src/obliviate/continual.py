@@ -29,7 +29,8 @@ from .locking import exclusive
 from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file_hash, load_delta, save_delta, swapped
 from .methods import get_method
 from . import distributed, lora
-from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, pick_device, select_parameters
+from .model import (check_group_for_model, check_param_group, check_pipeline_dir, denoiser, load_pipeline, model_hash,
+                    pick_device, select_parameters)
 from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
 from .trainer import Context, Hook, Request, parse_settings, train
@@ -256,7 +257,7 @@ class Run:
         self.check_base()
         delta = self.cumulative_delta(step)
         pipe = load_pipeline(self.base_model, device=device)
-        apply_delta(pipe.unet, delta)
+        apply_delta(denoiser(pipe), delta)
         return pipe
 
     def export(self, out: str | Path, step: int | None = None, device=None) -> Path:
@@ -342,6 +343,7 @@ class Run:
     def _validate(self, request: Request, device, precision, choose) -> "_Job":
         """Every setting, the device, the concept and what a closed-form method needs, before any work."""
         method, regs = build_hooks(request)
+        check_group_for_model(self.base_model, request.param_group, method)
         dist = distributed.current()
         if dist is not None:
             dist.check(method, regs)
@@ -433,21 +435,21 @@ class Run:
         if lora.is_lora(request.param_group):
             # the earlier changes go into the weights first, while they still have their own names
             # (the adapter renames them `base_layer`); the trained tensors are the adapter's
-            apply_delta(pipe.unet, previous)
-            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
-            params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
-            started_from = lora.continue_adapter(pipe.unet, params, request.param_group, steps)
+            apply_delta(denoiser(pipe), previous)
+            base_params = {n: p for n, p in denoiser(pipe).named_parameters() if n in previous}
+            params = select_parameters(denoiser(pipe), request.param_group, seed=request.seed)
+            started_from = lora.continue_adapter(denoiser(pipe), params, request.param_group, steps)
             pretrained = {n: p.detach().clone() for n, p in params.items()}
         else:
-            params = select_parameters(pipe.unet, request.param_group)
+            params = select_parameters(denoiser(pipe), request.param_group)
             # the base values exactly (not start - previous, which float rounding perturbs)
             pretrained = {n: p.detach().clone() for n, p in params.items()}
-            apply_delta(pipe.unet, previous)
-            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+            apply_delta(denoiser(pipe), previous)
+            base_params = {n: p for n, p in denoiser(pipe).named_parameters() if n in previous}
         for p in params.values():
             p.requires_grad_(True)
         if gradient_checkpointing:
-            distributed.enable_gradient_checkpointing(pipe.unet)
+            distributed.enable_gradient_checkpointing(denoiser(pipe))
         start = {n: p.detach().clone() for n, p in params.items()}
 
         def restore_base():  # the base model's weights for the block (e.g. anchor images), evaluated on entry

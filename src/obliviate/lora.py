@@ -55,6 +55,11 @@ TARGET_PATTERNS = {
 # why an element mask (SelFT, SculpMem) has no LoRA form; both quote it when they refuse
 ELEMENT_MASK = ("it keeps chosen elements of W fixed, but every element of a LoRA update s B A depends on all of A "
                 "and B, so masked elements cannot stay fixed")
+# on an SD3 / FLUX transformer: the context side of joint attention (model.TRANSFORMER_GROUPS)
+TRANSFORMER_TARGET_PATTERNS = {
+    "kv-xattn": r"transformer_blocks\.\d+\.attn\.(add_k_proj|add_v_proj)",
+    "xattn": r"transformer_blocks\.\d+\.attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)",
+}
 
 
 @dataclass
@@ -93,8 +98,11 @@ def inject(unet: torch.nn.Module, group: str, seed: int = 0) -> dict[str, torch.
     """Add a fresh adapter (A seeded, B = 0) to the UNet; return its trainable tensors by name."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    from .model import is_transformer
+
     settings = parse_group(group)
-    config = LoraConfig(r=settings.r, lora_alpha=settings.r * settings.scale, target_modules=TARGET_PATTERNS[settings.targets],
+    patterns = TRANSFORMER_TARGET_PATTERNS if is_transformer(unet) else TARGET_PATTERNS
+    config = LoraConfig(r=settings.r, lora_alpha=settings.r * settings.scale, target_modules=patterns[settings.targets],
                         init_lora_weights=True, lora_dropout=0.0)
     with torch.random.fork_rng(devices=[]):  # A's start depends on the request's seed only
         torch.manual_seed(seed)
@@ -200,8 +208,10 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
 
     Exact: concatenating A_k by rows and s_k B_k by columns gives sum_k s_k B_k A_k; the
     scale is folded into B, so the file's alpha equals its rank (scale 1)."""
-    from diffusers import StableDiffusionPipeline
+    import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
+
+    from .model import is_flow, pipeline_class
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -234,8 +244,12 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
     from .delta import atomic_directory
 
     with atomic_directory(out) as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(state),
-                                                  safe_serialization=True)
+        layers = convert_state_dict_to_diffusers(state)
+        if is_flow(run.base_model):  # FluxPipeline / StableDiffusion3Pipeline: the adapter is on the transformer
+            getattr(diffusers, pipeline_class(run.base_model)).save_lora_weights(
+                tmp, transformer_lora_layers=layers, safe_serialization=True)
+        else:
+            diffusers.StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
     return out
 
 

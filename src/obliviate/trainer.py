@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import Cond, autocast_dtype, encode, predict  # noqa: F401  (predict: for hooks)
+from .model import Cond, autocast_dtype, denoiser, encode, predict  # noqa: F401  (predict: for hooks)
 from .protocols import DOMAINS, Catalog
 from .start_token import start_token_detached
 
@@ -101,11 +101,12 @@ class Context:
 
     @property
     def unet(self):
-        return self.pipe.unet
+        """The denoiser: the UNet, or the transformer of an SD3 / FLUX pipeline (model.denoiser)."""
+        return denoiser(self.pipe)
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.unet.device
 
     def encode(self, prompts: list[str]) -> Cond:
         """The UNet's conditioning for `prompts` (model.Cond; `.hidden` is the cross-attention

@@ -318,7 +318,14 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
     check_pipeline_dir(exp.model)
     protocol.check_judge_inputs(exp.model, exp.style_classifier, exp.object_classifier)
     from ..attacks import check_model
+    from ..methods import get_method
+    from ..model import check_group_for_model
 
     for attack in exp.attacks:  # before the training, not after it
         check_model(attack["name"], exp.model)
+    for variant in exp.variants:  # e.g. uce on SD3/FLUX needs param_group: context
+        try:
+            check_group_for_model(exp.model, variant.param_group, get_method(variant.method))
+        except ValueError as err:
+            raise ValueError(f"variant {variant.name!r}: {err}") from None
     return exp

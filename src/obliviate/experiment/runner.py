@@ -20,7 +20,7 @@ from ..delta import atomic_write_json, with_delta
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive
-from ..model import load_pipeline, model_hash
+from ..model import denoiser, load_pipeline, model_hash
 from ..protocols import catalog_for_model
 from ..trainer import Request
 from .config import Experiment, Variant
@@ -80,7 +80,7 @@ class Runner:
         """The base pipeline with `delta` applied inside the block; base weights after."""
         if self._base_pipe is None:
             self._base_pipe = load_pipeline(self.exp.model, device=self.device)
-        with with_delta(self._base_pipe.unet, delta):
+        with with_delta(denoiser(self._base_pipe), delta):
             yield self._base_pipe
 
     def evaluation_key(self, key: str, unlearned, plan: EvalPlan) -> str:

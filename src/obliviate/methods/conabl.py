@@ -24,6 +24,13 @@ with ("A {object} image in {style} style" on MiniCanvas): it flatters UA, since 
 measured prompts are the trained ones. The reference trains on caption insertions only.
 The reference's style anchors are LAION captions; MiniCanvas uses its own object captions.
 
+Flow form (SD3, FLUX; SPEC 9): the same objective on the velocity. For an anchor latent x_0
+(generated once by the base pipeline with its own flow-matching scheduler),
+x_t = (1 - s) x_0 + s e at a training sigma s (diffusion.py), train
+`v(x_t, s, E(p_target))` to match `sg[v(x_t, s, E(p_anchor))]`, both from the model being
+trained; FLUX reads its guidance embedding at model.FLUX_GUIDANCE in both. The reference
+recipe's DPM-Solver anchor sampler is for SD models and is refused there.
+
 MiniCanvas defaults (below) versus the SD 1.5 reference: AdamW wd 1e-2, lr 8e-6, batch 4,
 constant schedule, grad-clip 1.0, 1000 steps for a style / 2000 for an object, 200 anchor
 images. MiniCanvas trains far fewer cross-attention weights on a far smaller model, so it
