@@ -351,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    from .plugins import load_plugins
+
+    try:  # before the parser: plugins' components appear in --help and are valid names
+        load_plugins()
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"obliviate: error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     from safetensors import SafetensorError
