@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0 || $(BIN)/python -m pip install --quiet torch
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,slurm]"
 	# tests read CLIP's BPE vocabulary from this wheel (never import it); --no-deps: it would pull torchvision
 	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)

@@ -152,15 +152,26 @@ def cmd_run(args) -> int:
     from .distributed import validate_device
     from .experiment import Runner, apply_overrides, load_experiment, short_table
 
+    from .experiment.executor import ChainsFailed, make_executor
+
     validate_device(args.device)
     exp = apply_overrides(load_experiment(args.file), args)
     if args.seed is not None:
         exp.seed = args.seed
-    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
-                     gradient_checkpointing=args.gradient_checkpointing).run()
+    executor = make_executor(args.executor, {k: getattr(args, k) for k in EXECUTOR_FLAGS}, exp.raw.get("executor"),
+                             folder=args.out)  # an unknown name, a stray option, an unreachable cluster: refused now
+    try:
+        summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
+                         gradient_checkpointing=args.gradient_checkpointing).run(executor)
+    except ChainsFailed as err:  # the other chains finished; a rerun resumes the failed ones
+        print(f"obliviate: error: {err}", file=sys.stderr)
+        return 1
     print(short_table(summary))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
+
+
+EXECUTOR_FLAGS = ("workers", "cpus", "gpus", "retries", "partition", "time", "mem_gb")
 
 
 def cmd_eval(args) -> int:
@@ -313,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     rn.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="training autocast dtype")
     rn.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward")
+    rn.add_argument("--executor", metavar="NAME", help="where the variants and swept values run: local (default: this "
+                    "process), ray (a Ray on this machine), ray:ADDRESS (a Ray cluster; or set RAY_ADDRESS), slurm "
+                    "(SLURM jobs through submitit), slurm:local (the jobs as local processes); see docs/SCALING.md")
+    rn.add_argument("--workers", type=int, help="ray without an address, slurm: chains running at once")
+    rn.add_argument("--cpus", type=int, help="ray, slurm: CPUs per chain (one torch thread each; default 1)")
+    rn.add_argument("--gpus", type=float, help="ray, slurm: GPUs per chain (default 0)")
+    rn.add_argument("--retries", type=int, help="ray, slurm: restarts of a chain whose worker died (default 2)")
+    rn.add_argument("--partition", help="slurm: the partition to submit to")
+    rn.add_argument("--time", type=int, help="slurm: wall-time limit of each job, in minutes")
+    rn.add_argument("--mem-gb", type=float, dest="mem_gb", help="slurm: memory per job, in GB")
     rn.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")
