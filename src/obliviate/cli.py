@@ -160,6 +160,9 @@ def cmd_run(args) -> int:
         exp.seed = args.seed
     executor = make_executor(args.executor, {k: getattr(args, k) for k in EXECUTOR_FLAGS}, exp.raw.get("executor"),
                              folder=args.out)  # an unknown name, a stray option, an unreachable cluster: refused now
+    if not executor.in_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"--executor {args.executor} starts its own workers; under accelerate launch leave it out "
+                         "(each evaluation is then split across the launched processes)")
     try:
         summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
                          gradient_checkpointing=args.gradient_checkpointing).run(executor)
@@ -197,8 +200,15 @@ def cmd_eval(args) -> int:
         model_dir, delta, key = args.model, None, None
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
+    from .distributed import current
+
+    dist = current()  # accelerate launch: the images are split across the processes (evaluator.judged)
+    if dist is not None and args.device is not None:
+        raise ValueError(f"--device {args.device} conflicts with accelerate launch, which gives each process its "
+                         "device; leave --device out")
     protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
-                             object_classifier=args.object_classifier, device=args.device or "cpu")
+                             object_classifier=args.object_classifier,
+                             device=str(dist.device) if dist is not None else args.device or "cpu")
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
     try:
@@ -208,15 +218,17 @@ def cmd_eval(args) -> int:
     partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
-    pipe = load_pipeline(model_dir, device=args.device)
-    if delta:
-        apply_delta(pipe.unet, delta)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
+    pipe = load_pipeline(model_dir, device=dist.device if dist is not None else args.device)
+    if delta:
+        apply_delta(pipe.unet, delta)
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
     result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds, "partners": plan.partners})
+    if dist is not None and not dist.is_main:  # every process holds the gathered result; the main one writes it
+        return 0
     atomic_write_json(out / "metrics.json", result)
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     print(f"UA {fmt(result['UA'])}  RA-I {fmt(result['RA_I'])}  RA-C {fmt(result['RA_C'])}  -> {out / 'metrics.json'}")

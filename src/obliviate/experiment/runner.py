@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..continual import Run, build_hooks, resolved_config, slug
 from ..delta import atomic_write_json, with_delta
+from ..distributed import current as current_processes
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive, filling
@@ -78,9 +79,17 @@ class Runner:
     def pipe_with(self, delta: dict[str, torch.Tensor] | None):
         """The base pipeline with `delta` applied inside the block; base weights after."""
         if self._base_pipe is None:
-            self._base_pipe = load_pipeline(self.exp.model, device=self.device)
+            dist = current_processes()  # accelerate launch: each process on its own device
+            self._base_pipe = load_pipeline(self.exp.model, device=dist.device if dist is not None else self.device)
         with with_delta(self._base_pipe.unet, delta):
             yield self._base_pipe
+
+    def open_run(self, path: Path) -> Run:
+        """The run ledger at `path`, created on first use (under accelerate launch by the main
+        process first: another arriving mid-creation would find a directory without run.json)."""
+        dist = current_processes()
+        with dist.main_first() if dist is not None else contextlib.nullcontext():
+            return Run.open_or_create(path, self.exp.model, **self.catalog)
 
     def evaluation_key(self, key: str, unlearned, plan: EvalPlan) -> str:
         """Everything an evaluation's numbers depend on: the model (`key`: base and delta
@@ -102,7 +111,10 @@ class Runner:
         cached = read_cached(path, cache_key)
         if cached is not None:
             return cached
-        with filling(path):  # chains running at once share evaluations (the base model's): one computes, the others read
+        dist = current_processes()
+        # chains running at once share evaluations (the base model's): one computes, the others wait and read it.
+        # The processes of one `accelerate launch` compute each evaluation together instead (evaluator.judged)
+        with filling(path) if dist is None else contextlib.nullcontext():
             cached = read_cached(path, cache_key)
             if cached is not None:
                 return cached
@@ -111,7 +123,10 @@ class Runner:
                 result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
             bar.close()
             result.update(model_key=key, cache_key=cache_key, seeds=list(plan.seeds), partners=list(plan.partners))
-            atomic_write_json(path, result)
+            if dist is None or dist.is_main:
+                atomic_write_json(path, result)
+            if dist is not None:  # written before anyone looks again: every process then finds it cached alike
+                dist.barrier()
         return result
 
     def request(self, variant: Variant, concept: str, also: list[str] | None = None, steps_scale: int = 1) -> Request:
@@ -144,7 +159,8 @@ class Runner:
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
-        with exclusive(self.out, "experiment output directory"):  # one `obliviate run` per output directory
+        dist = current_processes()  # accelerate launch: the main process holds the directory for all of them
+        with exclusive(self.out, "experiment output directory") if dist is None or dist.is_main else contextlib.nullcontext():
             if executor is not None and not executor.in_process:
                 from .chains import run_chains
 
@@ -171,7 +187,9 @@ class Runner:
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
-        self.write_report(summary)
+        dist = current_processes()
+        if dist is None or dist.is_main:
+            self.write_report(summary)
         return summary
 
     def run_variant(self, variant: Variant) -> dict:
