@@ -189,3 +189,31 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(monkeypatch):
         make_executor("ray")
     with pytest.raises(ValueError, match=r'pip install "obliviate\[slurm\]"'):
         make_executor("slurm:local")
+
+
+class DieOnce:
+    """Work whose process is killed (SIGKILL) the first time it runs, then writes `out`."""
+
+    def __init__(self, marker: str, out: str):
+        self.marker, self.out = marker, out
+
+    def __call__(self):
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        Path(self.out).write_text("done")
+
+
+def test_slurm_submits_a_killed_job_again_and_reports_a_failing_one(tmp_path):
+    cloudpickle = pytest.importorskip("cloudpickle")
+    pytest.importorskip("submitit")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs unpickle DieOnce without tests/
+    out = tmp_path / "out"
+    chains = [Chain("killed", DieOnce(str(tmp_path / "killed-once"), str(out)), tmp_path / "logs" / "killed.log"),
+              Chain("broken", functools.partial(int, "not a number"), tmp_path / "logs" / "broken.log")]
+    messages = []
+    failures = make_executor("slurm:local", {"workers": 2, "retries": 1}, folder=tmp_path).run(chains, log=messages.append)
+    assert out.read_text() == "done"  # killed once, submitted again, finished
+    assert any("killed: job" in m and "submitted again" in m for m in messages), messages
+    assert [f.chain.name for f in failures] == ["broken"]  # an exception is not retried
+    assert "invalid literal for int()" in (tmp_path / "logs" / "broken.log").read_text()

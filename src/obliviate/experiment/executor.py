@@ -315,7 +315,7 @@ class SlurmExecutor(Executor):
         return ex
 
     def run(self, chains, log=print):
-        from submitit.core.utils import UncompletedJobError
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
         ex = self.executor()
         limit = self.options.get("workers") or len(chains)
@@ -332,16 +332,17 @@ class SlurmExecutor(Executor):
                     continue
                 try:
                     job.result()
-                except UncompletedJobError as err:  # died without a result: start it again (it resumes)
+                except FailedJobError:  # the chain raised: a bug fails the same way twice, so no retry
+                    failures.append(Failure(chain, f"job {job.job_id} raised an exception (its traceback is in the log)"))
+                    log(f"[obliviate] chain {chain.name} failed; log: {chain.log}")
+                except UncompletedJobError:  # died without a result (killed, out of memory, node lost): it resumes
+                    what = f"job {job.job_id} ended without a result (killed, out of memory or its node lost)"
                     if tries < self.options["retries"]:
-                        log(f"[obliviate] chain {chain.name}: job {job.job_id} died ({_short(err)}); submitted again")
+                        log(f"[obliviate] chain {chain.name}: {what}; submitted again")
                         waiting.insert(0, (chain, tries + 1))
                     else:
-                        failures.append(Failure(chain, _short(err)))
-                        log(f"[obliviate] chain {chain.name} failed: {_short(err)}; log: {chain.log}")
-                except Exception as err:  # noqa: BLE001 - the chain's own exception
-                    failures.append(Failure(chain, _short(err)))
-                    log(f"[obliviate] chain {chain.name} failed: {_short(err)}; log: {chain.log}")
+                        failures.append(Failure(chain, what))
+                        log(f"[obliviate] chain {chain.name} failed: {what}; log: {chain.log}")
             if len(still) == len(running) and not (waiting and len(still) < limit):
                 time.sleep(1.0)
             running = still
