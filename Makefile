@@ -34,11 +34,12 @@ test-fullsize: $(STAMP)
 # the speed measured on an idle 2-core machine (`python scripts/study.py --plan`; swept values that fall
 # under the UA bar stop early, so it is an upper bound), so it is meant
 # to be left running over several sessions. scripts/study.py runs the units not yet committed under
-# docs/results/study/ in decision order, two at a time with one torch thread each, resumes an
-# interrupted unit, and copies each finished unit's summary there (commit them); results.py then
-# rewrites only the second edition's section of docs/RESULTS.md, even after a failed unit.
+# docs/results/study/ in decision order, two at a time on an embedded Ray (one CPU and one torch
+# thread each; on a cluster see docs/SCALING.md), resumes an interrupted unit, and copies each
+# finished unit's summary there (commit them); results.py then rewrites only the second edition's
+# section of docs/RESULTS.md, even after a failed unit.
 study: $(STAMP)
-	$(BIN)/python scripts/study.py --jobs 2; status=$$?; $(BIN)/python scripts/results.py; exit $$status
+	$(BIN)/python scripts/study.py --executor ray --workers 2; status=$$?; $(BIN)/python scripts/results.py; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
