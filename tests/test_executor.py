@@ -146,6 +146,7 @@ def obliviate(capsys, *args):
     (["--workers", "2"], "workers does not apply to the local executor"),
     (["--executor", "slurm:cloud"], "slurm:cloud is not valid"),
     (["--executor", "ray", "--retries", "-1"], "retries must be an integer >= 0"),
+    (["--executor", "slurm:local", "--gpus", "0.5"], "a SLURM job holds whole GPUs"),
 ])
 def test_bad_executor_input_is_refused_before_any_work(random_model, tmp_path, capsys, flags, says):
     exp = tmp_path / "exp.yaml"
@@ -217,3 +218,13 @@ def test_slurm_submits_a_killed_job_again_and_reports_a_failing_one(tmp_path):
     assert any("killed: job" in m and "submitted again" in m for m in messages), messages
     assert [f.chain.name for f in failures] == ["broken"]  # an exception is not retried
     assert "invalid literal for int()" in (tmp_path / "logs" / "broken.log").read_text()
+
+
+def test_gpus_an_embedded_ray_does_not_have_are_refused():
+    import torch
+
+    pytest.importorskip("ray")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="this machine has no CUDA GPU for an embedded Ray"):
+        make_executor("ray", {"gpus": 1})

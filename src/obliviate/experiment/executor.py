@@ -217,6 +217,12 @@ class RayExecutor(Executor):
                              "has: leave workers out, or leave the address out for a Ray on this machine")
         if self.address:
             check_reachable(self.address)
+        elif self.options["gpus"]:
+            import torch
+
+            if torch.cuda.device_count() == 0:  # the tasks would wait for a GPU forever
+                raise ValueError(f"executor option gpus {self.options['gpus']:g}: this machine has no CUDA GPU for an "
+                                 "embedded Ray; leave gpus out, or give a cluster's address (ray:ADDRESS)")
         self._started = False
 
     def describe(self) -> str:
@@ -310,6 +316,8 @@ class SlurmExecutor(Executor):
         if cluster is None and shutil.which("sbatch") is None:
             raise ValueError("the slurm executor submits with sbatch, which is not on this machine's PATH; run on a "
                              "SLURM login node, or use slurm:local to rehearse with local processes")
+        if float(self.options["gpus"]) != int(self.options["gpus"]):
+            raise ValueError(f"executor option gpus {self.options['gpus']:g}: a SLURM job holds whole GPUs; give an integer")
         self.cluster, self.folder = cluster or "slurm", Path(folder)
 
     def describe(self) -> str:
