@@ -228,3 +228,23 @@ def test_gpus_an_embedded_ray_does_not_have_are_refused():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="this machine has no CUDA GPU for an embedded Ray"):
         make_executor("ray", {"gpus": 1})
+
+
+def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """Without a SLURM cluster: stand-in sbatch/srun on PATH, and the script submitit would submit
+    (rendered by its SLURM executor) carries the partition, time, GPUs, CPUs and memory."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text("#!/bin/sh\necho 'Submitted batch job 42'\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    executor = make_executor("slurm", {"partition": "gpu", "time": 30, "mem_gb": 48, "cpus": 8, "gpus": 1}, folder=tmp_path)
+    script = executor.executor()._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=48GB",
+                 "--signal=USR2@"):  # USR2 before the time limit: submitit checkpoints and requeues
+        assert f"#SBATCH {line}" in script, script
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ValueError, match="sbatch, which is not on this machine's PATH"):
+        make_executor("slurm", folder=tmp_path)
