@@ -338,12 +338,22 @@ class SlurmExecutor(Executor):
         return ex
 
     def run(self, chains, log=print):
-        from submitit.core.utils import FailedJobError, UncompletedJobError
-
         ex = self.executor()
         limit = self.options.get("workers") or len(chains)
         waiting = [(c, 0) for c in chains]
         running, failures = [], []
+        try:
+            self._loop(ex, limit, waiting, running, failures, log)
+        except BaseException:  # Ctrl-C: no job left behind to collide with the rerun's
+            for _, _, job in running:
+                with contextlib.suppress(Exception):
+                    job.cancel(check=False)
+            raise
+        return failures
+
+    def _loop(self, ex, limit, waiting, running, failures, log) -> None:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
         while waiting or running:
             while waiting and len(running) < limit:
                 chain, tries = waiting.pop(0)
@@ -368,8 +378,7 @@ class SlurmExecutor(Executor):
                         log(f"[obliviate] chain {chain.name} failed: {what}; log: {chain.log}")
             if len(still) == len(running) and not (waiting and len(still) < limit):
                 time.sleep(1.0)
-            running = still
-        return failures
+            running[:] = still
 
 
 def check_options(name: str, options: dict, where: str) -> dict:
