@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 EXECUTORS = ("local", "ray", "slurm")
 
-# option -> (what it is, which executors take it, how a value is checked)
+# option -> (the executors that take it, (a test of its value, what a valid value is))
 _INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
 _POS = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
 _NUM = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0")
@@ -55,7 +55,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], tuple]] = {
     "cpus": (("ray", "slurm"), _POS),        # CPUs each chain holds (torch runs one thread per CPU)
     "gpus": (("ray", "slurm"), _NUM),        # GPUs each chain holds (Ray takes fractions)
     "retries": (("ray", "slurm"), _INT),     # how often a chain whose worker died is started again
-    "workers": (("ray", "slurm"), _POS),     # chains at a time: embedded Ray's size, slurm's array parallelism
+    "workers": (("ray", "slurm"), _POS),     # chains at a time: an embedded Ray's size; SLURM jobs queued at once
     "partition": (("slurm",), _STR),
     "time": (("slurm",), _POS),              # minutes of wall time per job
     "mem_gb": (("slurm",), _NUM),
