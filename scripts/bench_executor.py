@@ -215,6 +215,11 @@ def main() -> None:
     if result["provisional"]:
         result["note"] = (f"taken while other jobs ran (1-minute load average up to {before:.1f} before a part, on "
                           f"{os.cpu_count()} cores): the ratios are provisional; take them again on idle cores")
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+        if autogroup.exists() and autogroup.read_text().strip() == "1":
+            result["note"] += (". This kernel shares CPU time between sessions (sched_autogroup): with other sessions "
+                               "busy, this run's processes together get one session's share however many there are, "
+                               "so the parallel ratios cannot be measured fairly here")
     from obliviate.delta import atomic_write_json
 
     atomic_write_json(Path(args.out), result)
