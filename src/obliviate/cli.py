@@ -151,7 +151,6 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     from .distributed import validate_device
     from .experiment import Runner, apply_overrides, load_experiment, short_table
-
     from .experiment.executor import ChainsFailed, make_executor
 
     validate_device(args.device)
@@ -169,6 +168,8 @@ def cmd_run(args) -> int:
     except ChainsFailed as err:  # the other chains finished; a rerun resumes the failed ones
         print(f"obliviate: error: {err}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 0  # accelerate launch: the main process reports
     print(short_table(summary))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
