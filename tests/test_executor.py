@@ -166,6 +166,14 @@ def test_an_executor_block_of_the_file_is_checked_when_the_file_is_read(random_m
         load_experiment({**cfg, "executor": {"spark": {}}})
 
 
+def test_the_file_s_executor_block_gives_options_and_the_command_line_wins(tmp_path):
+    pytest.importorskip("ray")
+    block = {"ray": {"cpus": 2, "retries": 5}, "slurm": {"partition": "gpu"}}
+    executor = make_executor("ray", {"retries": 1, "workers": None}, block)  # None: the flag was not given
+    assert executor.options == {"cpus": 2, "gpus": 0, "retries": 1}  # the slurm mapping is not the ray executor's
+    assert executor.job(Chain("c", print, tmp_path / "c.log")).threads == 2  # one torch thread per CPU held
+
+
 def test_an_unreachable_ray_address_is_refused_within_30_s_naming_it(random_model, tmp_path, capsys, monkeypatch):
     pytest.importorskip("ray")
     with socket.socket() as s:  # a port nothing listens on
