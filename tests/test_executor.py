@@ -5,8 +5,10 @@ others finish; bad executor input is refused before any work."""
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -256,3 +258,56 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ValueError, match="sbatch, which is not on this machine's PATH"):
         make_executor("slurm", folder=tmp_path)
+
+
+def test_an_address_where_something_else_listens_is_refused_in_time():
+    """ray.init waits without end on a port where a non-Ray server answers: the probe is stopped."""
+    pytest.importorskip("ray")
+    from obliviate.experiment.executor import cluster_resources
+
+    with socket.socket() as server:  # listens, accepts, says nothing
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        t0 = time.time()
+        with pytest.raises(ValueError, match=f"Ray address {address} does not answer as a Ray cluster within 5 s"):
+            cluster_resources(address, timeout=5)
+        assert time.time() - t0 < 15
+
+
+def test_ray_address_joins_a_running_cluster(random_model, local_summary, tmp_path):
+    """`ray start --head` (2 CPUs), then `obliviate run --executor ray:ADDRESS` in its own process."""
+    pytest.importorskip("ray")
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        pytest.skip("the ray command is not installed next to this Python")
+    port = None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 characters
+    head_log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--port", str(port), "--num-cpus", "2", "--block",
+                             "--include-dashboard=false", "--temp-dir", temp], env=env, stdout=head_log, stderr=head_log)
+    try:
+        exp = tmp_path / "exp.yaml"
+        exp.write_text(yaml.safe_dump(small_experiment(random_model)))
+        for _ in range(60):  # the head takes a few seconds to listen
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        r = subprocess.run([sys.executable, "-m", "obliviate.cli", "--quiet", "run", str(exp), "--out", str(tmp_path / "out"),
+                            "--executor", f"ray:127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:] + (tmp_path / "head.log").read_text()[-2000:]
+        assert summary_of(tmp_path / "out") == local_summary
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        head.wait(timeout=60)
+        head_log.close()
+        shutil.rmtree(temp, ignore_errors=True)

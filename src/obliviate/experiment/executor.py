@@ -35,6 +35,7 @@ started on Ray resumes under SLURM or in one process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -217,6 +218,7 @@ class RayExecutor(Executor):
                              "has: leave workers out, or leave the address out for a Ray on this machine")
         if self.address:
             check_reachable(self.address)
+            self.check_fits(cluster_resources(self.address))
         elif self.options["gpus"]:
             import torch
 
@@ -227,6 +229,13 @@ class RayExecutor(Executor):
 
     def describe(self) -> str:
         return f"ray ({self.address})" if self.address else "ray (embedded)"
+
+    def check_fits(self, resources: dict) -> None:
+        """A chain asking for more than the whole cluster has would wait forever: refuse it now."""
+        for option, key in (("cpus", "CPU"), ("gpus", "GPU")):
+            if self.options[option] > resources.get(key, 0):
+                raise ValueError(f"executor option {option} {self.options[option]:g}: the Ray cluster at {self.address} "
+                                 f"has {resources.get(key, 0):g} {key}s in all")
 
     def start(self) -> None:
         import ray
@@ -295,6 +304,32 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
     except OSError as err:
         raise ValueError(f"Ray address {address} is unreachable ({err.strerror or err}); start the cluster "
                          "(ray start --head) or leave the address out for a Ray on this machine") from None
+
+
+def cluster_resources(address: str, timeout: float = 20.0) -> dict:
+    """The resources of the Ray cluster at `address`, asked by a short-lived process: joining an
+    address where something else listens makes ray.init wait without end, and a process can be
+    stopped after `timeout` seconds where a call cannot."""
+    import subprocess
+    import sys
+
+    probe = ("import json, ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR'); "
+             "print(json.dumps(ray.cluster_resources())); ray.shutdown()" % address)
+    try:
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
+        if "InvalidAuthToken" in said or "Unauthenticated" in said:  # Ray >= 2.59 starts clusters with token auth
+            raise ValueError(f"the Ray cluster at {address} refused this process's authentication token; set "
+                             "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or the cluster's ~/.ray/auth_token) as the "
+                             "cluster has them") from None
+        raise ValueError(f"Ray address {address} does not answer as a Ray cluster within {timeout:g} s; give the "
+                         "address `ray start --head` printed (HOST:6379), or leave it out for a Ray on this machine") from None
+    lines = r.stdout.strip().splitlines()
+    if r.returncode or not lines:
+        last = (r.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise ValueError(f"Ray address {address} cannot be joined: {last}")
+    return json.loads(lines[-1])
 
 
 class SlurmExecutor(Executor):
