@@ -136,6 +136,8 @@ class Command:
         from ..cli import main
 
         code = main(list(self.argv))
+        if code == 130:  # main turned Ctrl-C into its exit status: stop here too, not only this command
+            raise KeyboardInterrupt
         if code:
             raise RuntimeError(f"obliviate {' '.join(self.argv)} exited with status {code}")
 
