@@ -120,7 +120,7 @@ def bench_ray(tasks: int = 20) -> dict:
     out = {"load_before": load()}
     t0 = time.time()
     os.environ["PYTHONPATH"] = env()["PYTHONPATH"]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     out["start_seconds"] = time.time() - t0
     nothing = ray.remote(num_cpus=1)(_nothing)
     t0 = time.time()

@@ -257,7 +257,8 @@ class RayExecutor(Executor):
             # the workers import this obliviate, not another one installed elsewhere
             src = str(Path(__file__).resolve().parents[2])
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [src, os.environ.get("PYTHONPATH")] if p)
-            ray.init(num_cpus=workers * self.options["cpus"], num_gpus=torch.cuda.device_count(),
+            # address="local": a new Ray of this command's own, even where `ray start` left a cluster running
+            ray.init(address="local", num_cpus=workers * self.options["cpus"], num_gpus=torch.cuda.device_count(),
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         self._started = True
 
