@@ -10,6 +10,7 @@ from obliviate.delta import load_delta
 from obliviate.methods import METHODS
 from obliviate.model import concept_token_embedding, encode_prompts, load_pipeline
 from obliviate.protocols import minicanvas_catalog
+from obliviate.regularizers import REGULARIZERS
 from obliviate.regularizers.projection import projector
 from obliviate.trainer import Request
 
@@ -131,25 +132,18 @@ def test_replay_keeps_protected_predictions_closer_to_the_start(quick_model, tmp
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_alone_and_with_all_regularizers(random_model, tmp_path, method):
+    """Every registered method, alone and with every registered add-on at once, each at its
+    declared quick settings: a new method or add-on is covered without editing this test."""
     model = random_model
-    fast = {"steps": "6", "batch_size": "2"}
-    if method in ("conabl", "sculpmem"):
-        fast.update(anchor_images="4", sampler_steps="3")
-    if method == "sculpmem":
-        fast.update(warmup="2", swap_every="2")
-    if method == "esd":
-        fast.update(ddim_steps="4")
-    if method == "erasediff":
-        fast.update(forget_images="4", remain_images="4", sampler_steps="3")
+    fast = dict(METHODS[method].quick_settings)
     run = Run.open_or_create(tmp_path / "run", model)
     if METHODS[method].closed_form:  # no training loop: regularizers are refused (tests/test_uce.py)
         meta = run.unlearn(Request("fire", "style", method), quiet=True)
         assert meta["drift"]["parent"]["l2"] > 0
         return
     alone = run.unlearn(Request("fire", "style", method, dict(fast)), quiet=True)
-    combo = run.unlearn(Request("ice", "style", method, dict(fast), [("l1sp", {"weight": "1"}), ("l2sp", {"weight": "10", "reference": "pretrained"}),
-                                                                      ("selft", {"top_k": "0.2"}), ("projection", {"mode": "grad"}),
-                                                                      ("replay", {"images_per_concept": "1"})]), quiet=True)
+    every_addon = [(name, dict(cls.quick_settings)) for name, cls in REGULARIZERS.items()]
+    combo = run.unlearn(Request("ice", "style", method, dict(fast), every_addon), quiet=True)
     for meta in (alone, combo):
         assert math.isfinite(meta["loss_last"]) and meta["drift"]["parent"]["l2"] > 0
     assert combo["drift"]["pretrained"]["l2"] > 0 and len(run.steps()) == 2

@@ -89,6 +89,23 @@ def cmd_minicanvas(args) -> int:
     return 0
 
 
+def _default_param_group(args) -> str:
+    """kv-xattn, except for a closed-form method on an SD3 / FLUX model: `context`, the text
+    projection its solve edits (methods/uce.py)."""
+    from .methods import get_method
+    from .model import is_flow
+
+    run_info = Path(args.run) / "run.json"
+    model = json.loads(run_info.read_text())["base_model"] if run_info.is_file() else args.model
+    try:
+        closed = get_method(args.method).closed_form
+    except ValueError:
+        return "kv-xattn"  # the unknown method is reported by build_hooks
+    if closed and model and (Path(model) / "model_index.json").is_file() and is_flow(model):
+        return "context"
+    return "kv-xattn"
+
+
 def cmd_unlearn(args) -> int:
     from .continual import Run, build_hooks
     from .trainer import Request
@@ -98,7 +115,8 @@ def cmd_unlearn(args) -> int:
         method_settings["steps"] = str(args.steps)
     request = Request(
         concept=args.concept, domain=args.domain, method=args.method, method_settings=method_settings,
-        regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed, param_group=args.param_group,
+        regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed,
+        param_group=args.param_group or _default_param_group(args),
     )
     build_hooks(request)  # every name, setting, range and the parameter group checked before anything is created
     from .distributed import autocast_dtype, validate_device
@@ -120,7 +138,8 @@ def cmd_unlearn(args) -> int:
     # several processes: the main one creates the run first (another arriving mid-creation would
     # find a non-empty directory without run.json, fail, and leave the main one at a barrier)
     with dist.main_first() if dist is not None else contextlib.nullcontext():
-        run = Run.open_or_create(args.run, args.model)
+        # one process: the run is written once the request is valid and the model loads
+        run = Run.open_or_create(args.run, args.model, write_now=dist is not None)
     meta = run.unlearn(request, quiet=args.quiet, device=args.device, precision=args.precision,
                        gradient_checkpointing=args.gradient_checkpointing)
     d = meta["drift"]
@@ -183,9 +202,13 @@ def cmd_eval(args) -> int:
     from .delta import apply_delta, atomic_write_json
     from .distributed import validate_device
     from .evaluate.evaluator import evaluate, load_protocol, make_plan, model_key
-    from .model import load_pipeline, model_hash
+    from .model import check_pipeline_dir, denoiser, load_pipeline, model_hash
+    from .parsing import check_output_dir, parse_seeds
 
     validate_device(args.device)
+    check_output_dir(args.out)
+    if args.model:  # before the judge looks inside it
+        check_pipeline_dir(args.model)
     unlearned = [c for c in (args.unlearned or "").split(",") if c]
     domain = args.domain
     if args.run:
@@ -212,10 +235,7 @@ def cmd_eval(args) -> int:
                              device=str(dist.device) if dist is not None else args.device or "cpu")
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 188,288") from None
+    seeds = parse_seeds(args.seeds)
     partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
@@ -224,7 +244,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"--out {out} is a file, not a directory")
     pipe = load_pipeline(model_dir, device=dist.device if dist is not None else args.device)
     if delta:
-        apply_delta(pipe.unet, delta)
+        apply_delta(denoiser(pipe), delta)
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
     result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds, "partners": plan.partners})
@@ -290,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--model", help="base pipeline directory for a new run (default: bundled MiniCanvas)")
     un.add_argument("--steps", type=int, help="training steps (default: the method's)")
     un.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    un.add_argument("--param-group", default="kv-xattn",
-                    help="kv-xattn (default), xattn, full, or a LoRA adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
+    un.add_argument("--param-group",
+                    help="kv-xattn (default; uce/rece/uce-null on SD3 and FLUX: context), xattn, context, full, or a LoRA "
+                         "adapter: lora:r=4,alpha=4,targets=kv-xattn|xattn")
     un.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under accelerate launch: one GPU per process)")
     un.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="autocast dtype for training; masters stay float32 (auto: bf16 on CUDA, fp32 on CPU)")
@@ -366,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from safetensors import SafetensorError
+
     from .locking import BusyError
 
     try:
@@ -380,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # read-only directory, full disk, a file where a directory should be ...
         where = f"{err.filename}: " if err.filename else ""
         print(f"obliviate: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except SafetensorError as err:  # safetensors' own error for a failed write (a full disk, say), not an OSError
+        print(f"obliviate: error: writing a safetensors file failed: {err}; nothing was left half-written", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("obliviate: interrupted; rerun the same command to resume", file=sys.stderr)

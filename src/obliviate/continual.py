@@ -28,8 +28,9 @@ from . import __version__
 from .locking import exclusive
 from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file_hash, load_delta, save_delta, swapped
 from .methods import get_method
-from . import distributed, lora, lora_hooks
-from .model import check_param_group, check_pipeline_dir, load_pipeline, model_hash, select_parameters
+from . import distributed, lora
+from .model import (check_group_for_model, check_param_group, check_pipeline_dir, denoiser, load_pipeline, model_hash,
+                    pick_device, select_parameters)
 from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
 from .trainer import Context, Hook, Request, parse_settings, train
@@ -58,9 +59,26 @@ def build_hooks(request: Request):
             f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
         )
     check_param_group(request.param_group)
-    if lora.is_lora(request.param_group):  # regularizers on A and B, or a clear refusal
-        method, regs = lora_hooks.adapt_hooks(method, regs, request.param_group)
+    if lora.is_lora(request.param_group):  # each component's LoRA form, or its refusal
+        group = lora.parse_group(request.param_group) and request.param_group
+        method = method.for_lora(group)
+        try:
+            regs = [r.for_lora(group) for r in regs]
+        except ValueError as err:
+            raise ValueError(f"{err}; with LoRA use {', '.join(lora_ready_regularizers(group))}") from None
     return method, regs
+
+
+def lora_ready_regularizers(group: str) -> list[str]:
+    """The add-ons that declare a LoRA form (their `for_lora` accepts `group`)."""
+    from .regularizers import REGULARIZERS
+
+    ready = []
+    for name, cls in REGULARIZERS.items():
+        with contextlib.suppress(ValueError):
+            cls(cls.Settings()).for_lora(group)
+            ready.append(name)
+    return ready
 
 
 def resolved_config(method, regs) -> dict:
@@ -114,17 +132,28 @@ def changed_defaults(recorded_config: dict | None, current_config: dict) -> list
 
 
 class Run:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, info: dict | None = None):
+        """An existing run; `info` only from open_or_create, for a run not written yet."""
         self.path = Path(path)
         info_path = self.path / "run.json"
-        if not info_path.exists():
-            raise FileNotFoundError(f"{self.path} is not an obliviate run (run.json missing)")
-        self.info = json.loads(info_path.read_text())
+        if info is None:
+            if not info_path.exists():
+                raise FileNotFoundError(f"{self.path} is not an obliviate run (run.json missing)")
+            info = json.loads(info_path.read_text())
+        self.info = info
+
+    @property
+    def created(self) -> bool:
+        return (self.path / "run.json").exists()
 
     # ------------------------------------------------------------ creation and listing
     @classmethod
-    def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None, catalog: str | None = None) -> "Run":
-        """`catalog` names the concept catalog of a model that carries none (e.g. "unlearncanvas")."""
+    def open_or_create(cls, path: str | Path, model_dir: str | Path | None = None, catalog: str | None = None, *,
+                       write_now: bool = True) -> "Run":
+        """`catalog` names the concept catalog of a model that carries none (e.g. "unlearncanvas").
+        `write_now=False` (the command line): a new run is written by its first request, once
+        the request is valid and its model loads, so a refused request or a damaged model leaves
+        no run behind."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"run directory {path} is a file, not a directory")
@@ -143,16 +172,25 @@ class Run:
         model_dir = check_pipeline_dir(model_dir)
         if path.exists() and any(path.iterdir()):
             raise FileExistsError(f"{path} exists, is not empty and is not an obliviate run")
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "steps").mkdir(exist_ok=True)
         if catalog is not None and catalog not in PROTOCOLS:
             raise ValueError(f"unknown catalog {catalog!r}; valid catalogs: {', '.join(PROTOCOLS)}")
-        atomic_write_json(path / "run.json", {
+        run = cls(path, {
             "base_model": str(Path(model_dir).resolve()), "base_hash": model_hash(model_dir),
             **({"catalog": catalog} if catalog else {}),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "obliviate": __version__,
         })
-        return cls(path)
+        if write_now:
+            run._create()
+        return run
+
+    def _create(self) -> None:
+        """Write run.json (a no-op for a run that exists; another process may have just created it)."""
+        if self.created:
+            if json.loads((self.path / "run.json").read_text())["base_hash"] != self.info["base_hash"]:
+                raise ValueError(f"run {self.path} was just created by another process on a different model")
+            return
+        (self.path / "steps").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "run.json", self.info)
 
     @property
     def base_model(self) -> Path:
@@ -201,9 +239,10 @@ class Run:
                 raise ValueError(f"{delta_path} does not match the hash recorded in step.json (changed or corrupt)")
         return steps[:upto]
 
-    def cumulative_delta(self, upto: int | None = None) -> dict[str, torch.Tensor]:
+    def cumulative_delta(self, upto: int | None = None, verified: list[dict] | None = None) -> dict[str, torch.Tensor]:
+        """The sum of the deltas of the first `upto` steps (`verified`: steps verify_chain returned)."""
         total: dict[str, torch.Tensor] = {}
-        for meta in self.verify_chain(upto):
+        for meta in verified if verified is not None else self.verify_chain(upto):
             for name, value in lora.dense_step(Path(meta["dir"]) / "delta.safetensors").items():
                 total[name] = total[name] + value if name in total else value.clone()
         return total
@@ -218,7 +257,7 @@ class Run:
         self.check_base()
         delta = self.cumulative_delta(step)
         pipe = load_pipeline(self.base_model, device=device)
-        apply_delta(pipe.unet, delta)
+        apply_delta(denoiser(pipe), delta)
         return pipe
 
     def export(self, out: str | Path, step: int | None = None, device=None) -> Path:
@@ -255,20 +294,35 @@ class Run:
         for the whole request: a second process gets a BusyError at once.
         """
         dist = distributed.current()
+        model = None
+        if dist is None:
+            # Without the lock: a finished request is returned as it is (also from a read-only run),
+            # and the first request of a new run loads its model before the run is written.
+            job = self._validate(request, device, precision, choose)
+            done = self._completed(job, quiet)
+            if done is not None:
+                return done
+            if not self.created:
+                model = self._assemble(job, gradient_checkpointing)
+        if not dist or dist.is_main:
+            self._create()
+        if dist is not None:
+            dist.barrier()
         # several processes of one request: the main process holds the run's lock for all of them
         with exclusive(self.path, "run") if dist is None or dist.is_main else contextlib.nullcontext():
             return self._unlearn(request, quiet=quiet, device=device, stop_after=stop_after,
                                  checkpoint_every=checkpoint_every, choose=choose, snapshots=snapshots, cache_dir=cache_dir,
-                                 precision=precision, gradient_checkpointing=gradient_checkpointing)
+                                 precision=precision, gradient_checkpointing=gradient_checkpointing, model=model)
 
     def _unlearn(self, request: Request, *, quiet, device, stop_after, checkpoint_every, choose, snapshots, cache_dir,
-                 precision="auto", gradient_checkpointing=False) -> dict:
+                 precision="auto", gradient_checkpointing=False, model=None) -> dict:
         job = self._validate(request, device, precision, choose)
         done = self._completed(job, quiet)
         if done is not None:
             return done
         self._claim_partial(job)
-        model = self._assemble(job, gradient_checkpointing)
+        if model is None or job.steps:  # a model assembled before the lock serves only a run still empty
+            model = self._assemble(job, gradient_checkpointing)
         ctx = Context(
             pipe=model.pipe, request=request, params=model.params, pretrained=model.pretrained, start=model.start,
             catalog=job.catalog, unlearned_before=[(m["request"]["concept"], m["request"]["domain"]) for m in job.steps],
@@ -289,6 +343,7 @@ class Run:
     def _validate(self, request: Request, device, precision, choose) -> "_Job":
         """Every setting, the device, the concept and what a closed-form method needs, before any work."""
         method, regs = build_hooks(request)
+        check_group_for_model(self.base_model, request.param_group, method)
         dist = distributed.current()
         if dist is not None:
             dist.check(method, regs)
@@ -297,10 +352,14 @@ class Run:
                                  f"{dist.device}; leave --device out")
             device = dist.device
         distributed.validate_device(str(device) if device is not None else None)
-        distributed.autocast_dtype(torch.device("cpu"), precision)  # validates the name
+        # the dtype the matmuls will run in: part of the work, recorded and compared like a setting
+        dtype = distributed.autocast_dtype(pick_device(device), precision)
+        trained_in = None if method.closed_form else {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
         catalog = self.catalog()
         self._check_concept(request, catalog)
-        steps = self.steps()
+        if self.created:
+            self.check_base()
+        steps = self.verify_chain()  # a damaged ledger is refused before a partial directory exists
         if method.closed_form:  # settings the model or the run cannot serve are refused before any work
             if choose is not None:
                 raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
@@ -308,7 +367,7 @@ class Run:
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
         return _Job(request=request, method=method, regs=regs, config=resolved_config(method, regs), dist=dist, device=device,
-                    catalog=catalog, steps=steps, index=index, final_dir=final_dir,
+                    catalog=catalog, steps=steps, index=index, final_dir=final_dir, precision=trained_in,
                     partial=self.path / "steps" / f".{final_dir.name}.partial")
 
     def _completed(self, job: "_Job", quiet: bool) -> dict | None:
@@ -322,6 +381,11 @@ class Run:
             else:  # the same work = the same settings after resolving defaults, today's and the step's
                 changed = changed_defaults(meta["config"], job.config)
                 same_work = _same_fields(meta["request"], request) and not changed
+            if same_work and job.precision and meta.get("precision", job.precision) != job.precision:  # older steps lack it
+                raise ValueError(
+                    f"concept {request.concept!r} was unlearned in step {meta['step']} of {self.path} in "
+                    f"{meta['precision']}, and this request trains in {job.precision}: the deltas differ. Rerun with "
+                    f"--precision {meta['precision']} to get that step, or start a new run")
             if same_work:
                 if not quiet:
                     print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
@@ -365,28 +429,27 @@ class Run:
     def _assemble(self, job: "_Job", gradient_checkpointing: bool) -> "_Model":
         """The run's latest model: base pipeline + earlier deltas, the request's trained tensors selected."""
         request, steps = job.request, job.steps
-        self.check_base()
-        previous = self.cumulative_delta()
+        previous = self.cumulative_delta(verified=steps)
         pipe = load_pipeline(self.base_model, device=job.device)
         started_from = None
         if lora.is_lora(request.param_group):
             # the earlier changes go into the weights first, while they still have their own names
             # (the adapter renames them `base_layer`); the trained tensors are the adapter's
-            apply_delta(pipe.unet, previous)
-            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
-            params = select_parameters(pipe.unet, request.param_group, seed=request.seed)
-            started_from = lora.continue_adapter(pipe.unet, params, request.param_group, steps)
+            apply_delta(denoiser(pipe), previous)
+            base_params = {n: p for n, p in denoiser(pipe).named_parameters() if n in previous}
+            params = select_parameters(denoiser(pipe), request.param_group, seed=request.seed)
+            started_from = lora.continue_adapter(denoiser(pipe), params, request.param_group, steps)
             pretrained = {n: p.detach().clone() for n, p in params.items()}
         else:
-            params = select_parameters(pipe.unet, request.param_group)
+            params = select_parameters(denoiser(pipe), request.param_group)
             # the base values exactly (not start - previous, which float rounding perturbs)
             pretrained = {n: p.detach().clone() for n, p in params.items()}
-            apply_delta(pipe.unet, previous)
-            base_params = {n: p for n, p in pipe.unet.named_parameters() if n in previous}
+            apply_delta(denoiser(pipe), previous)
+            base_params = {n: p for n, p in denoiser(pipe).named_parameters() if n in previous}
         for p in params.values():
             p.requires_grad_(True)
         if gradient_checkpointing:
-            distributed.enable_gradient_checkpointing(pipe.unet)
+            distributed.enable_gradient_checkpointing(denoiser(pipe))
         start = {n: p.detach().clone() for n, p in params.items()}
 
         def restore_base():  # the base model's weights for the block (e.g. anchor images), evaluated on entry
@@ -454,7 +517,7 @@ class Run:
             "base_hash": self.info["base_hash"], "parent_hash": "base" if not job.steps else job.steps[-1]["delta_hash"],
             "delta_hash": file_hash(partial / "delta.safetensors"),
             "timings": {"setup_seconds": result["setup_seconds"], "train_seconds": result["train_seconds"]},
-            "processes": dist.world if dist is not None else 1,
+            "processes": dist.world if dist is not None else 1, "precision": job.precision,
             "loss_first": sum(losses[:10]) / max(1, len(losses[:10])), "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "drift": {"parent": drift(delta), "pretrained": drift(cumulative)},
             "obliviate": __version__, "torch": torch.__version__,
@@ -511,6 +574,7 @@ class _Job:
     index: int
     final_dir: Path
     partial: Path
+    precision: str | None  # fp32, bf16 or fp16: what the training's matmuls ran in (None: closed form)
 
 
 @dataclasses.dataclass

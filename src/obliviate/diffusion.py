@@ -1,7 +1,15 @@
 """Diffusion helpers below methods, add-ons and attacks: the training scheduler, forward
-noising and denoising targets (epsilon or v-prediction), sampler settings, and the base
-model's latents and images (generated once, cached on disk with a checksum, verified on
-every read). Nothing here knows about a particular method or add-on."""
+noising and denoising targets (epsilon or v-prediction; the flow-matching velocity for SD3
+and FLUX), sampler settings, and the base model's latents and images (generated once, cached
+on disk with a checksum, verified on every read). Nothing here knows about a particular
+method or add-on.
+
+Flow matching (SD3, FLUX; SPEC 9): x_t = (1 - s) x_0 + s e, the transformer predicts the
+velocity v = e - x_0 at timestep t = 1000 s. Training draws s uniformly from the pipeline
+scheduler's own 1000 training sigmas (FlowMatchEulerDiscreteScheduler.sigmas: shifted by SD3's
+static shift 3.0; unshifted for FLUX, whose shift depends on the image size and is applied
+only when sampling), as diffusers' train_dreambooth_sd3.py / train_dreambooth_flux.py do with
+`weighting_scheme=none`."""
 from __future__ import annotations
 
 import contextlib
@@ -16,17 +24,20 @@ import torch
 
 from .delta import load_verified_tensor, save_verified_tensor
 from .locking import filling
-from .model import predict
+from .model import denoiser, is_flow, is_flux, pipeline_call_kwargs, predict
 
 if TYPE_CHECKING:  # annotations only: this module sits below the trainer
     from .trainer import Context
 
 
 def scheduler_for_training(pipe):
-    """A DDPM scheduler from the pipeline's config: the forward process every training loss
-    noises with (whatever sampler the pipeline generates with)."""
-    from diffusers import DDPMScheduler
+    """The forward process every training loss noises with (whatever sampler the pipeline
+    generates with): DDPM from the pipeline's config, or the pipeline's own flow-matching
+    scheduler (a copy) for SD3 and FLUX."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if is_flow(pipe):
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
@@ -37,19 +48,66 @@ def training_scheduler(ctx: Context):
     return ctx._training_scheduler
 
 
+def is_flow_scheduler(sched) -> bool:
+    return type(sched).__name__ == "FlowMatchEulerDiscreteScheduler"
+
+
 def add_noise(sched, x0: torch.Tensor, gen: torch.Generator):
     """Forward-noise clean latents at uniformly drawn timesteps: (x_t, t, noise). The noise is
     drawn on the CPU from `gen` (then moved), so draws do not depend on the device."""
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
+    if is_flow_scheduler(sched):  # rectified flow, at one of the scheduler's training sigmas
+        sigmas = sched.sigmas[t.cpu()].to(x0.device, x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+        return (1 - sigmas) * x0 + sigmas * noise, sched.timesteps[t.cpu()].to(x0.device), noise
     return sched.add_noise(x0, noise, t), t, noise
 
 
 def target_for(sched, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-    """What the denoiser predicts: the noise (epsilon) or the velocity (v-prediction)."""
+    """What the denoiser predicts: the noise (epsilon), the velocity (v-prediction), or the
+    flow-matching velocity e - x_0 (SD3, FLUX)."""
+    if is_flow_scheduler(sched):
+        return noise - x0
     if sched.config.prediction_type == "v_prediction":
         return sched.get_velocity(x0, noise, t)
     return noise
+
+
+def flow_sampling_sigmas(pipe, steps: int, resolution: int | None = None) -> torch.Tensor:
+    """The steps + 1 sigmas (1 -> 0) the pipeline samples `steps` steps with: FLUX's linspace
+    with its resolution shift mu, SD3's static shift; from the pipeline's own scheduler."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .model import default_resolution
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    kwargs = {}
+    if sched.config.use_dynamic_shifting:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        side = (resolution or default_resolution(pipe)) // pipe.vae_scale_factor
+        tokens = (side // 2) ** 2 if is_flux(pipe) else (side // denoiser(pipe).config.patch_size) ** 2
+        kwargs["mu"] = calculate_shift(tokens, sched.config.get("base_image_seq_len", 256), sched.config.get("max_image_seq_len", 4096),
+                                       sched.config.get("base_shift", 0.5), sched.config.get("max_shift", 1.15))
+    if is_flux(pipe):
+        kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+        sched.set_timesteps(device="cpu", **kwargs)
+    else:
+        sched.set_timesteps(steps, device="cpu", **kwargs)
+    return sched.sigmas.float()
+
+
+def vae_to_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """VAE posterior sample -> the denoiser's latents: scaled, and shifted first where the
+    VAE has a shift_factor (SD3, FLUX)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z - shift) * vae.config.scaling_factor
+
+
+def latents_to_vae(vae, latents: torch.Tensor) -> torch.Tensor:
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
 
 
 def noised(ctx: Context, x0: torch.Tensor, gen: torch.Generator):
@@ -108,6 +166,9 @@ def sampling_scheduler(pipe, scheduler: str | None):
         return
     if scheduler != "dpm-solver":
         raise ValueError(f"anchor sampler {scheduler!r} is not valid; valid: model, dpm-solver")
+    if is_flow(pipe):
+        raise ValueError("anchor sampler dpm-solver is for SD models; SD3 and FLUX sample anchors with their own "
+                         "flow-matching scheduler (anchor_sampler=model)")
     from diffusers import DPMSolverMultistepScheduler
 
     own = pipe.scheduler
@@ -116,6 +177,32 @@ def sampling_scheduler(pipe, scheduler: str | None):
         yield
     finally:
         pipe.scheduler = own
+
+
+def image_seeds(offset: int, seed: int, count: int) -> list[int]:
+    """Per-image seeds of a set of base-model images a request trains on (ConAbl's anchors,
+    replay's and EraseDiff's images): `offset + 1_000_000 * seed + i`.
+
+    The set follows the request's seed, so a new training seed is a new draw of images, as in
+    the reference ConAbl (it samples its anchors from the generator its --seed seeds): the
+    anchor draw moves UA and RA-I far more than the training seed does on one fixed set
+    (docs/RESULTS.md, "Anchor sets"). Seed 0 gives `offset + i`, the images every seed used
+    before the set followed the seed. Sets of different seeds share no image below a million
+    images per set, and stay clear of the evaluation and probe seeds (below 10,000)."""
+    if seed < 0:
+        raise ValueError(f"image seed {seed} must be >= 0")
+    return [offset + 1_000_000 * seed + i for i in range(count)]
+
+
+def unpacked(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """FluxPipeline returns `output_type="latent"` packed in 2x2 patches; every other caller
+    (and model.predict) works on (b, c, h, w)."""
+    if not is_flux(pipe):
+        return latents
+    from diffusers import FluxPipeline
+
+    size = pipeline_call_kwargs(pipe)["height"]
+    return FluxPipeline._unpack_latents(latents, size, size, pipe.vae_scale_factor)
 
 
 @torch.no_grad()
@@ -150,8 +237,8 @@ def _generate_latents(ctx: Context, path, prompts, seeds, steps, guidance, purpo
         for i in range(0, len(prompts), 32):
             gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[i : i + 32]]
             res = ctx.pipe(prompts[i : i + 32], num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                           output_type="latent")
-            out.append(res.images.float())
+                           output_type="latent", **pipeline_call_kwargs(ctx.pipe))
+            out.append(unpacked(ctx.pipe, res.images.float()))
     latents = torch.cat(out)
     save_verified_tensor(path, latents)
     return latents
@@ -179,7 +266,7 @@ def _decode_images(ctx: Context, path, latents: torch.Tensor) -> torch.Tensor:
     vae = ctx.pipe.vae
     out = []
     for i in range(0, len(latents), 16):
-        x = vae.decode(latents[i : i + 16].to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+        x = vae.decode(latents_to_vae(vae, latents[i : i + 16].to(vae.device, vae.dtype))).sample
         out.append(((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     images = torch.cat(out)
     save_verified_tensor(path, images)
@@ -222,4 +309,4 @@ def sample_image_latents(ctx: Context, posteriors: tuple[torch.Tensor, torch.Ten
     view, rows = view.to(mean.device), idx.to(mean.device)
     m, sd = mean[view, rows], std[view, rows]
     noise = torch.randn(m.shape, generator=gen).to(m.device, m.dtype)
-    return ((m + sd * noise) * ctx.pipe.vae.config.scaling_factor).float()
+    return vae_to_latents(ctx.pipe.vae, m + sd * noise).float()

@@ -40,7 +40,6 @@ import os
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-NOT_DISTRIBUTABLE = {"erasediff": "its bi-level step combines whole-batch gradients nonlinearly; run it in one process"}
 
 
 def validate_device(device: str | None) -> str | None:
@@ -118,9 +117,9 @@ class Distributed:
             self.barrier()
 
     def check(self, method, regularizers) -> None:
-        if method.name in NOT_DISTRIBUTABLE:
-            raise ValueError(f"method {method.name!r} cannot run on {self.world} processes: {NOT_DISTRIBUTABLE[method.name]}")
         for hook in [method, *regularizers]:
+            if hook.not_multi_process:
+                raise ValueError(f"{hook.name!r} cannot run on {self.world} processes: {hook.not_multi_process}")
             b = getattr(hook.settings, "batch_size", None)
             if b is not None and b % self.world:
                 raise ValueError(f"{hook.name}: batch_size {b} is not divisible by the {self.world} processes; "

@@ -23,7 +23,7 @@ orthogonal to the protected concepts, so dW c = 0 cannot hold.
 Cost of stacking: the stored rank grows by r per request (still far below the full delta for any
 realistic stream: 12 SD 1.5 style requests at r=4 are 2.4 M numbers vs 19.2 M per full delta).
 
-Regularizers on A and B (decided here, see `adapt_hooks`):
+Regularizers on A and B (each add-on's `for_lora` gives its form or refuses):
 - projection: dW c = s B (A c), so projecting **A** onto the orthogonal complement of span(C)
   keeps A c = 0, hence dW c = 0, whatever B does. A starts projected; mode=update projects A's
   actual optimizer update (exact invariance); mode=grad projects A's gradient (approximate
@@ -52,12 +52,13 @@ TARGET_PATTERNS = {
     "kv-xattn": r".*\.attn2\.(to_k|to_v)",
     "xattn": r".*\.attn2\.(to_q|to_k|to_v|to_out\.0)",
 }
-SUPPORTED_REGULARIZERS = ("projection", "l1sp", "l2sp", "replay")
-UNSUPPORTED = {
-    "selft": "selft masks individual elements of W, but every element of a LoRA update B A depends on all of A "
-             "and B, so masked elements cannot stay fixed",
-    "sculpmem": "sculpmem masks individual elements of W, but every element of a LoRA update B A depends on all "
-                "of A and B, so masked elements cannot stay fixed",
+# why an element mask (SelFT, SculpMem) has no LoRA form; both quote it when they refuse
+ELEMENT_MASK = ("it keeps chosen elements of W fixed, but every element of a LoRA update s B A depends on all of A "
+                "and B, so masked elements cannot stay fixed")
+# on an SD3 / FLUX transformer: the context side of joint attention (model.TRANSFORMER_GROUPS)
+TRANSFORMER_TARGET_PATTERNS = {
+    "kv-xattn": r"transformer_blocks\.\d+\.attn\.(add_k_proj|add_v_proj)",
+    "xattn": r"transformer_blocks\.\d+\.attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)",
 }
 
 
@@ -97,8 +98,11 @@ def inject(unet: torch.nn.Module, group: str, seed: int = 0) -> dict[str, torch.
     """Add a fresh adapter (A seeded, B = 0) to the UNet; return its trainable tensors by name."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    from .model import is_transformer
+
     settings = parse_group(group)
-    config = LoraConfig(r=settings.r, lora_alpha=settings.r * settings.scale, target_modules=TARGET_PATTERNS[settings.targets],
+    patterns = TRANSFORMER_TARGET_PATTERNS if is_transformer(unet) else TARGET_PATTERNS
+    config = LoraConfig(r=settings.r, lora_alpha=settings.r * settings.scale, target_modules=patterns[settings.targets],
                         init_lora_weights=True, lora_dropout=0.0)
     with torch.random.fork_rng(devices=[]):  # A's start depends on the request's seed only
         torch.manual_seed(seed)
@@ -204,8 +208,10 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
 
     Exact: concatenating A_k by rows and s_k B_k by columns gives sum_k s_k B_k A_k; the
     scale is folded into B, so the file's alpha equals its rank (scale 1)."""
-    from diffusers import StableDiffusionPipeline
+    import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
+
+    from .model import is_flow, pipeline_class
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -238,6 +244,22 @@ def export_lora(run, out: str | Path, step: int | None = None) -> Path:
     from .delta import atomic_directory
 
     with atomic_directory(out) as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(state),
-                                                  safe_serialization=True)
+        layers = convert_state_dict_to_diffusers(state)
+        if is_flow(run.base_model):  # FluxPipeline / StableDiffusion3Pipeline: the adapter is on the transformer
+            getattr(diffusers, pipeline_class(run.base_model)).save_lora_weights(
+                tmp, transformer_lora_layers=layers, safe_serialization=True)
+        else:
+            diffusers.StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+    return out
+
+
+def adapted_modules(params: dict) -> list[tuple[str, str, str]]:
+    """(module, A name, B name) of every adapted layer, by the trained tensors' names."""
+    import re
+
+    out = []
+    for n in params:
+        m = re.match(rf"(.*)\.lora_A\.{ADAPTER}\.weight$", n)
+        if m:
+            out.append((m.group(1), n, f"{m.group(1)}.lora_B.{ADAPTER}.weight"))
     return out

@@ -47,6 +47,7 @@ SETTING_RANGES: dict[str, tuple] = {
     "swap_fraction": (0, True, 1, True), "stop_fraction": (0, True, 1, True), "weight": (0, True, None, False),
     "top_k": (0, False, 1, True), "score_batches": (1, True, None, False), "dedup": (0, False, 1, True),
     "nearest": (0, True, None, False), "images_per_concept": (1, True, None, False),
+    "image_seed": (0, True, None, False),
 }
 
 
@@ -117,3 +118,29 @@ def _coerce(raw, kind):
     if kind is str:
         return str(raw)
     return raw
+
+
+def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
+    """`188,288` -> [188, 288]; an error names the flag and shows a valid value."""
+    if not text:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 188,288") from None
+    if not seeds:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 188,288")
+    return seeds
+
+
+def check_output_dir(path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output directory that is a file (or lies under one)."""
+    from pathlib import Path
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "" if p == path else f": {p}"
+                raise ValueError(f"{flag} {path}{where} is a file, not a directory")
+            break

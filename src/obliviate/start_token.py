@@ -10,6 +10,11 @@ them (projection:protect_start=true, ours, keeps it fixed to first order).
 Done here with forward hooks on the `attn2.to_k` / `attn2.to_v` projections rather than an
 attention processor, so that whatever processor the model uses (SDPA, xformers, a model's
 own) keeps working; the hooks exist only while a training step runs.
+
+Flow-matching transformers: SD3's text sequence starts with CLIP's start token, read by the
+context-side key/value projections of joint attention (add_k_proj / add_v_proj), which are
+hooked instead. FLUX reads T5's states only: T5 has no start token and is not causal, so
+there is nothing to detach and detach_start does nothing there.
 """
 from __future__ import annotations
 
@@ -24,7 +29,15 @@ def _detach_first_position(module, inputs, output):
 
 
 def key_value_projections(unet: torch.nn.Module) -> list[torch.nn.Module]:
-    """The cross-attention key/value projections (the layers that read text embeddings)."""
+    """The key/value projections that read text embeddings: cross-attention's (UNet) or the
+    context side of SD3's joint attention (none for FLUX, see above)."""
+    from .model import is_transformer
+
+    if is_transformer(unet):
+        if type(unet).__name__ == "FluxTransformer2DModel":
+            return []
+        return [m for n, m in unet.named_modules()
+                if n.startswith("transformer_blocks.") and n.rsplit(".", 1)[-1] in ("add_k_proj", "add_v_proj")]
     return [m for n, m in unet.named_modules() if ".attn2." in f".{n}" and n.rsplit(".", 1)[-1] in ("to_k", "to_v")]
 
 
@@ -35,6 +48,9 @@ def start_token_detached(unet: torch.nn.Module, enabled: bool = True):
         yield
         return
     handles = [m.register_forward_hook(_detach_first_position) for m in key_value_projections(unet)]
+    if not handles and type(unet).__name__ == "FluxTransformer2DModel":
+        yield  # no start token to detach (see above)
+        return
     if not handles:
         raise ValueError("detach_start: this UNet has no cross-attention key/value projections (attn2.to_k/to_v)")
     try:

@@ -195,3 +195,133 @@ def save_random_pipeline(out: str | Path, family: str, size: str = "tiny", *, se
     pipe = random_pipeline(family, size, seed=seed, latent_size=latent_size)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+# ---------------------------------------------------------------- flow-matching transformers (SD3, FLUX)
+FLOW_FAMILIES = ("sd3", "flux")
+
+
+def t5_tokenizer(max_words: int = 4000):
+    """A genuine `transformers.T5Tokenizer` (SentencePiece-style Unigram model, `▁` word
+    boundaries, `</s>` appended, <pad>=0 </s>=1 <unk>=2, 100 sentinel ids) with a small
+    vocabulary built here: T5's own spiece.model is a download. The pieces are the first
+    `max_words` whole words of CLIP's BPE vocabulary as `▁word` (and `▁Word`: T5 is cased),
+    plus every printable ASCII character alone and after `▁`, so that any ASCII prompt is
+    tokenized (an unseen word splits into characters, as SentencePiece splits rare words)."""
+    from transformers import T5Tokenizer
+
+    path = clip_bpe_path()
+    if path is None:
+        raise FileNotFoundError("CLIP's BPE file is not installed: pip install --no-deps open-clip-torch")
+    vocab, _ = clip_vocab_and_merges(path)
+    words = [t[:-4] for t in vocab if t.endswith("</w>") and t[:-4].isalpha() and len(t) > 5][:max_words]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    seen = {p for p, _ in pieces}
+    for rank, w in enumerate(words):  # earlier = more frequent in CLIP's merges = likelier piece
+        for piece in ("▁" + w, "▁" + w.capitalize()):
+            if piece not in seen:
+                seen.add(piece)
+                pieces.append((piece, -5.0 - rank * 1e-3))
+    for c in map(chr, range(33, 127)):
+        for piece in (c, "▁" + c):
+            if piece not in seen:
+                seen.add(piece)
+                pieces.append((piece, -12.0))
+    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    return T5Tokenizer(vocab=pieces, extra_ids=100, model_max_length=512)
+
+
+def t5_config(size: str, vocab_size: int):
+    """T5 v1.1 encoder (gated GELU), as FLUX and SD3 use (T5-XXL at full size)."""
+    from transformers import T5Config
+
+    if size == "tiny":
+        return T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                    feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+
+
+def transformer_config(family: str, size: str, latent_size: int | None = None) -> dict:
+    """The denoiser's config. `full`: the published FLUX.1-dev and SD3-medium transformers."""
+    tiny = size == "tiny"
+    if family == "flux":
+        if tiny:  # rope axes must add up to the head width
+            return dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                        axes_dims_rope=(4, 6, 6))
+        return dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                    axes_dims_rope=(16, 56, 56))
+    if tiny:  # the last block reads the context without updating it (context_pre_only), as in SD3
+        cfg = dict(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+                   joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+                   pos_embed_max_size=16)
+    else:
+        cfg = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+                   joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                   pos_embed_max_size=192)
+    if latent_size is not None:
+        cfg["sample_size"] = latent_size
+    return cfg
+
+
+def flow_vae_config(family: str, size: str, pixels: int) -> dict:
+    """16 latent channels, f=8, no quant convs, each family's published scaling and shift."""
+    tiny = size == "tiny"
+    scaling, shift = (0.3611, 0.1159) if family == "flux" else (1.5305, 0.0609)
+    return dict(in_channels=3, out_channels=3, latent_channels=16, sample_size=pixels,
+                block_out_channels=(8, 16, 16, 16) if tiny else (128, 256, 512, 512), norm_num_groups=8 if tiny else 32,
+                layers_per_block=1 if tiny else 2, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=scaling, shift_factor=shift,
+                use_quant_conv=False, use_post_quant_conv=False)
+
+
+def flow_scheduler(family: str):
+    """The pipelines' FlowMatchEulerDiscreteScheduler: SD3 shifts every sigma by 3.0; FLUX
+    shifts by the image's token count (`use_dynamic_shifting`, mu from base/max shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if family == "sd3":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                           max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def random_flow_pipeline(family: str, size: str = "tiny", *, seed: int = 0, latent_size: int | None = None,
+                         guidance_embeds: bool = True):
+    """A StableDiffusion3Pipeline or FluxPipeline with random weights in the family's architecture
+    (tiny widths; `full` only for SD3's transformer, see bench_realsize_dit.py). FLUX: CLIP-L
+    (pooled) + T5; `guidance_embeds=False` gives a timestep-distilled layout like FLUX.1-schnell.
+    SD3: CLIP-L + CLIP-G (with projection, pooled together) + T5, joint width = T5's width.
+    The default image size is 64 px (8x8 latents): FLUX reads it from the VAE's sample_size."""
+    from diffusers import (AutoencoderKL, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+    if family not in FLOW_FAMILIES or size != "tiny":
+        raise ValueError(f"family {family!r} / size {size!r}; valid: {FLOW_FAMILIES} x ('tiny',)")
+    torch.manual_seed(seed)
+    t5_tok = t5_tokenizer()
+    t5 = T5EncoderModel(t5_config(size, len(t5_tok))).eval()
+    latent = latent_size or 8
+    vae = AutoencoderKL(**flow_vae_config(family, size, latent * 8))
+    if family == "flux":
+        cfg = transformer_config("flux", size)
+        cfg["guidance_embeds"] = guidance_embeds
+        return FluxPipeline(scheduler=flow_scheduler("flux"), vae=vae, text_encoder=CLIPTextModel(_text_config(32, 2, 4, "quick_gelu", 32)).eval(),
+                            tokenizer=clip_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tok,
+                            transformer=FluxTransformer2DModel(**cfg))
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(**transformer_config("sd3", size, latent)), scheduler=flow_scheduler("sd3"), vae=vae,
+        text_encoder=CLIPTextModelWithProjection(_text_config(16, 2, 4, "quick_gelu", 32)).eval(), tokenizer=clip_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(16, 2, 4, "gelu", 32)).eval(), tokenizer_2=clip_tokenizer("!"),
+        text_encoder_3=t5, tokenizer_3=t5_tok,
+    )
+
+
+def save_random_flow_pipeline(out: str | Path, family: str, size: str = "tiny", *, seed: int = 0, **kwargs) -> Path:
+    """Write a random SD3 / FLUX pipeline directory that load_pipeline and plain diffusers read."""
+    out = Path(out)
+    random_flow_pipeline(family, size, seed=seed, **kwargs).save_pretrained(out, safe_serialization=True)
+    return out

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import Cond, autocast_dtype, encode, predict  # noqa: F401  (predict: for hooks)
+from .model import Cond, autocast_dtype, denoiser, encode, predict  # noqa: F401  (predict: for hooks)
 from .protocols import DOMAINS, Catalog
 from .start_token import start_token_detached
 
@@ -101,11 +101,12 @@ class Context:
 
     @property
     def unet(self):
-        return self.pipe.unet
+        """The denoiser: the UNet, or the transformer of an SD3 / FLUX pipeline (model.denoiser)."""
+        return denoiser(self.pipe)
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.unet.device
 
     def encode(self, prompts: list[str]) -> Cond:
         """The UNet's conditioning for `prompts` (model.Cond; `.hidden` is the cross-attention
@@ -152,6 +153,12 @@ class Hook:
 
     name = "hook"
     order = 50
+    # Capabilities, declared here and asked by the engine (never a table of names elsewhere):
+    # None = supported; a string = not supported, and why (the refusal quotes it).
+    not_multi_process: str | None = None  # splitting a request's batches across processes
+    # settings that make one request run in seconds on a tiny model (the engine's tests run every
+    # registered method with every registered add-on with these; never defaults for real use)
+    quick_settings: dict = {}
 
     def __init__(self, settings=None):
         self.settings = settings  # an instance of the hook's Settings dataclass
@@ -179,6 +186,13 @@ class Hook:
         """Entries for step.json, read after training (keys must not clash with the ledger's)."""
         return {}
 
+    def for_lora(self, group: str) -> "Hook":
+        """This hook on a LoRA parameter group (`group`, e.g. "lora:r=4"): itself when it works
+        on any trained tensors, a LoRA form of itself (the SP add-ons act on s B A), or a
+        ValueError that says why not. The default refuses: a new hook has no LoRA meaning until
+        it declares one."""
+        raise ValueError(f"{self.name!r} has no LoRA meaning yet; use it with --param-group kv-xattn")
+
 
 @dataclass
 class TrainSettings:
@@ -202,6 +216,13 @@ class Method(Hook):
     # A closed-form method (UCE) has no training loop: Run.unlearn calls `solve` instead of
     # `train`, and records the step's delta against the previous step like any other.
     closed_form = False
+
+    def for_lora(self, group: str) -> "Method":
+        """A training method's loss works on whatever tensors are trained, adapters included."""
+        if self.closed_form:
+            raise ValueError(f"method {self.name!r} is closed form: it solves for whole k/v weights, not a low-rank "
+                             f"adapter; use it with --param-group kv-xattn, or a training method with LoRA")
+        return self
 
     def check(self, tokenizer, earlier_requests: list[dict]) -> None:
         """Closed-form methods: refuse what the model's tokenizer or the run cannot serve, before any work."""

@@ -44,12 +44,14 @@ def parse_attack(text: str) -> tuple[str, dict[str, str]]:
 
 
 def check_model(name: str, model) -> None:
-    """Learned tokens and relearning read the first text encoder only: refused on SDXL (two)."""
-    from ..model import is_sdxl
+    """Refuse, before any work, an attack on a model family it does not declare (`families`)."""
+    from ..model import model_family
 
-    if name != "paraphrase" and is_sdxl(model):
-        raise ValueError(f"attack {name!r} does not support SDXL pipelines yet (it trains through one text encoder; "
-                         "SDXL has two); on SDXL use attack paraphrase")
+    family = model_family(model)
+    if family not in get_attack(name).families:
+        usable = [a for a, cls in ATTACKS.items() if family in cls.families]
+        raise ValueError(f"attack {name!r} does not support {family.upper()} pipelines yet (it supports "
+                         f"{', '.join(get_attack(name).families)}); on {family.upper()} use attack {', '.join(usable)}")
 
 
 def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **info) -> dict:

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..delta import apply_delta, tensors_hash, with_delta
-from ..diffusion import add_noise, scheduler_for_training, target_for
+from ..diffusion import add_noise, scheduler_for_training, target_for, vae_to_latents
 from ..evaluate.evaluator import Protocol, model_key
 from ..evaluate.sampler import SamplerConfig, generate
-from ..model import load_pipeline, pick_device, predict
+from ..model import denoiser, load_pipeline, pick_device, predict
 from ..protocols import other_family
 
 # Training images of a concept come from these seeds, disjoint from every evaluation seed
@@ -102,7 +102,7 @@ class Target:
     @contextlib.contextmanager
     def base(self):
         """The pipe with the delta removed (the pretrained model), its own weights restored afterwards."""
-        with with_delta(self.pipe.unet, {n: -d for n, d in self.delta.items()}):
+        with with_delta(denoiser(self.pipe), {n: -d for n, d in self.delta.items()}):
             yield self.pipe
 
     @contextlib.contextmanager
@@ -148,7 +148,7 @@ class Target:
     def latents_of(self, images: list[np.ndarray]) -> torch.Tensor:
         vae = self.pipe.vae
         x = torch.as_tensor(np.stack(images)).float().div(127.5).sub(1).permute(0, 3, 1, 2).to(vae.device)
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        return vae_to_latents(vae, vae.encode(x).latent_dist.mean)
 
     def hits(self, images: list[np.ndarray], concept: str) -> list[int]:
         """Per image, 1 if the judge labels it `concept` (in the target's domain): what intervals resample."""
@@ -184,7 +184,7 @@ def load_target(model_dir, delta: dict[str, torch.Tensor], unlearned: list[str],
                          "choose a step >= 1")
     pipe = load_pipeline(model_dir, device=pick_device(device))
     if delta:
-        apply_delta(pipe.unet, delta)
+        apply_delta(denoiser(pipe), delta)
     return Target(pipe=pipe, base_model=Path(model_dir), base_hash=base_hash, delta={n: v.clone() for n, v in delta.items()},
                   unlearned=list(unlearned), domain=domain, protocol=protocol, partners=list(partners), seeds=list(seeds),
                   sampler=sampler, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet)
@@ -300,7 +300,7 @@ class Diffusion:
 
     def __init__(self, pipe, seed: int):
         self.sched = scheduler_for_training(pipe)
-        self.unet = pipe.unet
+        self.unet = denoiser(pipe)
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def loss(self, latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -332,6 +332,9 @@ class Attack:
     name = ""
     Settings = AttackSettings
     counts_in_robust_ua = True  # relearn changes the weights: reported, but not a prompt-side ASR
+    # model families it can attack (model.model_family): learned tokens and relearning train
+    # through one text encoder, so the default is single-encoder Stable Diffusion
+    families: tuple[str, ...] = ("sd",)
 
     def __init__(self, settings):
         self.settings = settings

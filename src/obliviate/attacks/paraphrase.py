@@ -37,6 +37,7 @@ class ParaphraseSettings(AttackSettings):
 class Paraphrase(Attack):
     name = "paraphrase"
     Settings = ParaphraseSettings
+    families = ("sd", "sdxl", "sd3", "flux")  # prompts only: whatever encodes them
 
     def phrasings(self) -> tuple[str, ...]:
         return PHRASINGS[: self.settings.phrasings]

@@ -12,13 +12,20 @@ from . import build_attack, load_target, parse_attack, run_attack
 # ---------------------------------------------------------------- the command
 def cmd_attack(args) -> int:
     from ..continual import Run
+    from ..distributed import validate_device
     from ..evaluate.evaluator import load_protocol, make_plan
+    from ..parsing import check_output_dir, parse_seeds
+    from . import check_model
 
     name, settings = parse_attack(args.attack)
     attack = build_attack(name, settings)  # name and settings checked before any work
     if args.seed is not None:
         attack.settings.seed = args.seed
+    validate_device(args.device)
+    check_output_dir(args.out)
+    seeds = parse_seeds(args.seeds)
     run = Run(args.run)
+    check_model(name, run.base_model)
     steps = run.verify_chain(args.step)
     step = len(steps)
     if not steps:
@@ -30,7 +37,6 @@ def cmd_attack(args) -> int:
         raise ValueError(f"attacks judge a style or an object; this run unlearned a concept of domain {domain!r}")
     protocol = load_protocol(args.protocol, run.base_model, style_classifier=args.style_classifier,
                              object_classifier=args.object_classifier)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     partners = args.partners.split(",") if args.partners else None
     plan = make_plan(protocol, domain, sequence=unlearned, partners=partners, seeds=seeds)
     target = load_target(run.base_model, run.cumulative_delta(step), unlearned, domain, protocol, plan.partners, plan.seeds,

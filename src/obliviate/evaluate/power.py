@@ -129,14 +129,7 @@ def paired(hit_a: np.ndarray, hit_b: np.ndarray, groups: list[np.ndarray], flip:
 
 def protocol_neighbours(protocol) -> dict:
     """Designed neighbourhoods of a protocol's concepts ({} when it has none)."""
-    table = getattr(protocol, "neighbours", None)
-    if table:
-        return table
-    if protocol.name == "minicanvas":
-        from ..protocols import minicanvas_catalog
-
-        return minicanvas_catalog().neighbours
-    return {}
+    return dict(getattr(protocol, "neighbours", None) or {})
 
 
 def power_metrics(cells, pred_style, pred_object, *, domain: str, unlearned, retained, partners, neighbours=None,

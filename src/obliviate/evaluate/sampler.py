@@ -9,6 +9,12 @@ another solver, `guidance <= 1` (no CFG: one UNet evaluation per step instead of
 `x0_at=k`: stop after k steps of the schedule and score the predicted clean image of the
 k-th step. Named presets (`SAMPLER_PRESETS`) are selectable in experiment files as
 `eval: {sampler: NAME}`.
+
+SD3 and FLUX pipelines always sample with their own FlowMatchEulerDiscreteScheduler (its shift,
+FLUX's resolution shift included): `scheduler` names the solver of SD pipelines only, and
+`x0_at` is refused there. FLUX.1-dev reads `guidance` through its guidance embedding (one
+transformer call per step), SD3 (and FLUX.1-schnell, without guidance embedding, at
+guidance 1) by classifier-free guidance, as their pipelines do.
 """
 from __future__ import annotations
 
@@ -159,7 +165,14 @@ def generate(pipe, prompts: list[str], seeds: list[int], config: SamplerConfig, 
             images[i] = np.asarray(Image.open(path).convert("RGB"))
         else:
             todo.append(i)
-    use_scheduler(pipe, config.scheduler)
+    from ..model import is_flow, pipeline_call_kwargs
+
+    if is_flow(pipe):
+        if config.x0_at:
+            raise ValueError("sampler x0_at is for SD pipelines; SD3 and FLUX sample whole trajectories (x0_at: 0)")
+    else:
+        use_scheduler(pipe, config.scheduler)
+    size = pipeline_call_kwargs(pipe)
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
         gens = [torch.Generator(device="cpu").manual_seed(int(seeds[i])) for i in chunk]
@@ -167,7 +180,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], config: SamplerConfig, 
         try:
             extra = {"callback_on_step_end": stop} if stop else {}
             out = pipe([prompts[i] for i in chunk], num_inference_steps=config.steps, guidance_scale=config.guidance,
-                       generator=gens, output_type="np", **extra).images
+                       generator=gens, output_type="np", **size, **extra).images
         finally:
             if stop:
                 stop.close()

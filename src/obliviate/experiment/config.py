@@ -228,6 +228,8 @@ def load_experiment(path_or_dict) -> Experiment:
         raise ValueError(f"{where}: domain {raw['domain']!r} is not valid; valid: style, object")
     if not raw["sequence"]:
         raise ValueError(f"{where}: sequence is empty; list the concepts to unlearn in order")
+    if not raw["variants"]:
+        raise ValueError(f"{where}: variants is empty; list at least one variant, e.g. - {{name: conabl, method: conabl}}")
     ev = raw.get("eval", {}) or {}
     _check_types(ev, _EVAL_TYPES, f"{where}: eval")
     _check_types(raw.get("grid") or {}, _GRID_TYPES, f"{where}: grid")
@@ -310,23 +312,23 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
         exp.style_classifier = args.style_classifier
     if getattr(args, "object_classifier", None):
         exp.object_classifier = args.object_classifier
-    if exp.protocol == "unlearncanvas" and not (exp.style_classifier and exp.object_classifier):
-        raise ValueError("the unlearncanvas protocol needs both classifier checkpoints: pass --style-classifier FILE "
-                         "and --object-classifier FILE (or set classifiers.style / classifiers.object in the file)")
-    for flag, path in (("--style-classifier", exp.style_classifier), ("--object-classifier", exp.object_classifier)):
-        if path and not Path(path).is_file():  # before building two ViT-L judges
-            raise FileNotFoundError(f"{flag} {path} does not exist")
     from ..model import check_pipeline_dir
+    from ..protocols import get_protocol
 
+    protocol = get_protocol(exp.protocol)
+    if protocol.judge_inputs == "checkpoints":  # the checkpoints first: the message names the flags
+        protocol.check_judge_inputs(exp.model, exp.style_classifier, exp.object_classifier)
     check_pipeline_dir(exp.model)
-    if exp.protocol == "minicanvas" and not (Path(exp.model) / "classifiers" / "config.json").exists():
-        # the MiniCanvas judge ships inside the MiniCanvas model; say so before any work
-        raise ValueError(
-            f"protocol minicanvas judges images with the classifiers that MiniCanvas models carry (classifiers/), and "
-            f"{exp.model} has none. For a Stable Diffusion model use protocol: unlearncanvas with --style-classifier "
-            "FILE --object-classifier FILE (the UnlearnCanvas judges), or unlearn without an evaluation: obliviate unlearn")
+    protocol.check_judge_inputs(exp.model, exp.style_classifier, exp.object_classifier)
     from ..attacks import check_model
+    from ..methods import get_method
+    from ..model import check_group_for_model
 
     for attack in exp.attacks:  # before the training, not after it
         check_model(attack["name"], exp.model)
+    for variant in exp.variants:  # e.g. uce on SD3/FLUX needs param_group: context
+        try:
+            check_group_for_model(exp.model, variant.param_group, get_method(variant.method))
+        except ValueError as err:
+            raise ValueError(f"variant {variant.name!r}: {err}") from None
     return exp

@@ -21,7 +21,8 @@ from ..distributed import current as current_processes
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive, filling
-from ..model import load_pipeline, model_hash
+from ..model import denoiser, load_pipeline, model_hash
+from ..protocols import catalog_for_model
 from ..trainer import Request
 from .config import Experiment, Variant
 from .settings import SETTINGS
@@ -31,7 +32,8 @@ class Runner:
     def __init__(self, exp: Experiment, out: str | Path, *, quiet: bool = False, device: str | None = None,
                  precision: str = "auto", gradient_checkpointing: bool = False):
         self.exp, self.out, self.quiet = exp, Path(out), quiet
-        self.catalog = {"catalog": "unlearncanvas"} if exp.protocol == "unlearncanvas" else {}
+        # a model that carries no catalog of its own (a Stable Diffusion model) takes the protocol's
+        self.catalog = {} if catalog_for_model(exp.model) is not None else {"catalog": exp.protocol}
         self.device, self.train_options = device, {"device": device, "precision": precision,
                                                    "gradient_checkpointing": gradient_checkpointing}
         self.options = dict(self.train_options)  # what a chain's Runner in another process is built with
@@ -81,7 +83,7 @@ class Runner:
         if self._base_pipe is None:
             dist = current_processes()  # accelerate launch: each process on its own device
             self._base_pipe = load_pipeline(self.exp.model, device=dist.device if dist is not None else self.device)
-        with with_delta(self._base_pipe.unet, delta):
+        with with_delta(denoiser(self._base_pipe), delta):
             yield self._base_pipe
 
     def open_run(self, path: Path) -> Run:
@@ -277,8 +279,9 @@ def judge_identity(exp: Experiment) -> str:
     small MiniCanvas classifiers, path/size/mtime for large user checkpoints)."""
     from ..delta import file_hash
 
-    files = sorted((Path(exp.model) / "classifiers").glob("*")) if exp.protocol == "minicanvas" else \
-        [Path(p) for p in (exp.style_classifier, exp.object_classifier) if p]
+    from ..protocols import get_protocol
+
+    files = get_protocol(exp.protocol).judge_files(exp.model, exp.style_classifier, exp.object_classifier)
     parts = [exp.protocol]
     for f in files:
         if f.is_file():
@@ -298,10 +301,12 @@ def short_table(summary: dict) -> str:
 
 
 def judge_options(exp: Experiment, device: str | None) -> dict:
-    """UnlearnCanvas judges: on the run's device, with the architecture the file names (tests: tiny ViTs)."""
-    if exp.protocol != "unlearncanvas":
-        return {}
+    """Judges built from checkpoints: on the run's device, with the architecture the file names (tests: tiny ViTs)."""
     from ..model import pick_device
+    from ..protocols import get_protocol
+
+    if get_protocol(exp.protocol).judge_inputs != "checkpoints":
+        return {}
 
     return {"device": str(pick_device(device)), **(exp.raw.get("classifiers", {}) or {}).get("arch", {})}
 

@@ -24,6 +24,13 @@ with ("A {object} image in {style} style" on MiniCanvas): it flatters UA, since 
 measured prompts are the trained ones. The reference trains on caption insertions only.
 The reference's style anchors are LAION captions; MiniCanvas uses its own object captions.
 
+Flow form (SD3, FLUX; SPEC 9): the same objective on the velocity. For an anchor latent x_0
+(generated once by the base pipeline with its own flow-matching scheduler),
+x_t = (1 - s) x_0 + s e at a training sigma s (diffusion.py), train
+`v(x_t, s, E(p_target))` to match `sg[v(x_t, s, E(p_anchor))]`, both from the model being
+trained; FLUX reads its guidance embedding at model.FLUX_GUIDANCE in both. The reference
+recipe's DPM-Solver anchor sampler is for SD models and is refused there.
+
 MiniCanvas defaults (below) versus the SD 1.5 reference: AdamW wd 1e-2, lr 8e-6, batch 4,
 constant schedule, grad-clip 1.0, 1000 steps for a style / 2000 for an object, 200 anchor
 images. MiniCanvas trains far fewer cross-attention weights on a far smaller model, so it
@@ -37,8 +44,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import (base_model_images, base_model_latents, image_posteriors, noised, reference_and_prediction,
-                         sample_image_latents, sampler_settings)
+from ..diffusion import (base_model_images, base_model_latents, image_posteriors, image_seeds, noised,
+                         reference_and_prediction, sample_image_latents, sampler_settings)
 from ..trainer import Context, Method, TrainSettings
 from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
@@ -68,6 +75,9 @@ class ConAblSettings(TrainSettings):
     hflip: bool | None = None
     loss: Literal["mse", "masked"] | None = None
     mask_border: int = 1  # latent pixels dropped at each edge by loss=masked
+    # seed of the anchor images (diffusion.image_seeds); None = the request's seed, so each
+    # training seed draws its own anchor set. Set it to hold one anchor set across seeds.
+    image_seed: int | None = None
     # style requests: how the target prompt inserts the style into an anchor caption.
     # "spec": the reference's "In X Style, <caption>" / "<caption>, in X Style." (SPEC 3);
     # "catalog": the model's own prompt template with the anchor's object (ours; the
@@ -106,18 +116,22 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, border: int) -> t
 class ConAbl(Method):
     name = "conabl"
     Settings = ConAblSettings
+    quick_settings = {"steps": 6, "batch_size": 2, "anchor_images": 4, "sampler_steps": 3}
 
     def report(self) -> dict:
-        return {"anchor": self.anchor} if getattr(self, "anchor", None) else {}
+        out = {"anchor": self.anchor} if getattr(self, "anchor", None) else {}
+        return {**out, "anchor_image_seeds": self.seeds_used} if hasattr(self, "seeds_used") else out
 
     def setup(self, ctx: Context, method=None) -> None:
         s, domain = self.settings, ctx.request.domain
         steps, guidance = sampler_settings(ctx, s.sampler_steps, s.guidance)
         scheduler = "dpm-solver" if s.anchor_sampler == "dpm-solver" else None
         anchors_x, anchor_prompts, target_prompts, anchors = [], [], [], []
+        image_seed = ctx.request.seed if s.image_seed is None else s.image_seed
         for concept in ctx.request.targets:  # several only when unlearning simultaneously
             a, t = self.build_prompts(ctx, concept, domain, s.anchor_images)
-            seeds = [10_000 + i for i in range(len(a))]
+            seeds = image_seeds(10_000, image_seed, len(a))
+            self.seeds_used = {"first": seeds[0], "count": len(seeds)}
             if s.anchor_store == "images":
                 anchors_x.append(base_model_images(ctx, a, seeds, steps, guidance, purpose="anchors", scheduler=scheduler))
             else:

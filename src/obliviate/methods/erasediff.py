@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import base_model_latents, denoising_target, noised, sampler_settings
+from ..diffusion import base_model_latents, denoising_target, image_seeds, noised, sampler_settings
 from ..model import predict
 from ..trainer import Context, Method, TrainSettings
 
@@ -32,11 +32,14 @@ class EraseDiffSettings(TrainSettings):
     alpha: float = 0.5
     sampler_steps: int | None = None
     guidance: float | None = None
+    image_seed: int | None = None  # seed of the forget/remain images; None = the request's seed
 
 
 class EraseDiff(Method):
     name = "erasediff"
     Settings = EraseDiffSettings
+    quick_settings = {"steps": 6, "batch_size": 2, "forget_images": 4, "remain_images": 4, "sampler_steps": 3}
+    not_multi_process = "its bi-level step combines whole-batch gradients nonlinearly; run it in one process"
 
     def setup(self, ctx: Context, method=None) -> None:
         s, cat = self.settings, ctx.catalog
@@ -54,8 +57,16 @@ class EraseDiff(Method):
         self.remain_prompts = [cat.prompt_with(others[i % len(others)], domain, partners[(i * 7) % len(partners)])
                                for i in range(s.remain_images)]
         steps, guidance = sampler_settings(ctx, s.sampler_steps, s.guidance)
-        self.forget = base_model_latents(ctx, self.forget_prompts, [20_000 + i for i in range(len(self.forget_prompts))], steps, guidance, "forget")
-        self.remain = base_model_latents(ctx, self.remain_prompts, [30_000 + i for i in range(s.remain_images)], steps, guidance, "remain")
+        image_seed = ctx.request.seed if s.image_seed is None else s.image_seed
+        forget_seeds = image_seeds(20_000, image_seed, len(self.forget_prompts))
+        remain_seeds = image_seeds(30_000, image_seed, s.remain_images)
+        self.forget = base_model_latents(ctx, self.forget_prompts, forget_seeds, steps, guidance, "forget")
+        self.remain = base_model_latents(ctx, self.remain_prompts, remain_seeds, steps, guidance, "remain")
+        self.seeds_used = {"forget": {"first": forget_seeds[0], "count": len(forget_seeds)},
+                           "remain": {"first": remain_seeds[0], "count": len(remain_seeds)}}
+
+    def report(self) -> dict:
+        return {"image_seeds": self.seeds_used}
 
     def _loss(self, ctx, latents, prompts, gen, forget: bool):
         idx = torch.randint(0, len(latents), (self.settings.batch_size,), generator=gen)

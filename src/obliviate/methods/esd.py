@@ -7,6 +7,14 @@ eta here equals 1 + ESD's `negative_guidance` (eta=2 is the published negative_g
 The frozen copy costs no memory: only the trained tensors differ, so the frozen prediction
 is the same UNet called with the request's starting values (torch.func.functional_call).
 
+Flow form (SD3, FLUX; SPEC 9): the same target on the velocity,
+`v*(x_t, c) - eta * (v*(x_t, c) - v*(x_t, ""))` = v*("") - (eta - 1) (v*(c) - v*("")), at x_t on
+the frozen model's Euler trajectory over the pipeline's own sigmas (`ddim_steps` Euler steps,
+FLUX's resolution shift included). The trajectory is guided as the pipeline guides it: SD3
+(and a FLUX without guidance embedding, like FLUX.1-schnell) by classifier-free guidance at
+`start_guidance`; FLUX.1-dev through its guidance embedding at `start_guidance`, one
+prediction per step. The target's two predictions use FLUX's training guidance (model.FLUX_GUIDANCE).
+
 MiniCanvas defaults versus SD 1.5 reference: lr 1e-5, 1000 iterations, 50 DDIM steps,
 start guidance 3, negative guidance 1 (eta 2), batch 1, cross-attention k/v.
 """
@@ -17,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model import Cond, predict
+from ..diffusion import flow_sampling_sigmas
+from ..model import Cond, is_flow, latent_shape, predict
 from ..protocols import family
 from ..trainer import Context, Method, TrainSettings
 
@@ -35,6 +44,7 @@ class ESDSettings(TrainSettings):
 class ESD(Method):
     name = "esd"
     Settings = ESDSettings
+    quick_settings = {"steps": 6, "batch_size": 2, "ddim_steps": 4}
 
     def setup(self, ctx: Context, method=None) -> None:
         # the concept in the model's own prompt template when it has one (MiniCanvas), with
@@ -46,15 +56,45 @@ class ESD(Method):
         else:
             self.prompts = [cat.single(c, domain) for c in ctx.request.targets]
         ctx.encode(self.prompts + [""])
+        if is_flow(ctx.pipe):
+            self.sigmas = flow_sampling_sigmas(ctx.pipe, self.settings.ddim_steps)
+            self.flux_guidance = bool(getattr(ctx.unet.config, "guidance_embeds", False))
+            return
         from diffusers import DDIMScheduler
 
         self.sched = DDIMScheduler.from_config(ctx.pipe.scheduler.config)
         self.sched.set_timesteps(self.settings.ddim_steps)
 
-    def frozen(self, ctx: Context, x, t, emb):
-        return predict(ctx.unet, x, t, emb, params=ctx.start)
+    def frozen(self, ctx: Context, x, t, emb, guidance=None):
+        return predict(ctx.unet, x, t, emb, params=ctx.start, guidance=guidance)
+
+    def flow_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
+        s = self.settings
+        k = int(torch.randint(0, s.ddim_steps, (1,), generator=gen))
+        which = torch.randint(0, len(self.prompts), (s.batch_size,), generator=gen).tolist()
+        cond = ctx.encode([self.prompts[i] for i in which])
+        uncond = ctx.encode([""] * s.batch_size)
+        x = torch.randn(latent_shape(ctx.pipe, s.batch_size), generator=gen).to(ctx.device)
+        x, cond, uncond = ctx.local(x, cond, uncond)  # several processes: this one's slice
+        sigmas = self.sigmas.to(ctx.device)
+        with torch.no_grad():
+            for i in range(k):  # FlowMatchEulerDiscreteScheduler.step's update: x + (s_next - s) v
+                t = sigmas[i] * 1000
+                if self.flux_guidance:
+                    v = self.frozen(ctx, x, t, cond, guidance=s.start_guidance)
+                else:
+                    v_u, v_c = self.frozen(ctx, torch.cat([x, x]), t, Cond.cat([uncond, cond])).chunk(2)
+                    v = v_u + s.start_guidance * (v_c - v_u)
+                x = x + (sigmas[i + 1] - sigmas[i]) * v
+            t = sigmas[k] * 1000
+            v_u, v_c = self.frozen(ctx, torch.cat([x, x]), t, Cond.cat([uncond, cond])).chunk(2)
+            target = v_c - s.eta * (v_c - v_u)
+        prediction = predict(ctx.unet, x, t, cond)
+        return F.mse_loss(prediction.float(), target.float())
 
     def method_loss(self, ctx: Context, gen: torch.Generator) -> torch.Tensor:
+        if is_flow(ctx.pipe):
+            return self.flow_loss(ctx, gen)
         s, sched = self.settings, self.sched
         k = int(torch.randint(0, s.ddim_steps, (1,), generator=gen))
         which = torch.randint(0, len(self.prompts), (s.batch_size,), generator=gen).tolist()

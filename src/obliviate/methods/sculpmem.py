@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..lora import ELEMENT_MASK
 from ..trainer import Context
 from .conabl import ConAbl, ConAblSettings
 
@@ -33,6 +34,12 @@ class SculpMem(ConAbl):
     name = "sculpmem"
     Settings = SculpMemSettings
     needs_update_transform = True
+    quick_settings = {**ConAbl.quick_settings, "warmup": 2, "swap_every": 2}
+
+    def for_lora(self, group: str):
+        raise ValueError(f"method sculpmem does not work with --param-group {group}: its gradient mask {ELEMENT_MASK}; "
+                         "use a training method without a mask (conabl, esd, erasediff) with LoRA, or "
+                         "--param-group kv-xattn with sculpmem")
 
     def setup(self, ctx: Context, method=None) -> None:
         super().setup(ctx)

@@ -41,6 +41,26 @@ request (the published repeated application), kept for comparison.
 
 edit: `kv` (default) solves keys and values; `k` or `v` solves only one, the other keeps W0.
 
+SD3 and FLUX (flow-matching transformers; --param-group context): the text states reach image
+attention through the context side of joint attention, but not directly: each block's
+add_k_proj / add_v_proj (FLUX's double-stream blocks, SD3's joint blocks) reads the text
+stream after a layer norm modulated by the timestep and the pooled embedding, and after the
+earlier blocks mixed image tokens into it, so no fixed text state c has a fixed key W c there
+and the closed form does not apply. FLUX's 38 single-stream blocks send text and image tokens
+through one shared to_k / to_v, so editing them would change how every image token is read
+too. What is edited instead is the transformer's `context_embedder`, the one linear map whose
+input is the text encoders' states (T5's for FLUX; SD3's CLIP-L + CLIP-G + T5 sequence) and
+whose output is the text stream every block reads (UCE's own FLUX script edits the same
+layer). The rows are those states, exactly as for a UNet's k/v (W_new = W0 M, one solve of
+T5's width), so the erased prompt's text tokens carry the guide's states into every block:
+its keys and values move in the double-stream blocks and in the text rows of the
+single-stream blocks, while image tokens pass through no edited weight
+(tests/test_flow_models.py checks both, and that an unrelated preserved prompt's keys stay).
+Positions are counted per tokenizer run (model.text_segments): SD3's CLIP run and T5 run each
+contribute rows; T5 is not causal, so with positions=after its later positions are rows
+because they attend to the concept, not because they follow it. Not edited: the pooled CLIP
+embedding (time_text_embed), which FLUX and SD3 also read, as a global modulation.
+
 Defaults (positions=after, guide per domain, lam 0.5, erase/preserve scale 1, preserve
 others+empty, edit kv) were chosen on MiniCanvas probe seed 1 (docs/RESULTS.md): they keep
 UA and RA-I at the bar; RA-C is what they lose, and most of that loss is the guide itself:
@@ -64,7 +84,7 @@ import torch
 
 from ..delta import load_verified_tensor, save_verified_tensor
 from ..locking import filling
-from ..model import concept_token_span, encode_prompts
+from ..model import concept_token_span, encode_prompts, text_segments, token_ids
 from ..protocols import family, read_prompt_file
 from ..trainer import Context, Method, parse_settings
 from .common import replace_word
@@ -169,12 +189,11 @@ def text_states(ctx: Context, prompts: list[str]) -> torch.Tensor:
     gives identical weights.
     """
     memo = ctx.__dict__.setdefault("_uce_states", {})
-    tok = ctx.pipe.tokenizer
     directory = Path(ctx.cache_dir) / "uce-text" / str(ctx.base_hash)[:16] if ctx.cache_dir else None
     for p in dict.fromkeys(prompts):
         if p in memo:
             continue
-        ids = tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+        ids = token_ids(ctx.pipe, p)
         key = hashlib.sha256(json.dumps([str(ctx.base_hash), list(ids)]).encode()).hexdigest()[:32]
         path = directory / f"{key}.safetensors" if directory else None
         state = load_verified_tensor(path) if path else None
@@ -230,35 +249,38 @@ def _has_word(text: str, word: str) -> bool:
 
 
 def erase_rows(ctx: Context, concept: str, domain: str, s: UCESettings):
-    """(erase rows, guide rows, weights) of one concept under its own request's settings."""
+    """(erase rows, guide rows, weights) of one concept under its own request's settings.
+
+    Positions are counted in each run of tokens of the text states (model.text_segments):
+    one CLIP run for SD/SDXL, one T5 run for FLUX, a CLIP run and a T5 run for SD3, each
+    with its own tokenizer, concept span and guide alignment."""
     guide_word = DEFAULT_GUIDE[domain] if s.guide is None else s.guide
-    tok = ctx.pipe.tokenizer
-    length = tok.model_max_length
     prompts = erase_prompts(ctx, concept, domain, s)
     guides = [" ".join(replace_word(p, concept, guide_word).split()) for p in prompts]
     states = text_states(ctx, prompts + guides)
     e_rows, g_rows, weights = [], [], []
-    for i, (p, g) in enumerate(zip(prompts, guides)):
-        start, end = concept_token_span(tok, p, concept)
-        if guide_word:
-            gs, ge = concept_token_span(tok, g, guide_word)
-        else:  # the concept's place in the guide prompt: where its prefix ends
-            gs = ge = len(tok(p[: p.lower().rindex(concept.lower())].rstrip()).input_ids) - 1
-        last = length if s.positions == "after" else end
-        for k in range(start, min(last, length)):
-            if k < end:
-                gk = gs + min(k - start, ge - gs - 1) if ge > gs else max(gs - 1, 0)
-                w = 1.0
-            else:
-                gk = min(ge + (k - end), length - 1)
-                w = s.after_weight
-            if w == 0:
-                continue
-            e_rows.append(states[i, k])
-            g_rows.append(states[len(prompts) + i, gk])
-            weights.append(w)
+    for tok, offset, length in text_segments(ctx.pipe):
+        for i, (p, g) in enumerate(zip(prompts, guides)):
+            start, end = concept_token_span(tok, p, concept, limit=length)
+            if guide_word:
+                gs, ge = concept_token_span(tok, g, guide_word, limit=length)
+            else:  # the concept's place in the guide prompt: where its prefix ends
+                gs = ge = len(tok(p[: p.lower().rindex(concept.lower())].rstrip()).input_ids) - 1
+            last = length if s.positions == "after" else end
+            for k in range(start, min(last, length)):
+                if k < end:
+                    gk = gs + min(k - start, ge - gs - 1) if ge > gs else max(gs - 1, 0)
+                    w = 1.0
+                else:
+                    gk = min(ge + (k - end), length - 1)
+                    w = s.after_weight
+                if w == 0:
+                    continue
+                e_rows.append(states[i, offset + k])
+                g_rows.append(states[len(prompts) + i, offset + gk])
+                weights.append(w)
     if not e_rows:
-        raise ValueError(f"uce: no rows for {concept!r} (is it truncated away by the tokenizer's {length}-token limit?)")
+        raise ValueError(f"uce: no rows for {concept!r} (is it truncated away by the tokenizer's token limit?)")
     return torch.stack(e_rows), torch.stack(g_rows), torch.tensor(weights, dtype=torch.float64)
 
 
@@ -289,9 +311,10 @@ def preserve_rows(ctx: Context, erased: list[tuple[str, str]], domain: str, s: U
     if "erased-partners" in sources:
         for concept, cdom in erased:
             for p in erase_prompts(ctx, concept, cdom, s):
-                start, _ = concept_token_span(ctx.pipe.tokenizer, p, concept)
-                if start > 0:
-                    rows.append(text_states(ctx, [p])[0, :start])
+                for tok, offset, length in text_segments(ctx.pipe):
+                    start, _ = concept_token_span(tok, p, concept, limit=length)
+                    if start > 0:
+                        rows.append(text_states(ctx, [p])[0, offset : offset + start])
     return torch.cat(rows) if rows else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 
@@ -40,6 +41,9 @@ class Catalog:
     # {"style": [label, ...], "object": [label, ...]}; judge_settings are the judge's fixed
     # preprocessing; `judge` is set only on the copy that with_judge returns
     judge_factory: Callable | None = field(default=None, repr=False, compare=False)
+    # where the judge's weights come from: "model" (classifiers/ inside the pipeline directory,
+    # as MiniCanvas ships them) or "checkpoints" (the user's style and object classifier files)
+    judge_inputs: str = "model"
     judge_settings: dict = field(default_factory=dict)
     judge: object = field(default=None, repr=False, compare=False)
 
@@ -99,6 +103,29 @@ class Catalog:
         if self.judge_factory is None:
             raise ValueError(f"the {self.name} catalog has no judge: it cannot evaluate a model")
         return dataclasses.replace(self, judge=self.judge_factory(self, model_dir, **options))
+
+    def judge_files(self, model_dir, style_classifier=None, object_classifier=None) -> list[Path]:
+        """The files the judge's weights come from (what identifies the judge)."""
+        if self.judge_inputs == "checkpoints":
+            return [Path(p) for p in (style_classifier, object_classifier) if p]
+        return sorted((Path(model_dir) / "classifiers").glob("*"))
+
+    def check_judge_inputs(self, model_dir, style_classifier=None, object_classifier=None) -> None:
+        """Refuse, before any work, an evaluation whose judge cannot be built."""
+        if self.judge_factory is None:
+            raise ValueError(f"the {self.name} protocol has no judge: it cannot evaluate a model")
+        if self.judge_inputs == "checkpoints":
+            if not (style_classifier and object_classifier):
+                raise ValueError(f"the {self.name} protocol needs both classifier checkpoints: pass --style-classifier FILE "
+                                 "and --object-classifier FILE (or set classifiers.style / classifiers.object in the file)")
+            for flag, path in (("--style-classifier", style_classifier), ("--object-classifier", object_classifier)):
+                if not Path(path).is_file():  # before building two ViT-L judges
+                    raise FileNotFoundError(f"{flag} {path} does not exist (a classifier checkpoint file is needed)")
+        elif not (Path(model_dir) / "classifiers" / "config.json").exists():
+            raise ValueError(
+                f"protocol {self.name} judges images with the classifiers its models carry (classifiers/), and "
+                f"{model_dir} has none. For a Stable Diffusion model use protocol: unlearncanvas with --style-classifier "
+                "FILE --object-classifier FILE (the UnlearnCanvas judges), or unlearn without an evaluation: obliviate unlearn")
 
     # ------------------------------------------------------------ consistency
     def validate(self) -> None:

@@ -83,7 +83,7 @@ def unlearncanvas_catalog(path: str | Path | None = None) -> Catalog:
         retained_objects=[str(s) for s in data["retained_objects"]],
         seeds=[int(s) for s in sampling["seeds"]],
         resolution=int(sampling["resolution"]),
-        judge_factory=_judge,
+        judge_factory=_judge, judge_inputs="checkpoints",
         judge_settings={"image_size": int(clf.get("image_size", 224)),
                         "mean": [float(x) for x in clf.get("mean", [0.5] * 3)],
                         "std": [float(x) for x in clf.get("std", [0.5] * 3)],

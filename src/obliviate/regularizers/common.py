@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model import concept_token_embedding
+from ..model import concept_token_embedding, concept_token_embeddings
 from ..protocols import family, other_family
 from ..trainer import Context
 
@@ -37,7 +37,8 @@ def concept_domain(ctx: Context, concept: str) -> str:
     return dict(ctx.unlearned_before).get(concept, ctx.catalog.domain_of(concept) or fallback)
 
 
-def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "neutral") -> torch.Tensor:
+def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "neutral",
+                      per_run: bool = False) -> torch.Tensor:
     """Mean hidden state over the concept's tokens after the neutral prefix, or (context=template)
     inside the catalog's prompt template, averaged over every partner concept of the other domain.
 
@@ -46,7 +47,10 @@ def concept_embedding(ctx: Context, concept: str, domain: str, context: str = "n
     of a style has cosine ~0.4 to its state in the template (docs/RESULTS.md)."""
     cat, domain = ctx.catalog, family(domain)
     partners = cat.partners(domain)
-    if context == "template" and partners:
-        texts = [cat.prompt_with(concept, domain, p) for p in partners]
+    texts = [cat.prompt_with(concept, domain, p) for p in partners] if context == "template" and partners else []
+    if per_run:  # (runs, width): SD3's CLIP-position and T5-position states apart (model.text_segments)
+        texts = texts or [cat.single(concept, domain)]
+        return torch.stack([concept_token_embeddings(ctx.pipe, t, concept) for t in texts]).mean(0)
+    if texts:
         return torch.stack([concept_token_embedding(ctx.pipe, t, concept) for t in texts]).mean(0)
     return concept_token_embedding(ctx.pipe, cat.single(concept, domain), concept)

@@ -30,6 +30,14 @@ Where the columns come from (`source`, deterministic, never from a remote servic
 projector, the eps -> 0 limit of the published formula. `solver=ridge` is the published
 P = I - C (C^T C + eps I)^-1 C^T with eps = max(1e-4, 1e-6 trace(C^T C) / m).
 
+SD3 and FLUX: the only weight whose input is the text encoders' states is the transformer's
+`context_embedder` (--param-group context); the context-side key/value projections of joint
+attention read those states after a timestep-dependent normalisation, where no fixed column
+c stays fixed under dW. So on these models the projection acts on context_embedder only and
+needs that group; its columns come from the catalog (the concept's state averaged over its
+tokens; SD3: one column for its CLIP tokens and one for its T5 tokens, named `X@clip`, `X@t5`); `anchors`, `prompts` and
+`protect_start` locate words with CLIP's tokenizer and are refused there.
+
 `mode=grad` projects gradients (published). With AdamW the applied update is not -lr G P
 (moment normalisation, weight decay), so invariance is only approximate. `mode=update`
 projects the optimizer's actual update, W <- W_old + (W_new - W_old) P, which keeps
@@ -37,11 +45,14 @@ dW C = 0 exactly under any optimizer.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from ..lora import adapted_modules, parse_group
+from ..model import is_flow, is_transformer, text_segments
 from ..protocols import family, read_prompt_file
 from ..trainer import Context, Hook
 from .common import concept_domain, concept_embedding, protected_concepts
@@ -154,13 +165,20 @@ class Projection(Hook):
     def report(self) -> dict:
         return {"projection_concepts": self.concepts}
 
+    def for_lora(self, group: str) -> Hook:
+        if parse_group(group).continual == "keep":
+            raise ValueError(f"projection does not work with --param-group {group}: continuing an adapter changes B, "
+                             "and B's update multiplies the earlier A, whose rows are not orthogonal to the protected "
+                             "concepts; use continual=stack (the default) with projection")
+        return ProjectionOnLora(self.settings)
+
     def resolved_source(self, ctx: Context, method=None) -> str:
         s = self.settings
         if s.source != "auto":
             return s.source
         if s.prompts:
             return "prompts"
-        if s.concepts or ctx.request.domain == "object" or s.nearest > 0 or s.context == "template":
+        if s.concepts or ctx.request.domain == "object" or s.nearest > 0 or s.context == "template" or is_flow(ctx.pipe):
             return "catalog"  # nearest= and context= are settings of the catalog's columns
         # the reference's style recipe needs the method's anchor prompts (ConAbl, SculpMem)
         return "anchors" if getattr(method, "anchor_prompts", None) else "catalog"
@@ -205,9 +223,24 @@ class Projection(Hook):
             retained = sorted((c for c in names if c not in earlier), key=lambda c: -sims[c])[: s.nearest]
             keep = [i for i, c in enumerate(names) if c in earlier or c in retained]
             names, embeddings = [names[i] for i in keep], [embeddings[i] for i in keep]
+        if len(text_segments(ctx.pipe)) > 1:  # SD3: a column for the concept's CLIP positions and one for its T5 positions
+            runs = [concept_embedding(ctx, c, concept_domain(ctx, c), s.context, per_run=True) for c in names]
+            names = [f"{c}@{kind}" for c in names for kind in ("clip", "t5")]
+            embeddings = [row for r in runs for row in r]
         return names, embeddings
 
+    def check_flow(self, ctx: Context, method=None) -> None:
+        """SD3 / FLUX: what the projection can keep fixed there (see the module docstring)."""
+        if "context_embedder.weight" not in ctx.params:
+            raise ValueError("projection on an SD3 or FLUX model keeps dW c = 0 on the transformer's text projection "
+                             "(context_embedder) only, the one weight whose input is the text states: use --param-group context")
+        if self.resolved_source(ctx, method) != "catalog" or self.settings.protect_start:
+            raise ValueError("projection on an SD3 or FLUX model takes its columns from the catalog (source=catalog, "
+                             "protect_start=false): anchors, prompts and the start token are located with CLIP's tokenizer")
+
     def setup(self, ctx: Context, method=None) -> None:
+        if is_transformer(ctx.unet):
+            self.check_flow(ctx, method)
         names, columns = self.auxiliary(ctx, method)
         if self.settings.protect_start:
             names, columns = [*names, "<start>"], [*columns, start_token_state(ctx)]
@@ -219,7 +252,8 @@ class Projection(Hook):
         width = C.shape[0]
         # only the key/value weights read text embeddings (input dim = embedding width)
         self.targets = [n for n, p in ctx.params.items()
-                        if ".attn2." in n and (n.endswith("to_k.weight") or n.endswith("to_v.weight")) and p.shape[1] == width]
+                        if (n == "context_embedder.weight" if is_transformer(ctx.unet)
+                            else ".attn2." in n and (n.endswith("to_k.weight") or n.endswith("to_v.weight"))) and p.shape[1] == width]
         self.P = P.to(ctx.device)
         ctx.log(f"projection ({self.settings.mode}, source {self.source}): {len(self.concepts)} columns, {len(self.targets)} tensors")
 
@@ -237,3 +271,19 @@ class Projection(Hook):
             for n in self.targets:
                 p = ctx.params[n]
                 p.copy_(before[n] + (p - before[n]) @ self.P)
+
+
+class ProjectionOnLora(Projection):
+    """Projection on A: A P keeps A c = 0 for every protected c, so dW c = s B A c = 0
+    whatever B does (lora.py). A starts projected; B is left free."""
+
+    def setup(self, ctx: Context, method=None) -> None:
+        super().setup(ctx, method)
+        width = self.C.shape[0]
+        self.targets = [a for m, a, _ in adapted_modules(ctx.params)
+                        if re.search(r"\.attn2\.to_[kv]$", m) and ctx.params[a].shape[1] == width]
+        with torch.no_grad():  # the adapter starts inside the complement
+            for n in self.targets:
+                ctx.params[n].copy_(ctx.params[n] @ self.P)
+                ctx.start[n] = ctx.params[n].detach().clone()
+        ctx.log(f"projection on LoRA A: {len(self.targets)} tensors")

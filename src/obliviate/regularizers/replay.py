@@ -13,8 +13,9 @@ request's domain plus every concept unlearned earlier, as the projection uses), 
 the model's prompt template with the catalog's partner concepts, or after the neutral
 prefix when there is no template. Distilling from the *request's start* (not the base
 model) keeps earlier unlearned concepts unlearned as well as retained ones retained.
-x_t comes from images the base model generated once for these prompts (cached, seeds
-20000+i, disjoint from the evaluation and probe seeds). The frozen teacher costs no memory:
+x_t comes from images the base model generated once for these prompts (cached; seeds
+`diffusion.image_seeds(20000, seed)`, which follow the request's seed unless `image_seed` is
+set, disjoint from the evaluation and probe seeds). The frozen teacher costs no memory:
 the same UNet is called with the starting tensors (torch.func.functional_call), as in ESD.
 
 Note for reading results: on MiniCanvas the default protected set is the catalog, so the
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import base_model_latents, noised, sampler_settings
+from ..diffusion import base_model_latents, image_seeds, noised, sampler_settings
 from ..model import predict
 from ..trainer import Context, Hook
 from .common import concept_domain, protected_concepts
@@ -42,6 +43,7 @@ class ReplaySettings:
     exclude: str | None = None  # '+'-separated concepts left out of the protected set (held-out checks)
     images_per_concept: int = 4
     batch_size: int = 8
+    image_seed: int | None = None  # seed of the replayed images; None = the request's seed
 
     def __post_init__(self):
         if self.weight < 0:
@@ -54,6 +56,7 @@ class Replay(Hook):
     name = "replay"
     order = 50
     Settings = ReplaySettings
+    quick_settings = {"images_per_concept": 1}
 
     def prompts(self, ctx: Context) -> list[str]:
         cat, n = ctx.catalog, self.settings.images_per_concept
@@ -76,7 +79,9 @@ class Replay(Hook):
         if not self.replay_prompts:
             raise ValueError("replay: every protected concept is excluded; nothing to replay")
         steps, guidance = sampler_settings(ctx, None, None)
-        seeds = [20_000 + i for i in range(len(self.replay_prompts))]
+        image_seed = ctx.request.seed if self.settings.image_seed is None else self.settings.image_seed
+        seeds = image_seeds(20_000, image_seed, len(self.replay_prompts))
+        self.seeds_used = {"first": seeds[0], "count": len(seeds)}
         self.latents = base_model_latents(ctx, self.replay_prompts, seeds, steps, guidance, purpose="replay")
         ctx.encode(self.replay_prompts)
         # its own generator: the method's draws stay exactly what they are without replay
@@ -94,6 +99,12 @@ class Replay(Hook):
                 teacher = predict(ctx.unet, x_t, t, emb, params=ctx.start)
             student = predict(ctx.unet, x_t, t, emb)
         return self.settings.weight * F.mse_loss(student.float(), teacher.float())
+
+    def report(self) -> dict:
+        return {"replay_image_seeds": self.seeds_used}
+
+    def for_lora(self, group: str) -> Hook:
+        return self  # it distils the model's outputs, whatever is trained
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}  # resume draws the same batches

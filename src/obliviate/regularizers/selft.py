@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..lora import ELEMENT_MASK
 from ..trainer import Context, Hook
 
 
@@ -30,6 +31,11 @@ class SelFT(Hook):
     order = 90  # after the projection: masked elements stay exactly unchanged
     Settings = SelFTSettings
     needs_update_transform = True
+    quick_settings = {"top_k": 0.2}
+
+    def for_lora(self, group: str) -> Hook:
+        raise ValueError(f"regularizer selft does not work with --param-group {group}: {ELEMENT_MASK}, and its "
+                         "|theta * g| score is 0 for all of B at its zero start; use --param-group kv-xattn with selft")
 
     def setup(self, ctx: Context, method=None) -> None:
         if method is None:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from ..lora import adapted_modules, parse_group
 from ..trainer import Context, Hook
 
 
@@ -29,6 +30,7 @@ class SPSettings:
 class _SP(Hook):
     Settings = SPSettings
     power = 1
+    quick_settings = {"weight": 1}
 
     def setup(self, ctx: Context, method=None) -> None:
         # one dict keyed by the UNet's own unique parameter names: no colliding references
@@ -41,6 +43,37 @@ class _SP(Hook):
             total = total + (diff.abs() if self.power == 1 else diff * diff).sum()
             count += p.numel()
         return self.settings.weight * total / count
+
+    def for_lora(self, group: str) -> Hook:
+        on_lora = type(f"{type(self).__name__}OnLora", (_OnLora, type(self)), {})  # _OnLora's setup and loss win
+        return on_lora(self.settings)
+
+
+class _OnLora:
+    """L1/L2-SP on the weight change s B A (plus earlier requests' change for
+    reference=pretrained), averaged over the adapted weight's elements, so a weight means the
+    same as with kv-xattn. A penalty on A and B themselves would punish A's random start."""
+
+    def setup(self, ctx: Context, method=None) -> None:
+        self.modules = adapted_modules(ctx.params)
+        self.scale = parse_group(ctx.request.param_group).scale
+        # diff = base_layer + s B A - reference; the adapter's start s B0 A0 is 0 for a stacked
+        # adapter and the previous request's for continual=keep
+        start = {m: self.scale * ctx.start[b] @ ctx.start[a] for m, a, b in self.modules}
+        self.offset = {m: -start[m] for m, _, _ in self.modules}
+        if self.settings.reference == "pretrained":
+            current = {m: ctx.unet.get_submodule(m).base_layer.weight.detach().clone() for m, _, _ in self.modules}
+            with ctx.restore_base():
+                for m, _, _ in self.modules:
+                    self.offset[m] = current[m] - ctx.unet.get_submodule(m).base_layer.weight.detach() - start[m]
+        self.count = sum(ctx.params[b].shape[0] * ctx.params[a].shape[1] for _, a, b in self.modules)
+
+    def loss(self, ctx: Context) -> torch.Tensor:
+        total = 0.0
+        for m, a, b in self.modules:
+            diff = self.scale * ctx.params[b] @ ctx.params[a] + self.offset[m]
+            total = total + (diff.abs() if self.power == 1 else diff * diff).sum()
+        return self.settings.weight * total / self.count
 
 
 class L1SP(_SP):
