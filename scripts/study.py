@@ -53,7 +53,6 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
