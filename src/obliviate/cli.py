@@ -199,10 +199,10 @@ EXECUTOR_FLAGS = ("workers", "cpus", "gpus", "retries", "partition", "time", "me
 
 def cmd_eval(args) -> int:
     from .continual import Run
-    from .delta import apply_delta, atomic_write_json
+    from .delta import atomic_write_json
     from .distributed import validate_device
     from .evaluate.evaluator import evaluate, load_protocol, make_plan, model_key
-    from .model import check_pipeline_dir, denoiser, load_pipeline, model_hash
+    from .model import check_pipeline_dir, load_pipeline, model_hash
     from .parsing import check_output_dir, parse_seeds
 
     validate_device(args.device)
@@ -211,17 +211,16 @@ def cmd_eval(args) -> int:
         check_pipeline_dir(args.model)
     unlearned = [c for c in (args.unlearned or "").split(",") if c]
     domain = args.domain
-    if args.run:
-        run = Run(args.run)
+    run = Run(args.run) if args.run else None
+    if run:
         run.check_base()  # deltas are only applied to the base model they were made on
         steps = run.verify_chain(args.step)
         unlearned = [m["request"]["concept"] for m in steps] + [a for m in steps for a in m["request"].get("also", [])]
         domain = domain or (steps[0]["request"]["domain"] if steps else None)
         model_dir = run.base_model
-        delta = run.cumulative_delta(args.step)
         key = model_key(run.info["base_hash"], *[m["delta_hash"] for m in steps])
     else:
-        model_dir, delta, key = args.model, None, None
+        model_dir, key = args.model, None
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
     from .distributed import current
@@ -239,12 +238,9 @@ def cmd_eval(args) -> int:
     partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
+    device = dist.device if dist is not None else args.device  # accelerate launch: each process its own
+    pipe = run.load(args.step, device=device) if run else load_pipeline(model_dir, device=device)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory")
-    pipe = load_pipeline(model_dir, device=dist.device if dist is not None else args.device)
-    if delta:
-        apply_delta(denoiser(pipe), delta)
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
     result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds, "partners": plan.partners})
@@ -385,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    from .plugins import load_plugins
+
+    try:  # before the parser: plugins' components appear in --help and are valid names
+        load_plugins()
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"obliviate: error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     from safetensors import SafetensorError

@@ -30,7 +30,7 @@ from .delta import apply_delta, atomic_directory, atomic_write_json, drift, file
 from .methods import get_method
 from . import distributed, lora
 from .model import (check_group_for_model, check_param_group, check_pipeline_dir, denoiser, load_pipeline, model_hash,
-                    pick_device, select_parameters)
+                    model_family, pick_device, select_parameters)
 from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
 from .trainer import Context, Hook, Request, parse_settings, train
@@ -51,7 +51,7 @@ def build_hooks(request: Request):
         if name in seen:
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
-        regs.append(cls(parse_settings(cls.Settings, settings, f"--reg {name}")))
+        regs.append(cls(parse_settings(cls.Settings, settings, f"regularizer {name}")))
     if method.closed_form and regs:
         raise ValueError(
             f"method {method.name!r} is closed form (one linear solve, no training loop), so the regularizer(s) "
@@ -67,6 +67,16 @@ def build_hooks(request: Request):
         except ValueError as err:
             raise ValueError(f"{err}; with LoRA use {', '.join(lora_ready_regularizers(group))}") from None
     return method, regs
+
+
+def check_for_model(model_dir, method, regs, group: str) -> None:
+    """Refuse, before any work, hooks or a parameter group the model cannot serve (each hook's `families`)."""
+    check_group_for_model(model_dir, group, method)
+    family = model_family(model_dir)
+    for hook in [method, *regs]:
+        if hook.families is not None and family not in hook.families:
+            raise ValueError(f"{hook.name!r} does not support {family.upper()} pipelines (it supports "
+                             f"{', '.join(f.upper() for f in hook.families)})")
 
 
 def lora_ready_regularizers(group: str) -> list[str]:
@@ -343,7 +353,7 @@ class Run:
     def _validate(self, request: Request, device, precision, choose) -> "_Job":
         """Every setting, the device, the concept and what a closed-form method needs, before any work."""
         method, regs = build_hooks(request)
-        check_group_for_model(self.base_model, request.param_group, method)
+        check_for_model(self.base_model, method, regs, request.param_group)
         dist = distributed.current()
         if dist is not None:
             dist.check(method, regs)
@@ -363,7 +373,7 @@ class Run:
         if method.closed_form:  # settings the model or the run cannot serve are refused before any work
             if choose is not None:
                 raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
-            method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
+            method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps], request.targets)
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
         return _Job(request=request, method=method, regs=regs, config=resolved_config(method, regs), dist=dist, device=device,

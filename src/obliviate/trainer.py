@@ -156,6 +156,7 @@ class Hook:
     # Capabilities, declared here and asked by the engine (never a table of names elsewhere):
     # None = supported; a string = not supported, and why (the refusal quotes it).
     not_multi_process: str | None = None  # splitting a request's batches across processes
+    families: tuple[str, ...] | None = None  # model families it works on (model.model_family); None: all
     # settings that make one request run in seconds on a tiny model (the engine's tests run every
     # registered method with every registered add-on with these; never defaults for real use)
     quick_settings: dict = {}
@@ -224,7 +225,7 @@ class Method(Hook):
                              f"adapter; use it with --param-group kv-xattn, or a training method with LoRA")
         return self
 
-    def check(self, tokenizer, earlier_requests: list[dict]) -> None:
+    def check(self, tokenizer, earlier_requests: list[dict], targets: list[str] = ()) -> None:
         """Closed-form methods: refuse what the model's tokenizer or the run cannot serve, before any work."""
 
     def solve(self, ctx: Context) -> dict[str, torch.Tensor]:

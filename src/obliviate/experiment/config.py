@@ -176,8 +176,11 @@ def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
     except ValueError as err:
         raise ValueError(f"{vw} ({variant.name}): param_group {variant.param_group!r} is not valid: {err}") from None
     # every method / regularizer name and setting is checked now, not after an hour of work
-    build_hooks(Request("x", domain if domain in ("style", "object") else "other", variant.method,
-                        variant.method_settings, variant.regularizers, param_group=variant.param_group))
+    try:
+        build_hooks(Request("x", domain if domain in ("style", "object") else "other", variant.method,
+                            variant.method_settings, variant.regularizers, param_group=variant.param_group))
+    except ValueError as err:
+        raise ValueError(f"{vw} ({variant.name}): {err}") from None
     if variant.sweep:  # every swept value is checked now too
         from .strength import with_value
 
@@ -193,8 +196,11 @@ def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
             w = with_value(variant, sweep["key"], value)
             if sweep["key"] == "merge.top_k" and not 0 < value <= 1:
                 raise ValueError(f"{vw} ({variant.name}): swept merge top_k {value!r} is out of range; valid: (0, 1]")
-            build_hooks(Request("x", domain if domain in ("style", "object") else "other", w.method,
-                                w.method_settings, w.regularizers, param_group=w.param_group))
+            try:
+                build_hooks(Request("x", domain if domain in ("style", "object") else "other", w.method,
+                                    w.method_settings, w.regularizers, param_group=w.param_group))
+            except ValueError as err:
+                raise ValueError(f"{vw} ({variant.name}): sweep value {value!r}: {err}") from None
     if variant.setting == "independent+merge":
         m = variant.merge.get("method", "ties")
         if m not in MERGE_METHODS:
@@ -321,14 +327,15 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
     check_pipeline_dir(exp.model)
     protocol.check_judge_inputs(exp.model, exp.style_classifier, exp.object_classifier)
     from ..attacks import check_model
-    from ..methods import get_method
-    from ..model import check_group_for_model
+    from ..continual import check_for_model
 
     for attack in exp.attacks:  # before the training, not after it
         check_model(attack["name"], exp.model)
     for variant in exp.variants:  # e.g. uce on SD3/FLUX needs param_group: context
+        method, regs = build_hooks(Request("x", "other", variant.method, variant.method_settings, variant.regularizers,
+                                           param_group=variant.param_group))
         try:
-            check_group_for_model(exp.model, variant.param_group, get_method(variant.method))
+            check_for_model(exp.model, method, regs, variant.param_group)
         except ValueError as err:
             raise ValueError(f"variant {variant.name!r}: {err}") from None
     return exp

@@ -326,10 +326,12 @@ class UCE(Method):
     Settings = UCESettings
     closed_form = True
 
-    def check(self, tokenizer, earlier_requests: list[dict]) -> None:
+    def check(self, tokenizer, earlier_requests: list[dict], targets: list[str] = ()) -> None:
         """Refuse what the model's tokenizer or the run cannot serve, before any work."""
         if self.settings.guide:
             check_words(tokenizer, self.settings.guide, "uce guide")
+        for concept in targets:
+            check_words(tokenizer, concept, "uce concept")
         self.earlier(earlier_requests)
 
     def earlier(self, earlier_requests: list[dict]) -> list[tuple[str, str, UCESettings]]:
@@ -362,9 +364,7 @@ class UCE(Method):
         return out
 
     def setup(self, ctx: Context, method=None) -> None:
-        self.check(ctx.pipe.tokenizer, ctx.earlier_requests)
-        for c in ctx.request.targets:
-            check_words(ctx.pipe.tokenizer, c, "uce concept")
+        self.check(ctx.pipe.tokenizer, ctx.earlier_requests, ctx.request.targets)
 
     def rows(self, ctx: Context):
         """(erase, guide, erase weights, preserve, erased set) of this request's solve."""

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..diffusion import base_model_latents, denoising_target, noised, reference_and_prediction, sampler_settings
-from ..model import Cond, is_flow, is_sdxl, predict
+from ..model import Cond, predict
 from ..protocols import family, other_family
 from ..trainer import Context, Hook
 
@@ -111,12 +111,10 @@ class Adversarial(Hook):
     Settings = AdversarialSettings
     quick_settings = {"every": 3, "attack_steps": 1, "images": 2, "batch_size": 2, "tokens": 1}
 
+    # it perturbs one CLIP encoder's token embeddings: SDXL has two, SD3 and FLUX read T5 states
+    families = ("sd",)
+
     def setup(self, ctx: Context, method=None) -> None:
-        if is_sdxl(ctx.pipe):
-            raise ValueError("adversarial does not support SDXL pipelines (two text encoders)")
-        if is_flow(ctx.pipe):
-            raise ValueError("adversarial does not support SD3 or FLUX pipelines (it perturbs one CLIP encoder's token "
-                             "embeddings; these models read T5 states)")
         s, cat = self.settings, ctx.catalog
         domain = family(ctx.request.domain)
         partners = cat.partners(domain)
