@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0 || $(BIN)/python -m pip install --quiet torch
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,slurm]"
 	# tests read CLIP's BPE vocabulary from this wheel (never import it); --no-deps: it would pull torchvision
 	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
@@ -34,11 +34,12 @@ test-fullsize: $(STAMP)
 # the speed measured on an idle 2-core machine (`python scripts/study.py --plan`; swept values that fall
 # under the UA bar stop early, so it is an upper bound), so it is meant
 # to be left running over several sessions. scripts/study.py runs the units not yet committed under
-# docs/results/study/ in decision order, two at a time with one torch thread each, resumes an
-# interrupted unit, and copies each finished unit's summary there (commit them); results.py then
-# rewrites only the second edition's section of docs/RESULTS.md, even after a failed unit.
+# docs/results/study/ in decision order, two at a time on an embedded Ray (one CPU and one torch
+# thread each; on a cluster see docs/SCALING.md), resumes an interrupted unit, and copies each
+# finished unit's summary there (commit them); results.py then rewrites only the second edition's
+# section of docs/RESULTS.md, even after a failed unit.
 study: $(STAMP)
-	$(BIN)/python scripts/study.py --jobs 2; status=$$?; $(BIN)/python scripts/results.py; exit $$status
+	$(BIN)/python scripts/study.py --executor ray --workers 2; status=$$?; $(BIN)/python scripts/results.py; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

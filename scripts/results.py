@@ -908,7 +908,7 @@ def cost2(plan_path: Path, units: dict, studies) -> list[str]:
                      f"reference-recipe ConAbl step, one thread, load average at measurement "
                      f"{', '.join(f'{x:.1f}' for x in b['measured_load_average'] or [])}): {len(p['units'])} units, "
                      f"**{p['total_seconds'] / 3600:.0f} CPU hours** in all, {p['left_seconds'] / 3600:.0f} of them not yet run, "
-                     f"about {p['wall_hours_at_jobs']:.0f} hours of wall time at `--jobs {p['jobs']}` at the speed measured. "
+                     f"about {p['wall_hours_at_jobs']:.0f} hours of wall time at {p['jobs']} unit(s) at once at the speed measured. "
                      "Caveats: " + "; ".join(p["caveats"]) + ".")
     else:
         lines.append(f"Estimated cost: {NOT_RUN} (`python scripts/study.py --measure`, then `--plan`).")

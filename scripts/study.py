@@ -35,9 +35,13 @@ experiment.json are copied to docs/results/study/UNIT/, to be committed. A unit 
 summary is there is skipped, so on a fresh clone `make study` only runs what is not committed
 yet. An interrupted unit resumes from runs/study/ (the runner's own files) when rerun. Units of
 one domain share one image and anchor cache (runs/study/_cache/DOMAIN), which is safe: every
-cached file is keyed by its content's inputs and written atomically.
+cached file is keyed by its content's inputs, written atomically, and generated under a lock.
 
-    python scripts/study.py [--jobs 2] [--only NAME,...]     # run what is not committed
+The units run through an executor (obliviate.experiment.executor; docs/SCALING.md): local, one
+after the other in this process (the default), or Ray / SLURM, each unit one task or job, in
+waves (`waves`: never two units of one directory, a seed-1 unit after its seed-0 unit).
+
+    python scripts/study.py [--executor ray --workers 2] [--only NAME,...]   # run what is not committed
     python scripts/study.py --plan                           # list every unit with its estimated time
     python scripts/study.py --measure             # measure the figures --plan uses (~5 min)
     python scripts/study.py --dry-run                        # what would run, what is skipped
@@ -49,8 +53,6 @@ import copy
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -239,53 +241,71 @@ def prepare(unit: Unit, runs: Path) -> Path:
 
 
 def command(unit: Unit, runs: Path) -> list[str]:
+    """The unit as an `obliviate` command line (its arguments after `obliviate`)."""
     exp = prepare(unit, runs)
-    return [sys.executable, "-m", "obliviate.cli", "--quiet", "run", str(exp), "--out", str(runs / unit.run_dir),
-            "--seed", str(unit.seed)]
+    return ["--quiet", "run", str(exp), "--out", str(runs / unit.run_dir), "--seed", str(unit.seed)]
 
 
-def run_study(items: list[Unit], runs: Path, results: Path, *, jobs: int = 2, launch=None, log=print,
-              poll_seconds: float = 5.0) -> dict:
-    """Run what is not committed, in order, `jobs` at a time (one torch thread each when > 1),
-    never two units in one directory at once; keep each finished summary.
-    `launch(cmd, env) -> Popen-like` (poll/wait) is replaceable (tests)."""
-    launch = launch or (lambda cmd, env: subprocess.Popen(cmd, env=env))
+def waves(pending: list[Unit]) -> list[list[Unit]]:
+    """`pending` in waves of units that can run at once, each wave in decision order: never two
+    units of one directory (an 8-request unit and the 12-request unit that grows it), never a
+    seed-1 unit with or before the seed-0 unit whose chosen strength it reads."""
+    out, pending = [], list(pending)
+    while pending:
+        names = {u.name for u in pending}
+        wave, busy = [], set()
+        for u in pending:
+            if u.run_dir not in busy and u.reference not in names:
+                wave.append(u)
+                busy.add(u.run_dir)
+            else:
+                busy.add(u.run_dir)  # a later unit of this directory waits for the earlier one
+        if not wave:  # cannot happen (a reference has no reference); refuse rather than loop
+            raise RuntimeError(f"units wait for each other: {sorted(names)}")
+        out.append(wave)
+        pending = [u for u in pending if u not in wave]
+    return out
+
+
+def run_study(items: list[Unit], runs: Path, results: Path, *, executor=None, log=print) -> dict:
+    """Run what is not committed through `executor` (obliviate.experiment.executor: local, one
+    unit after the other in this process, unless given; Ray or SLURM run a wave's units at
+    once), wave by wave (`waves`); after each wave keep the finished units' summaries, so the
+    next wave's seed-1 units read the strengths they run at. Schedules nothing itself."""
+    from obliviate.experiment.executor import Chain, Command, LocalExecutor
+
+    executor = executor or LocalExecutor()
     todo, skipped = plan(items, results)
     for u in skipped:
         log(f"[study] {u.name}: finished summary committed under {results / u.name}; skipped")
-    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if jobs > 1 else {})}
-    kept, failed, pending, running = [], [], list(todo), []
-    while pending or running:
-        while len(running) < jobs and pending:
-            busy = {u.run_dir for u, _ in running}
-            waiting = {u.name for u, _ in running} | {u.name for u in pending}  # a seed-1 unit waits for its seed 0
-            i = next((k for k, u in enumerate(pending) if u.run_dir not in busy and u.reference not in waiting), None)
-            if i is None:
-                break
-            u = pending.pop(i)
+    kept, failed = [], []
+    for i, wave in enumerate(waves(todo), start=1):
+        ready = []
+        for u in wave:
             fixed = at_reference_strength(u, results)
             if fixed is None:
                 failed.append(u.name)
                 log(f"[study] {u.name}: runs at the strength {u.reference} chose, and {results / u.reference}/summary.json "
                     f"is not there; run {u.reference} first")
                 continue
-            u = fixed
-            log(f"[study] {u.name}: started ({len(kept) + len(failed) + len(running) + 1} of {len(todo)})")
-            running.append((u, launch(command(u, runs), env)))
-        done = [(u, p, rc) for u, p in running for rc in [p.poll() if hasattr(p, "poll") else p.wait()] if rc is not None]
-        if not done:
-            time.sleep(poll_seconds)
+            ready.append(fixed)
+        if not ready:
             continue
-        for u, p, rc in done:
-            running.remove((u, p))
+        log(f"[study] wave {i}: {', '.join(u.name for u in ready)} on {executor.describe()}")
+        chains = [Chain(u.name, Command(command(u, runs)), runs / u.run_dir / f"unit-r{u.requests}.log") for u in ready]
+        broken = {f.chain.name: f for f in executor.run(chains, log=log)}
+        for u in ready:
             summary = runs / u.run_dir / "summary.json"
-            ok = rc == 0 and finished(summary) and json.loads(summary.read_text()).get("requests", u.requests) == u.requests
+            ok = u.name not in broken and finished(summary) and \
+                json.loads(summary.read_text()).get("requests", u.requests) == u.requests
             if ok:
                 kept.append(str(keep(runs / u.run_dir, results / u.name)))
                 log(f"[study] {u.name}: finished; commit {results / u.name}/")
             else:
                 failed.append(u.name)
-                log(f"[study] {u.name}: exit code {rc}; rerun to resume it")
+                why = broken[u.name].error if u.name in broken else "its summary is not a finished one of this length"
+                log(f"[study] {u.name}: {why}; log: {runs / u.run_dir / f'unit-r{u.requests}.log'}; rerun to resume it")
+    executor.close()
     return {"skipped": [u.name for u in skipped], "ran": [u.name for u in todo], "kept": kept, "failed": failed}
 
 
@@ -431,7 +451,7 @@ def plan_costs(items: list[Unit], cost: dict, facs: dict, results: Path, jobs: i
             "caveats": ["an upper bound: every swept value is counted for every request, but the equal-forgetting "
                         "policy stops a value after the first request whose probe UA is under the bar (early_stop), "
                         "which depends on results not known ahead",
-                        "one-process CPU seconds on the measuring machine; with --jobs 2 on 2 cores a unit runs at one "
+                        "one-process CPU seconds on the measuring machine; with 2 units at once on 2 cores a unit runs at one "
                         "thread, and any other load slows it", "regularizer factors come from bench-requests.json "
                         "(obliviate's recipe, 60 steps, 2 threads), applied to the measured reference-recipe step",
                         "a seed-1 unit is counted at the one value its seed-0 unit chose once that unit is committed, "
@@ -447,14 +467,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/study")
     ap.add_argument("--results", default="docs/results/study")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--executor", default="local", help="where units run: local (one after the other, this process), "
+                    "ray (a Ray on this machine), ray:ADDRESS, slurm, slurm:local (obliviate run --executor; "
+                    "docs/SCALING.md)")
+    ap.add_argument("--workers", type=int, help="ray without an address, slurm: units at once (--plan: the wall-time "
+                    "estimate's parallelism; default 1)")
+    ap.add_argument("--cpus", type=int, help="ray, slurm: CPUs per unit (one torch thread each; default 1)")
+    ap.add_argument("--gpus", type=float, help="ray, slurm: GPUs per unit")
+    ap.add_argument("--retries", type=int, help="ray, slurm: restarts of a unit whose worker died (default 2)")
+    ap.add_argument("--partition", help="slurm: partition")
+    ap.add_argument("--time", type=int, help="slurm: wall-time limit per unit, minutes")
     ap.add_argument("--only", help="comma-separated unit names (default: all of them)")
     ap.add_argument("--dry-run", action="store_true", help="say what would run and what is skipped")
     ap.add_argument("--plan", action="store_true", help=f"every unit with its estimated seconds (from {COST}); writes {PLAN}")
     ap.add_argument("--measure", action="store_true", help=f"measure the per-image and per-step figures into {COST}")
     args = ap.parse_args()
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     if args.measure:
         print(json.dumps(measure(ROOT / COST), indent=1))
         return
@@ -472,14 +499,14 @@ def main() -> None:
         if not cost_path.exists():
             raise SystemExit(f"{COST} is missing: run `python scripts/study.py --measure` first")
         out = plan_costs(items, json.loads(cost_path.read_text()), factors(ROOT / "docs/results/bench-requests.json"),
-                         results, args.jobs)
+                         results, args.workers or 1)
         for r in out["units"]:
             print(f"{r['unit']:45s} {r['seconds'] / 3600:6.2f} h  (train {r['train_seconds'] / 60:5.1f} min, "
                   f"{r['probe_evaluations']} probe x {r['images_per_probe']} + {r['reported_evaluations']} reported x "
                   f"{r['images_per_evaluation']} images){'  committed' if r['committed'] else ''}")
         print(f"anchors (shared cache): {out['anchor_seconds'] / 60:.1f} min")
         print(f"total {out['total_seconds'] / 3600:.1f} CPU hours; left {out['left_seconds'] / 3600:.1f}; "
-              f"about {out['wall_hours_at_jobs']:.1f} h of wall time at --jobs {args.jobs}, at the speed measured "
+              f"about {out['wall_hours_at_jobs']:.1f} h of wall time at {args.workers or 1} unit(s) at once, at the speed measured "
               f"(load average {', '.join(f'{x:.1f}' for x in out['basis']['measured_load_average'] or [])})")
         if not args.only:
             from obliviate.delta import atomic_write_json
@@ -490,7 +517,15 @@ def main() -> None:
         todo, skipped = plan(items, results)
         print(json.dumps({"run": [u.name for u in todo], "skip": [u.name for u in skipped]}))
         return
-    out = run_study(items, runs, results, jobs=args.jobs)
+    from obliviate.experiment.executor import make_executor
+
+    try:  # an unknown executor, a stray option, an unreachable cluster: refused before any work
+        executor = make_executor(args.executor, {k: getattr(args, k) for k in
+                                                 ("workers", "cpus", "gpus", "retries", "partition", "time")},
+                                 folder=args.runs)
+    except ValueError as err:
+        raise SystemExit(f"study.py: error: {err}") from None
+    out = run_study(items, runs, results, executor=executor)
     print(json.dumps(out))
     if out["failed"]:
         raise SystemExit(1)

@@ -54,13 +54,32 @@ def test_units_come_in_decision_order_and_every_one_parses():
     assert {"uce", "uce:previous", "ours:replay"} <= {u.variant for u in items}
 
 
-class FakeProc:
-    def __init__(self, rc, ticks=1):
-        self.rc, self.ticks = rc, ticks
+from obliviate.experiment.executor import Executor, Failure
 
-    def poll(self):
-        self.ticks -= 1
-        return self.rc if self.ticks <= 0 else None
+
+class FakeExecutor(Executor):
+    """Runs each chain's `obliviate` arguments through `on_unit(argv)` (which writes what the run
+    would, or raises), and records the waves it was given."""
+
+    name = "fake"
+
+    def __init__(self, on_unit):
+        super().__init__()
+        self.on_unit, self.waves = on_unit, []
+
+    def run(self, chains, log=print):
+        self.waves.append([c.name for c in chains])
+        failures = []
+        for c in chains:
+            try:
+                self.on_unit(c.work.argv)
+            except Exception as err:  # noqa: BLE001
+                failures.append(Failure(c, str(err)))
+        return failures
+
+
+def argument(argv, flag):
+    return argv[argv.index(flag) + 1]
 
 
 def test_committed_units_are_skipped_the_rest_run_never_two_in_one_directory(tmp_path):
@@ -72,41 +91,29 @@ def test_committed_units_are_skipped_the_rest_run_never_two_in_one_directory(tmp
     runs, results = tmp_path / "runs", tmp_path / "docs" / "results" / "study"
     write(results / "styles-r1-a-s0" / "summary.json", {"variants": {}, "wall_seconds": 10.0})  # finished: skipped
     write(results / "styles-r1-b-s0" / "summary.json", {"variants": {}})  # partial (no wall_seconds): runs again
-    active, overlaps, launched = set(), [], []
+    launched = []
 
-    class Proc(FakeProc):
-        def __init__(self, name, rd, rc, requests):
-            super().__init__(rc, ticks=2)
-            self.name, self.rd, self.requests = name, rd, requests
-
-        def poll(self):
-            rc = super().poll()
-            if rc is not None:
-                active.discard(self.rd)
-                if rc == 0:
-                    write(runs / self.rd / "summary.json", {"variants": {"a": {}}, "wall_seconds": 5.0, "requests": self.requests,
-                                                            "base_model": {"path": "/somewhere/on/this/machine/model"}})
-                    write(runs / self.rd / "experiment.json", {"model": "/somewhere/model", "seed": 0})
-            return rc
-
-    def launch(cmd, env):
-        exp = Path(cmd[cmd.index("run") + 1])
-        rd = Path(cmd[cmd.index("--out") + 1]).name
-        requests = int(exp.stem.split("-r")[1])
+    def unit(argv):
+        rd = Path(argument(argv, "--out")).name
+        requests = int(Path(argument(argv, "run")).stem.split("-r")[1])
         name = f"styles-r{requests}-{rd.split('-')[1]}-s0"
-        if rd in active:
-            overlaps.append(name)
-        active.add(rd)
-        launched.append((name, env.get("OMP_NUM_THREADS"), cmd[cmd.index("--seed") + 1]))
+        launched.append((name, argument(argv, "--seed")))
         assert (runs / rd / "cache").is_symlink()  # units of a domain share one cache
-        return Proc(name, rd, 1 if name == "styles-r2-b-s0" else 0, requests)
+        if name == "styles-r2-b-s0":
+            raise RuntimeError("exited with status 1")
+        write(runs / rd / "summary.json", {"variants": {"a": {}}, "wall_seconds": 5.0, "requests": requests,
+                                           "base_model": {"path": "/somewhere/on/this/machine/model"}})
+        write(runs / rd / "experiment.json", {"model": "/somewhere/model", "seed": 0})
 
     logs = []
-    out = study.run_study(items, runs, results, jobs=2, launch=launch, log=logs.append, poll_seconds=0)
+    executor = FakeExecutor(unit)
+    out = study.run_study(items, runs, results, executor=executor, log=logs.append)
     assert out["skipped"] == ["styles-r1-a-s0"] and out["failed"] == ["styles-r2-b-s0"]
     assert sorted(Path(k).name for k in out["kept"]) == ["styles-r1-b-s0", "styles-r2-a-s0"]
-    assert not overlaps and {n for n, *_ in launched} == {"styles-r1-b-s0", "styles-r2-a-s0", "styles-r2-b-s0"}
-    assert all(t == "1" and s == "0" for _, t, s in launched)  # one thread per parallel job; the unit's seed
+    # a wave never holds two units of one directory: r1-b and r2-a at once, then r2-b (b's directory)
+    assert executor.waves == [["styles-r1-b-s0", "styles-r2-a-s0"], ["styles-r2-b-s0"]]
+    assert {n for n, _ in launched} == {"styles-r1-b-s0", "styles-r2-a-s0", "styles-r2-b-s0"}
+    assert all(s == "0" for _, s in launched)  # the unit's seed
     kept = (results / "styles-r2-a-s0" / "summary.json").read_text()
     assert json.loads(kept)["base_model"]["path"] == "model" and "/somewhere" not in kept and "\n " not in kept
     assert json.loads((results / "styles-r2-a-s0" / "experiment.json").read_text())["model"] == "model"
@@ -114,6 +121,7 @@ def test_committed_units_are_skipped_the_rest_run_never_two_in_one_directory(tmp
     assert "requests: 2" in derived and "name: a" in derived
     assert [u.name for u in study.plan(items, results)[0]] == ["styles-r2-b-s0"]  # next time only the failure
     assert any("skipped" in line for line in logs)
+    assert any("styles-r2-b-s0: exited with status 1; log: " in line for line in logs)
 
 
 def test_a_summary_of_the_wrong_length_is_not_kept(tmp_path):
@@ -123,8 +131,7 @@ def test_a_summary_of_the_wrong_length_is_not_kept(tmp_path):
     items = study.units({"styles": str(tmp_path / "s.yaml")}, phases=[("styles", 1, 0)])
     runs, results = tmp_path / "runs", tmp_path / "results"
     write(runs / "styles-a-s0" / "summary.json", {"variants": {}, "wall_seconds": 1.0, "requests": 2})
-    out = study.run_study(items, runs, results, jobs=1, launch=lambda cmd, env: FakeProc(0), log=lambda m: None,
-                          poll_seconds=0)
+    out = study.run_study(items, runs, results, executor=FakeExecutor(lambda argv: None), log=lambda m: None)
     assert out["failed"] == ["styles-r1-a-s0"] and not out["kept"]
 
 
@@ -210,23 +217,24 @@ def test_seed_1_runs_at_the_strength_seed_0_chose_and_waits_for_it(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     order = []
 
-    def launch(cmd, env):
-        rd = Path(cmd[cmd.index("--out") + 1]).name
-        exp = yaml.safe_load(Path(cmd[cmd.index("run") + 1]).read_text())
+    def unit(argv):
+        rd = Path(argument(argv, "--out")).name
+        exp = yaml.safe_load(Path(argument(argv, "run")).read_text())
         order.append((rd, exp["variants"][0].get("sweep", {}).get("values")))
         if rd == "styles-a-s1":  # started only after its seed-0 unit finished and was kept
             assert (results / "styles-r2-a-s0" / "summary.json").exists()
         chosen = {"variants": {"a": {"strength": {"chosen": 20}}}} if rd == "styles-a-s0" else {"variants": {}}
         write(runs / rd / "summary.json", {**chosen, "wall_seconds": 1.0, "requests": 2, "base_model": {}})
-        return FakeProc(0, ticks=2)
 
-    out = study.run_study(items, runs, results, jobs=2, launch=launch, log=lambda m: None, poll_seconds=0)
+    executor = FakeExecutor(unit)
+    out = study.run_study(items, runs, results, executor=executor, log=lambda m: None)
     assert not out["failed"] and len(out["kept"]) == 4
     assert order.index(("styles-a-s1", [20])) > order.index(("styles-a-s0", [10, 20, 40]))
+    assert executor.waves == [["styles-r2-a-s0", "styles-r2-b-s0", "styles-r2-b-s1"], ["styles-r2-a-s1"]]
     # without its seed-0 summary a seed-1 unit is refused by name, before any work
     alone = [u for u in items if u.name == "styles-r2-a-s1"]
     logs = []
-    out = study.run_study(alone, runs, tmp_path / "empty", jobs=1, launch=launch, log=logs.append, poll_seconds=0)
+    out = study.run_study(alone, runs, tmp_path / "empty", executor=FakeExecutor(unit), log=logs.append)
     assert out["failed"] == ["styles-r2-a-s1"] and any("run styles-r2-a-s0 first" in m for m in logs)
     assert study.at_reference_strength(alone[0], results).config["variants"][0]["sweep"]["values"] == [20]
 

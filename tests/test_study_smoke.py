@@ -1,5 +1,5 @@
 """The whole second-edition study path, end to end, on the random-weight MiniCanvas model with a
-tiny study: scripts/study.py runs every unit as `obliviate run` subprocesses (sweep on the probe
+tiny study: scripts/study.py runs every unit as an `obliviate run` through the local executor (sweep on the probe
 seed, equal-forgetting choice, reported evaluation), keeps each finished summary, skips it next
 time, grows the 1-request unit to 2 requests in the same directory, and scripts/results.py
 writes the section from the kept summaries. Random weights: the numbers mean nothing, the
@@ -44,7 +44,7 @@ def test_study_units_run_resume_skip_and_report(random_model, tmp_path):
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + env_path if env_path else "")
     try:
-        out = study.run_study(items, runs, kept, jobs=1, log=logs.append, poll_seconds=0.2)
+        out = study.run_study(items, runs, kept, log=logs.append)  # the local executor: in this process
     finally:
         os.environ["PYTHONPATH"] = env_path
     assert out["failed"] == [], logs
@@ -60,7 +60,7 @@ def test_study_units_run_resume_skip_and_report(random_model, tmp_path):
     assert sorted(p.name for p in sweep.iterdir()) == ["1", "2"]
     assert all(len(list((d / "run" / "steps").iterdir())) == 2 for d in sweep.iterdir())
     # everything committed: nothing runs again
-    again = study.run_study(items, runs, kept, jobs=1, log=lambda m: None, poll_seconds=0.2)
+    again = study.run_study(items, runs, kept, log=lambda m: None)
     assert again["ran"] == [] and sorted(again["skipped"]) == sorted(u.name for u in items)
     # the report reads the kept summaries: real intervals for the variants run, "not yet run" elsewhere
     text = "\n".join(results.study2_section([runs, kept], configs, tmp_path / "docs" / "results",

@@ -170,16 +170,31 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     from .distributed import validate_device
     from .experiment import Runner, apply_overrides, load_experiment, short_table
+    from .experiment.executor import ChainsFailed, make_executor
 
     validate_device(args.device)
     exp = apply_overrides(load_experiment(args.file), args)
     if args.seed is not None:
         exp.seed = args.seed
-    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
-                     gradient_checkpointing=args.gradient_checkpointing).run()
+    executor = make_executor(args.executor, {k: getattr(args, k) for k in EXECUTOR_FLAGS}, exp.raw.get("executor"),
+                             folder=args.out)  # an unknown name, a stray option, an unreachable cluster: refused now
+    if not executor.in_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"--executor {args.executor} starts its own workers; under accelerate launch leave it out "
+                         "(each evaluation is then split across the launched processes)")
+    try:
+        summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
+                         gradient_checkpointing=args.gradient_checkpointing).run(executor)
+    except ChainsFailed as err:  # the other chains finished; a rerun resumes the failed ones
+        print(f"obliviate: error: {err}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 0  # accelerate launch: the main process reports
     print(short_table(summary))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
+
+
+EXECUTOR_FLAGS = ("workers", "cpus", "gpus", "retries", "partition", "time", "mem_gb")
 
 
 def cmd_eval(args) -> int:
@@ -208,19 +223,29 @@ def cmd_eval(args) -> int:
         model_dir, key = args.model, None
     if not model_dir:
         raise ValueError("obliviate eval needs --model DIR or --run RUN")
+    from .distributed import current
+
+    dist = current()  # accelerate launch: the images are split across the processes (evaluator.judged)
+    if dist is not None and args.device is not None:
+        raise ValueError(f"--device {args.device} conflicts with accelerate launch, which gives each process its "
+                         "device; leave --device out")
     protocol = load_protocol(args.protocol, model_dir, style_classifier=args.style_classifier,
-                             object_classifier=args.object_classifier, device=args.device or "cpu")
+                             object_classifier=args.object_classifier,
+                             device=str(dist.device) if dist is not None else args.device or "cpu")
     domain = domain or "style"
     sequence = list(dict.fromkeys(unlearned)) if args.run or unlearned else None
     seeds = parse_seeds(args.seeds)
     partners = [p.strip() for p in args.partners.split(",") if p.strip()] if args.partners else None
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
-    pipe = run.load(args.step, device=args.device) if run else load_pipeline(model_dir, device=args.device)
+    device = dist.device if dist is not None else args.device  # accelerate launch: each process its own
+    pipe = run.load(args.step, device=device) if run else load_pipeline(model_dir, device=device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, protocol, plan, unlearned, key=key, cache_dir=out / "images")
     result.update({"domain": domain, "unlearned": unlearned, "seeds": plan.seeds, "partners": plan.partners})
+    if dist is not None and not dist.is_main:  # every process holds the gathered result; the main one writes it
+        return 0
     atomic_write_json(out / "metrics.json", result)
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     print(f"UA {fmt(result['UA'])}  RA-I {fmt(result['RA_I'])}  RA-C {fmt(result['RA_C'])}  -> {out / 'metrics.json'}")
@@ -329,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     rn.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="training autocast dtype")
     rn.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward")
+    rn.add_argument("--executor", metavar="NAME", help="where the variants and swept values run: local (default: this "
+                    "process), ray (a Ray on this machine), ray:ADDRESS (a Ray cluster; or set RAY_ADDRESS), slurm "
+                    "(SLURM jobs through submitit), slurm:local (the jobs as local processes); see docs/SCALING.md")
+    rn.add_argument("--workers", type=int, help="ray without an address, slurm: chains running at once")
+    rn.add_argument("--cpus", type=int, help="ray, slurm: CPUs per chain (one torch thread each; default 1)")
+    rn.add_argument("--gpus", type=float, help="ray, slurm: GPUs per chain (default 0)")
+    rn.add_argument("--retries", type=int, help="ray, slurm: restarts of a chain whose worker died (default 2)")
+    rn.add_argument("--partition", help="slurm: the partition to submit to")
+    rn.add_argument("--time", type=int, help="slurm: wall-time limit of each job, in minutes")
+    rn.add_argument("--mem-gb", type=float, dest="mem_gb", help="slurm: memory per job, in GB")
     rn.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")

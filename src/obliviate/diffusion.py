@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .delta import load_verified_tensor, save_verified_tensor
+from .locking import filling
 from .model import denoiser, is_flow, is_flux, pipeline_call_kwargs, predict
 
 if TYPE_CHECKING:  # annotations only: this module sits below the trainer
@@ -220,6 +221,14 @@ def base_model_latents(ctx: Context, prompts: list[str], seeds: list[int], steps
     cached = load_verified_tensor(path)  # None when missing or damaged: a damaged copy is regenerated
     if cached is not None:
         return cached.to(ctx.device)
+    with filling(path):  # another worker may be generating it: wait, then read its copy
+        cached = load_verified_tensor(path)
+        if cached is not None:
+            return cached.to(ctx.device)
+        return _generate_latents(ctx, path, prompts, seeds, steps, guidance, purpose, scheduler)
+
+
+def _generate_latents(ctx: Context, path, prompts, seeds, steps, guidance, purpose, scheduler) -> torch.Tensor:
     if path.exists():
         ctx.log(f"{path} is damaged or has no checksum; regenerating it")
     ctx.log(f"generating {len(prompts)} {purpose} images with the base model (cached for later requests)")
@@ -246,6 +255,14 @@ def base_model_images(ctx: Context, prompts: list[str], seeds: list[int], steps:
     cached = load_verified_tensor(path)  # None when missing or damaged: decoded again
     if cached is not None:
         return cached
+    with filling(path):  # another worker may be decoding it: wait, then read its copy
+        cached = load_verified_tensor(path)
+        if cached is not None:
+            return cached
+        return _decode_images(ctx, path, latents)
+
+
+def _decode_images(ctx: Context, path, latents: torch.Tensor) -> torch.Tensor:
     vae = ctx.pipe.vae
     out = []
     for i in range(0, len(latents), 16):

@@ -21,6 +21,13 @@ unchanged. Setup (anchor images, SelFT scores) runs on the main process first, w
 the caches, then on the others, which read them. Only the main process writes checkpoints
 and the step; the others wait for it and return the same step.
 
+Evaluation (`obliviate eval`, and every evaluation of `obliviate run`) is split the other way:
+each process generates and judges a contiguous share of the images (an image depends only on
+its prompt and seed), and the labels are gathered on every process (evaluate/evaluator.judged),
+so the metrics are exactly one process's; the main process writes them.
+
+    accelerate launch --multi_gpu --num_processes 4 -m obliviate.cli eval --run R --out E
+
 EraseDiff is refused: its first-order bi-level step combines the whole batch's forget and
 remain gradients nonlinearly (a dot product), which averaging per-process results does not
 reproduce.

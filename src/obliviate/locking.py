@@ -47,3 +47,32 @@ def exclusive(directory: str | Path, what: str):
             _HELD.discard(key)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def filling(path: str | Path):
+    """Wait for, then hold, the lock of one cache file while it is read or generated.
+
+    Several workers of one experiment (Ray tasks, SLURM jobs, `accelerate launch` processes)
+    fill one shared cache: the first to need a file generates it, and the others, instead of
+    generating the same file again in parallel, wait here and then read it. The file itself
+    is still written to a temporary name and renamed (delta.atomic_write), so a reader that
+    takes no lock never sees half of it. The lock is `.NAME.lock` next to the file (an flock:
+    the kernel releases it when its holder dies, so a killed worker never blocks the rest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    key = str(lock.resolve())
+    if fcntl is None or key in _HELD:  # a second flock of this process on the file would wait for itself
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: the holder is generating what we need
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)

@@ -63,14 +63,45 @@ def model_key(*parts) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
 
 
+def judged(pipe, protocol: Protocol, plan: EvalPlan, cells, *, key, cache_dir, progress=None) -> dict[str, list[str]]:
+    """The judge's labels of every cell's image: {"style": [...], "object": [...]}.
+
+    Under `accelerate launch` (distributed.py) the cells are split across the processes
+    (accelerate's split_between_processes: contiguous shares), each generates and judges its
+    own share (an image depends only on its prompt and its seed, never on the other images),
+    and the labels are gathered in grid order on every process: the metrics are computed from
+    exactly the labels of one process."""
+    from ..distributed import current
+
+    dist = current()
+    if dist is None:
+        return _judge(pipe, protocol, plan, cells, key=key, cache_dir=cache_dir, progress=progress)
+    from accelerate.utils import gather_object
+
+    with dist.state.split_between_processes(list(range(len(cells)))) as mine:
+        mine = list(mine)
+    local = _judge(pipe, protocol, plan, [cells[i] for i in mine], key=key, cache_dir=cache_dir, progress=progress)
+    labelled = sorted(gather_object([(i, s, o) for i, s, o in zip(mine, local["style"], local["object"])]))
+    if [i for i, _, _ in labelled] != list(range(len(cells))):
+        raise RuntimeError(f"sharded evaluation gathered {len(labelled)} labels for {len(cells)} images")
+    return {"style": [s for _, s, _ in labelled], "object": [o for _, _, o in labelled]}
+
+
+def _judge(pipe, protocol: Protocol, plan: EvalPlan, cells, *, key, cache_dir, progress=None) -> dict[str, list[str]]:
+    if not cells:  # more processes than images
+        return {"style": [], "object": []}
+    images = generate(pipe, [protocol.prompt(s, o) for s, o, _ in cells], [k for _, _, k in cells], plan.sampler,
+                      cache_dir=cache_dir, model_key=key, progress=progress)
+    pred = protocol.judge.predict(np.stack(images))
+    return {"style": list(pred["style"]), "object": list(pred["object"])}
+
+
 def evaluate(pipe, protocol: Protocol, plan: EvalPlan, unlearned: list[str], *, key: str, cache_dir: Path | None,
              progress=None) -> dict:
     """Metrics of one model; images cached under cache_dir keyed by `key`."""
     t0 = time.time()
     cells = plan.grid()
-    images = generate(pipe, [protocol.prompt(s, o) for s, o, _ in cells], [k for _, _, k in cells], plan.sampler,
-                      cache_dir=cache_dir, model_key=key, progress=progress)
-    pred = protocol.judge.predict(np.stack(images))
+    pred = judged(pipe, protocol, plan, cells, key=key, cache_dir=cache_dir, progress=progress)
     records = [Record(s, o, k, ps, po) for (s, o, k), ps, po in zip(cells, pred["style"], pred["object"])]
     retained = [c for c in plan.retained if c not in unlearned]
     result = compute_metrics(records, domain=plan.domain, unlearned=list(unlearned), retained=retained,

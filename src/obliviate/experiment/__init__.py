@@ -4,6 +4,8 @@
     settings.py  sequential / simultaneous / independent+merge: named policies for which model
                  a request starts from, and the probe score they choose by
     runner.py    Runner: models, cached evaluations, table rows, summary, report, image grid
+    executor.py  where independent chains run: local, ray, slurm (docs/SCALING.md)
+    chains.py    an experiment as chains (variants, swept values) for an executor
 
 The commands `obliviate run / eval / demo` live in cli.py.
 """

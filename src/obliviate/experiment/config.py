@@ -67,7 +67,7 @@ class Experiment:
 
 
 EXPERIMENT_KEYS = {"name", "model", "protocol", "domain", "sequence", "retained", "partners", "eval", "variants", "seed",
-                   "grid", "classifiers", "attacks", "defaults", "strength", "requests"}
+                   "grid", "classifiers", "attacks", "defaults", "strength", "requests", "executor"}
 VARIANT_KEYS = {"name", "setting", "method", "method_settings", "regularizers", "early_stopping", "merge", "param_group",
                 "sweep"}
 
@@ -112,7 +112,7 @@ _TYPES = {
 _EXPERIMENT_TYPES = {"name": "str", "model": "str", "protocol": "str", "domain": "str", "sequence": "list[str]",
                      "retained": "list[str]", "partners": "list[str]|all", "eval": "mapping", "variants": "list", "seed": "int",
                      "grid": "mapping", "classifiers": "mapping", "attacks": "list", "defaults": "mapping",
-                     "strength": "mapping", "requests": "int"}
+                     "strength": "mapping", "requests": "int", "executor": "mapping"}
 _EVAL_TYPES = {"seeds": "list[int]", "probe_seeds": "list[int]", "sampler": "str|mapping"}
 _GRID_TYPES = {"variant": "str", "prompts": "int"}
 _CLASSIFIER_TYPES = {"style": "str", "object": "str", "arch": "mapping"}  # arch: ViT shape overrides (tests: tiny judges)
@@ -283,6 +283,9 @@ def load_experiment(path_or_dict) -> Experiment:
     from ..attacks.runner import parse_attacks_section
 
     exp.attacks = parse_attacks_section(raw.get("attacks"), where)
+    from .executor import check_block
+
+    check_block(raw.get("executor"), where)  # where the chains run (executor.py): checked now, used by `run`
     from .strength import parse_policy
 
     exp.strength = parse_policy(raw.get("strength"), f"{where}: strength")

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from ..continual import Run, build_hooks, resolved_config, slug
 from ..delta import atomic_write_json, with_delta
+from ..distributed import current as current_processes
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from ..evaluate.power import protocol_neighbours
-from ..locking import exclusive
+from ..locking import exclusive, filling
 from ..model import denoiser, load_pipeline, model_hash
 from ..protocols import catalog_for_model
 from ..trainer import Request
@@ -35,6 +36,7 @@ class Runner:
         self.catalog = {} if catalog_for_model(exp.model) is not None else {"catalog": exp.protocol}
         self.device, self.train_options = device, {"device": device, "precision": precision,
                                                    "gradient_checkpointing": gradient_checkpointing}
+        self.options = dict(self.train_options)  # what a chain's Runner in another process is built with
         self.protocol = load_protocol(exp.protocol, exp.model, style_classifier=exp.style_classifier,
                                       object_classifier=exp.object_classifier, **judge_options(exp, device))
         self.plan = make_plan(self.protocol, exp.domain, exp.sequence, exp.retained,
@@ -79,9 +81,17 @@ class Runner:
     def pipe_with(self, delta: dict[str, torch.Tensor] | None):
         """The base pipeline with `delta` applied inside the block; base weights after."""
         if self._base_pipe is None:
-            self._base_pipe = load_pipeline(self.exp.model, device=self.device)
+            dist = current_processes()  # accelerate launch: each process on its own device
+            self._base_pipe = load_pipeline(self.exp.model, device=dist.device if dist is not None else self.device)
         with with_delta(denoiser(self._base_pipe), delta):
             yield self._base_pipe
+
+    def open_run(self, path: Path) -> Run:
+        """The run ledger at `path`, created on first use (under accelerate launch by the main
+        process first: another arriving mid-creation would find a directory without run.json)."""
+        dist = current_processes()
+        with dist.main_first() if dist is not None else contextlib.nullcontext():
+            return Run.open_or_create(path, self.exp.model, **self.catalog)
 
     def evaluation_key(self, key: str, unlearned, plan: EvalPlan) -> str:
         """Everything an evaluation's numbers depend on: the model (`key`: base and delta
@@ -100,19 +110,25 @@ class Runner:
         if self._probing and path.parent.name == "eval":
             path = path.parent.with_name("probe-eval") / path.name
         cache_key = self.evaluation_key(key, unlearned, plan)
-        if path.exists():
-            try:
-                cached = json.loads(path.read_text())
-            except ValueError:
-                cached = {}
-            if cached.get("cache_key") == cache_key:
+        cached = read_cached(path, cache_key)
+        if cached is not None:
+            return cached
+        dist = current_processes()
+        # chains running at once share evaluations (the base model's): one computes, the others wait and read it.
+        # The processes of one `accelerate launch` compute each evaluation together instead (evaluator.judged)
+        with filling(path) if dist is None else contextlib.nullcontext():
+            cached = read_cached(path, cache_key)
+            if cached is not None:
                 return cached
-        bar = tqdm(total=len(plan.grid()), desc=f"eval {path.parent.name}/{path.stem}", disable=self.quiet, leave=False)
-        with self.pipe_with(delta) as pipe:
-            result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
-        bar.close()
-        result.update(model_key=key, cache_key=cache_key, seeds=list(plan.seeds), partners=list(plan.partners))
-        atomic_write_json(path, result)
+            bar = tqdm(total=len(plan.grid()), desc=f"eval {path.parent.name}/{path.stem}", disable=self.quiet, leave=False)
+            with self.pipe_with(delta) as pipe:
+                result = evaluate(pipe, self.protocol, plan, unlearned, key=key, cache_dir=self.cache, progress=bar.update)
+            bar.close()
+            result.update(model_key=key, cache_key=cache_key, seeds=list(plan.seeds), partners=list(plan.partners))
+            if dist is None or dist.is_main:
+                atomic_write_json(path, result)
+            if dist is not None:  # written before anyone looks again: every process then finds it cached alike
+                dist.barrier()
         return result
 
     def request(self, variant: Variant, concept: str, also: list[str] | None = None, steps_scale: int = 1) -> Request:
@@ -138,11 +154,20 @@ class Runner:
                 "per_concept_accuracy": res["per_concept_accuracy"], **power_fields(res), **extra}
 
     # ------------------------------------------------------------ the whole experiment
-    def run(self) -> dict:
+    def run(self, executor=None) -> dict:
+        """Every variant, then summary.json and the report. With an executor other than local
+        (executor.py), the experiment's chains run there first (chains.py) and this process
+        then only reads their files back."""
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
-        with exclusive(self.out, "experiment output directory"):  # one `obliviate run` per output directory
+        dist = current_processes()  # accelerate launch: the main process holds the directory for all of them
+        with exclusive(self.out, "experiment output directory") if dist is None or dist.is_main else contextlib.nullcontext():
+            if executor is not None and not executor.in_process:
+                from .chains import run_chains
+
+                atomic_write_json(self.out / "experiment.json", {**self.exp.raw, "seed": self.exp.seed})
+                run_chains(self.exp, self.out, self.options, executor, log=self.log)
             return self._run()
 
     def _run(self) -> dict:
@@ -160,30 +185,38 @@ class Runner:
         t0 = time.time()
         for i, variant in enumerate(self.exp.variants, start=1):
             self.log(f"variant {i}/{len(self.exp.variants)}: {variant.name} ({variant.setting})")
-            vdir = self.out / "variants" / slug(variant.name)
-            choice = None
-            if variant.sweep:  # strength chosen on the probe seeds (strength.py); the sweep's training is reused
-                from .strength import choose_strength
-
-                variant, vdir, choice = choose_strength(self, variant, vdir)
-            self._vdirs[variant.name] = vdir
-            rows = SETTINGS[variant.setting](self, variant, vdir)
-            summary["variants"][variant.name] = {
-                "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
-                # every setting as run, defaults included, for the report
-                "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
-                "param_group": variant.param_group, "early_stopping": variant.early_stopping,
-                **({"merge": variant.merge} if variant.setting == "independent+merge" else {}),
-                **({"strength": choice} if choice else {}), "steps": rows}
-            if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
-                from ..attacks.runner import attack_variant
-
-                summary["variants"][variant.name]["attacks"] = attack_variant(self, variant, vdir, rows)
+            summary["variants"][variant.name] = self.run_variant(variant)
             atomic_write_json(self.out / "summary.json", summary)  # partial summaries are useful too
         summary["wall_seconds"] = time.time() - t0
         atomic_write_json(self.out / "summary.json", summary)
-        self.write_report(summary)
+        dist = current_processes()
+        if dist is None or dist.is_main:
+            self.write_report(summary)
         return summary
+
+    def run_variant(self, variant: Variant) -> dict:
+        """One variant end to end (its sweep, its steps, its attacks): its entry of summary.json.
+        Everything it computes is kept in files, so a second call only reads them back."""
+        vdir = self.out / "variants" / slug(variant.name)
+        choice = None
+        if variant.sweep:  # strength chosen on the probe seeds (strength.py); the sweep's training is reused
+            from .strength import choose_strength
+
+            variant, vdir, choice = choose_strength(self, variant, vdir)
+        self._vdirs[variant.name] = vdir
+        rows = SETTINGS[variant.setting](self, variant, vdir)
+        entry = {
+            "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
+            # every setting as run, defaults included, for the report
+            "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
+            "param_group": variant.param_group, "early_stopping": variant.early_stopping,
+            **({"merge": variant.merge} if variant.setting == "independent+merge" else {}),
+            **({"strength": choice} if choice else {}), "steps": rows}
+        if self.exp.attacks:  # attacks on the erased concepts (attacks/runner.py)
+            from ..attacks.runner import attack_variant
+
+            entry["attacks"] = attack_variant(self, variant, vdir, rows)
+        return entry
 
     def image_grid(self) -> dict | None:
         """Fixed prompts (rows) across steps (columns) for one variant, from the eval cache."""
@@ -216,6 +249,17 @@ class Runner:
         from ..report import write_report
 
         return write_report(self.out, summary, image_grid=self.image_grid(), title=f"obliviate: {self.exp.name}")
+
+
+def read_cached(path: Path, cache_key: str) -> dict | None:
+    """A finished evaluation whose key matches, or None (missing, unreadable or stale)."""
+    if not path.exists():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return cached if isinstance(cached, dict) and cached.get("cache_key") == cache_key else None
 
 
 def resolve_partners(protocol, domain: str, partners):

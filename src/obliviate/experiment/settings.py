@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..continual import Run, slug
+from ..continual import slug
 from ..delta import drift, tensors_hash
 from ..evaluate.evaluator import model_key
 from ..merge import merge_task_vectors
@@ -43,7 +43,7 @@ def probe_score(res: dict) -> float:
 
 @setting("sequential")
 def sequential(runner, variant, vdir: Path) -> list[dict]:
-    run = Run.open_or_create(vdir / "run", runner.exp.model, **runner.catalog)
+    run = runner.open_run(vdir / "run")
     rows = [runner.step0()]
     for t, concept in enumerate(runner.exp.requested, start=1):
         meta = run.unlearn(runner.request(variant, concept), quiet=runner.quiet, cache_dir=runner.anchors, **runner.train_options)
@@ -61,7 +61,7 @@ def sequential(runner, variant, vdir: Path) -> list[dict]:
 def simultaneous(runner, variant, vdir: Path) -> list[dict]:
     rows = [runner.step0()]
     for t, concept in enumerate(runner.exp.requested, start=1):
-        run = Run.open_or_create(vdir / f"retrain{t:03d}", runner.exp.model, **runner.catalog)
+        run = runner.open_run(vdir / f"retrain{t:03d}")
         req = runner.request(variant, concept, also=runner.exp.sequence[: t - 1], steps_scale=t)
         chooser = early_stop_chooser(runner, vdir, t) if variant.early_stopping else None
         meta = run.unlearn(req, quiet=runner.quiet, choose=chooser, cache_dir=runner.anchors, **runner.train_options)
@@ -101,7 +101,7 @@ def independent_merge(runner, variant, vdir: Path) -> list[dict]:
     lams = lams if isinstance(lams, list) else [lams]
     tops = tops if isinstance(tops, list) else [tops]
     for t, concept in enumerate(runner.exp.requested, start=1):
-        run = Run.open_or_create(vdir / "independent" / slug(concept), runner.exp.model, **runner.catalog)
+        run = runner.open_run(vdir / "independent" / slug(concept))
         meta = run.unlearn(runner.request(variant, concept), quiet=runner.quiet, cache_dir=runner.anchors, **runner.train_options)
         taus.append(run.cumulative_delta(1))
         hashes.append(meta["delta_hash"])

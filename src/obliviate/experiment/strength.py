@@ -143,6 +143,17 @@ def with_value(variant, key: str, value):
     return v
 
 
+def sweep_value(runner, variant, vdir: Path, value) -> list[dict]:
+    """The variant at one swept value, on the probe plan, in `vdir/sweep/VALUE` (its rows; row 0
+    is the base model). The values of a sweep are independent of one another: an executor
+    (executor.py) runs them at the same time, and `choose_strength` then reads them back."""
+    policy = runner.exp.strength
+    stop_below = policy["ua_min"] if policy.get("early_stop") else None
+    v = with_value(variant, variant.sweep["key"], value)
+    with runner.probing(stop_below=stop_below):
+        return SETTINGS[v.setting](runner, v, vdir / "sweep" / slug(str(value)))
+
+
 def choose_strength(runner, variant, vdir: Path) -> tuple[object, Path, dict]:
     """Run the variant at every swept value on the probe plan, pick one with the experiment's
     policy, and return (the variant at that value, its directory, the record of the choice)."""
@@ -150,13 +161,10 @@ def choose_strength(runner, variant, vdir: Path) -> tuple[object, Path, dict]:
     policy = dict(runner.exp.strength)
     name = policy.pop("policy")
     early_stop = bool(policy.pop("early_stop", 0))
-    stop_below = policy["ua_min"] if early_stop else None
     requests = len(runner.exp.requested)
     table, stopped = {}, {}
     for value in values:
-        v = with_value(variant, key, value)
-        with runner.probing(stop_below=stop_below):
-            rows = SETTINGS[v.setting](runner, v, vdir / "sweep" / slug(str(value)))
+        rows = sweep_value(runner, variant, vdir, value)
         table[value] = rows[1:]  # after requests 1..n (row 0 is the base model)
         if len(rows) - 1 < requests:
             stopped[value] = len(rows) - 1

@@ -71,6 +71,7 @@ styles; "picture" draws them better (79%) but is sometimes read as an erased sty
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -82,6 +83,7 @@ from typing import Literal
 import torch
 
 from ..delta import load_verified_tensor, save_verified_tensor
+from ..locking import filling
 from ..model import concept_token_span, encode_prompts, text_segments, token_ids
 from ..protocols import family, read_prompt_file
 from ..trainer import Context, Method, parse_settings
@@ -196,10 +198,13 @@ def text_states(ctx: Context, prompts: list[str]) -> torch.Tensor:
         path = directory / f"{key}.safetensors" if directory else None
         state = load_verified_tensor(path) if path else None
         if state is None or state.shape[0] != len(ids):
-            with torch.no_grad():
-                state = encode_prompts(ctx.pipe, [p])[0].detach().float().cpu().contiguous()
-            if path:
-                save_verified_tensor(path, state)
+            with filling(path) if path else contextlib.nullcontext():  # another worker may be encoding it
+                state = load_verified_tensor(path) if path else None
+                if state is None or state.shape[0] != len(ids):
+                    with torch.no_grad():
+                        state = encode_prompts(ctx.pipe, [p])[0].detach().float().cpu().contiguous()
+                    if path:
+                        save_verified_tensor(path, state)
         memo[p] = state
     return torch.stack([memo[p] for p in prompts])
 
