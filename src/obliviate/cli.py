@@ -234,6 +234,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    from . import reference
+
+    if args.name is None:
+        print(reference.overview_text())
+    else:
+        print("\n\n".join(reference.component_text(c) for c in reference.find(args.name)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
     from .regularizers import REGULARIZERS
@@ -319,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     dm.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     dm.set_defaults(func=cmd_demo)
+
+    ls = sub.add_parser("list", help="methods, add-ons, attacks, protocols and samplers; with NAME, its settings")
+    ls.add_argument("name", nargs="?", help="a component, e.g. conabl: its settings, defaults and valid ranges")
+    ls.set_defaults(func=cmd_list)
 
     from .attacks.runner import add_command as add_attack_command  # attack
 

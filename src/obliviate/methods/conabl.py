@@ -69,7 +69,7 @@ class ConAblSettings(TrainSettings):
     loss: Literal["mse", "masked"] | None = None
     mask_border: int = 1  # latent pixels dropped at each edge by loss=masked
     # style requests: how the target prompt inserts the style into an anchor caption.
-    # "spec": the reference's "In X Style, <caption>" / "<caption>, in X Style." (SPEC 3);
+    # "spec": the reference's "In X Style, <caption>" / "<caption>, in X Style.";
     # "catalog": the model's own prompt template with the anchor's object (ours; the
     # evaluation template itself, see the module docstring)
     phrasing: Literal["spec", "catalog", "both"] | None = None
