@@ -1,0 +1,83 @@
+"""Wall time of `obliviate demo` against the demo as it was before its own evaluation grid,
+as whole processes, in one run, on the same machine.
+
+    python scripts/bench_demo.py --out docs/results/bench-demo.json            # one round each
+    python scripts/bench_demo.py --rounds 2 --out docs/results/bench-demo.json
+
+"before" is the same experiment (configs/demo.yaml: the same variants, sequence and training)
+on the MiniCanvas protocol's grid: two seeds, eight partner objects, every other style retained,
+256 images per evaluation. "after" is `obliviate demo` itself (48 images per evaluation). Each
+process starts with an empty output directory (no cached images or anchors), as a first
+`make demo` does; setup (.venv) is not counted. Rounds alternate the two, so a change in the
+machine's load touches both. The load average before and after each process is recorded:
+compare figures only from an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+# the demo's grid before it had its own: the protocol's seeds, eight partners, every other style retained
+BEFORE_GRID = {"eval": {"seeds": [188, 288], "probe_seeds": [1, 2]},
+               "partners": ["circle", "ring", "square", "cross", "triangle", "star", "heart", "leaf"]}
+
+
+def before_config(path: Path) -> Path:
+    config = yaml.safe_load(resources.files("obliviate").joinpath("configs/demo.yaml").read_text())
+    config.pop("retained", None)
+    config.update(BEFORE_GRID)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def timed(command: list[str]) -> dict:
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return {"wall_seconds": round(wall, 1), "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--out", help="write the figures here as JSON (e.g. docs/results/bench-demo.json)")
+    args = ap.parse_args()
+    python = [sys.executable, "-m", "obliviate.cli"]
+    runs = {"after": [], "before": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        config = before_config(tmp / "demo-before.yaml")
+        for r in range(args.rounds):
+            commands = {"after": python + ["demo", "--out", str(tmp / f"after-{r}")],
+                        "before": python + ["run", str(config), "--out", str(tmp / f"before-{r}")]}
+            for name in ("after", "before") if r % 2 == 0 else ("before", "after"):
+                runs[name].append(timed(commands[name]))
+                print(f"round {r + 1}: {name}: {runs[name][-1]}", flush=True)
+    best = {k: min(x["wall_seconds"] for x in v) for k, v in runs.items()}
+    result = {"benchmark": "make demo (obliviate demo) as a whole process, fresh output directory, after setup",
+              "command": "python scripts/bench_demo.py" + (f" --rounds {args.rounds}" if args.rounds != 1 else ""),
+              "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+              "images_per_evaluation": {"before": 256, "after": 48},
+              "runs": runs, "best_wall_seconds": best,
+              "speedup": round(best["before"] / best["after"], 2)}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
