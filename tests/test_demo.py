@@ -62,3 +62,14 @@ def test_demo_file_keeps_the_main_job_on_a_small_grid():
     assert all(not v.method_settings for v in exp.variants)  # the methods' own training, unchanged
     n_styles = len(exp.sequence) + len(exp.retained)
     assert n_styles * len(exp.partners) * len(exp.seeds) == 48
+
+
+def test_readme_table_is_the_committed_demo_table():
+    committed = json.loads((ROOT / "docs" / "results" / "demo.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    table = demo.markdown_table(committed)
+    assert table in readme, "README's demo table differs from docs/results/demo.json"
+    assert demo.images_sentence(committed) in readme
+    # the committed table is the demo's: the same variants and sequence as configs/demo.yaml
+    exp = demo.demo_experiment()
+    assert list(committed["variants"]) == [v.name for v in exp.variants] and committed["sequence"] == exp.sequence

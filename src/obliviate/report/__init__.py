@@ -160,7 +160,7 @@ def _html_table(header, rows) -> str:
 def _markdown(title, summary, variants, figures) -> str:
     """First screen: the answer, the last step and the image grid; then the curves, every
     request, what the numbers mean, and the protocol and settings."""
-    out = [f"# {title}", ""] + answer(summary) + [""]
+    out = [f"# {title}", ""] + [f"- {line}" for line in answer(summary)] + [""]
     out += ["## Last step", "", _md_table(("variant",) + COLUMNS[:6], _last_rows(variants)), ""]
     first = [name for name in ("grid",) if name in figures]
     out += [f"![{name}](plots/{name}.png)\n" for name in first]
