@@ -6,7 +6,8 @@ as whole processes, in one run, on the same machine.
 
 "before" is the same experiment (configs/demo.yaml: the same variants, sequence and training)
 on the MiniCanvas protocol's grid: two seeds, eight partner objects, every other style retained,
-256 images per evaluation. "after" is `obliviate demo` itself (48 images per evaluation). Each
+256 images per evaluation at 20 sampler steps. "after" is `obliviate demo` itself (48 images
+per evaluation at 10 steps). Each
 process starts with an empty output directory (no cached images or anchors), as a first
 `make demo` does; setup (.venv) is not counted. Rounds alternate the two, so a change in the
 machine's load touches both. The load average before and after each process is recorded:
@@ -28,7 +29,7 @@ from pathlib import Path
 import yaml
 
 # the demo's grid before it had its own: the protocol's seeds, eight partners, every other style retained
-BEFORE_GRID = {"eval": {"seeds": [188, 288], "probe_seeds": [1, 2]},
+BEFORE_GRID = {"eval": {"seeds": [188, 288], "probe_seeds": [1, 2]},  # and the protocol's 20-step sampler
                "partners": ["circle", "ring", "square", "cross", "triangle", "star", "heart", "leaf"]}
 
 
@@ -60,11 +61,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", help="write the figures here as JSON (e.g. docs/results/bench-demo.json)")
+    ap.add_argument("--work", help="keep the runs' output directories here (default: a temporary directory, deleted)")
     args = ap.parse_args()
     python = [sys.executable, "-m", "obliviate.cli"]
     runs = {"after": [], "before": []}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.work or tmp)
+        for r in range(args.rounds):  # every process starts from an empty directory
+            if any((tmp / f"{name}-{r}").exists() for name in runs):
+                raise SystemExit(f"{tmp} already holds runs of an earlier benchmark; give an empty --work directory")
+        tmp.mkdir(parents=True, exist_ok=True)
         config = before_config(tmp / "demo-before.yaml")
         for r in range(args.rounds):
             commands = {"after": python + ["demo", "--out", str(tmp / f"after-{r}")],

@@ -71,3 +71,9 @@ def test_stated_ranges_are_the_ranges_parsing_enforces(kind):
                     parse_settings(cls.Settings, {setting: value}, f"{kind} {name}")
                 checked += 1
     assert checked > 0
+
+
+def test_list_a_kind_shows_only_that_kind(capsys):
+    assert main(["list", "attacks"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in ATTACKS) and "conabl" not in out

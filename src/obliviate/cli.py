@@ -225,6 +225,8 @@ def cmd_list(args) -> int:
 
     if args.name is None:
         print(reference.overview_text())
+    elif args.name in reference.KINDS:
+        print(reference.overview_text((args.name,)))
     else:
         print("\n\n".join(reference.component_text(c) for c in reference.find(args.name)))
     return 0
@@ -318,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=cmd_demo)
 
     ls = sub.add_parser("list", help="methods, add-ons, attacks, protocols and samplers; with NAME, its settings")
-    ls.add_argument("name", nargs="?", help="a component, e.g. conabl: its settings, defaults and valid ranges")
+    ls.add_argument("name", nargs="?", help="a component, e.g. conabl: its settings, defaults and valid ranges; "
+                                            "or a kind: methods, add-ons, attacks, protocols, samplers")
     ls.set_defaults(func=cmd_list)
 
     from .attacks.runner import add_command as add_attack_command  # attack

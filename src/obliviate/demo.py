@@ -2,10 +2,10 @@
 minutes on two CPU cores. Six styles are removed one after another with base ConAbl, ConAbl +
 gradient projection and the closed-form UCE; every model is evaluated after every request.
 
-What makes it fast is the evaluation grid, for the demo only (configs/demo.yaml): one seed,
-four partner objects and six retained look-alike styles instead of the protocol's two seeds,
-eight partners and all ten retained styles, so each evaluation samples 48 images instead of
-256, with the protocol's own sampler. The training is the methods' own, unchanged. The demo
+What makes it fast is the evaluation, for the demo only (configs/demo.yaml): one seed, four
+partner objects and six retained look-alike styles instead of the protocol's two seeds, eight
+partners and all ten retained styles, so each evaluation samples 48 images instead of 256, in
+10 sampler steps instead of 20. The training is the methods' own, unchanged. The demo
 prints one line per request and per evaluation with the elapsed time and an estimate of what
 is left, then the table and the report's path; it writes DIR/demo.json (the table, with how
 many images stand behind each number; a committed copy is docs/results/demo.json) besides
@@ -135,8 +135,8 @@ def markdown_table(table: dict) -> str:
 def images_sentence(table: dict) -> str:
     img, n = table["images"], len(table["sequence"])
     return (f"Each evaluation judges {img['per_evaluation']} images ({img['per_concept']} per style: "
-            f"{len(table['partners'])} objects x {len(table['seeds'])} seed); UA after {n} requests stands on "
-            f"{img['per_concept'] * n} images, RA-I on {img['RA_I']}, RA-C on {img['RA_C']}.")
+            f"{len(table['partners'])} objects x {len(table['seeds'])} seed; {table['sampler']['steps']} sampler steps); "
+            f"UA after {n} requests stands on {img['per_concept'] * n} images, RA-I on {img['RA_I']}, RA-C on {img['RA_C']}.")
 
 
 def main(out: str | Path, *, device: str | None = None, quiet: bool = False) -> int:

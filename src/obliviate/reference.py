@@ -208,16 +208,17 @@ def find(name: str) -> list[Component]:
     found = [c for c in components() if c.name == name]
     if not found:
         names = ", ".join(c.name for c in components())
-        raise ValueError(f"obliviate list {name!r}: no such method, add-on, attack, protocol or sampler; valid: {names}")
+        raise ValueError(f"obliviate list {name!r}: no such method, add-on, attack, protocol or sampler; valid: {names}, "
+                         f"or a kind: {', '.join(KINDS)}")
     return found
 
 
 # ---------------------------------------------------------------- text (obliviate list)
-def overview_text() -> str:
+def overview_text(kinds: tuple[str, ...] = KINDS) -> str:
     comps = components()
     width = max(len(c.name) for c in comps)
     out = []
-    for kind in KINDS:
+    for kind in kinds:
         out.append(f"{kind}:")
         out += [f"  {c.name:{width}s}  {c.description}" for c in comps if c.kind == kind]
         out.append("")
