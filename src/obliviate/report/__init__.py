@@ -119,7 +119,9 @@ def answer(summary: dict) -> list[str]:
     img = images_behind(summary)
     if img:
         t = max((s.get("step", 0) for s in variants.values()), default=0)
-        lines.append(f"Each evaluation judges {img['per_evaluation']} images ({img['per_concept']} per concept): "
+        steps = (summary.get("sampler") or {}).get("steps")
+        sampled = f", sampled in {steps} steps" if steps else ""
+        lines.append(f"Each evaluation judges {img['per_evaluation']} images ({img['per_concept']} per concept{sampled}): "
                      f"UA after {t} requests stands on {img['per_concept'] * t} images, RA-I on {img['RA_I']}, "
                      f"RA-C on {img['RA_C']}.")
     return lines
