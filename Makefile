@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fullsize setup clean study
+.PHONY: demo test test-fullsize setup clean study docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# docs/METHODS.md from the settings classes and registries (tests/test_reference.py checks it is current)
+docs: $(STAMP)
+	$(BIN)/python -m obliviate.reference --out docs/METHODS.md
 
 # random-weight SD 1.5 and SD 2.1 at real size (64 px): one request of each method, export, sampling
 # (not part of `make test`: ~5 CPU-minutes, 7.3 GiB peak memory; .ci/run runs it)

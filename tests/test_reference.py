@@ -19,7 +19,7 @@ REGISTRIES = {"methods": METHODS, "add-ons": REGULARIZERS, "attacks": ATTACKS}
 def test_committed_methods_md_is_what_the_code_generates():
     committed = (ROOT / "docs" / "METHODS.md").read_text()
     assert committed == reference.markdown(), \
-        "docs/METHODS.md is stale: regenerate it with `python -m obliviate.reference > docs/METHODS.md`"
+        "docs/METHODS.md is stale: regenerate it with `python -m obliviate.reference --out docs/METHODS.md`"
 
 
 def test_every_registered_component_is_listed_once_with_a_description(capsys):
