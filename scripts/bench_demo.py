@@ -6,7 +6,7 @@ as whole processes, in one run, on the same machine.
 
 "before" is the same experiment (configs/demo.yaml: the same variants, sequence and training)
 on the MiniCanvas protocol's grid: two seeds, eight partner objects, every other style retained,
-256 images per evaluation at 20 sampler steps. "after" is `obliviate demo` itself (48 images
+256 images per evaluation at 20 sampler steps. "after" is `obliviate demo` itself (36 images
 per evaluation at 10 steps). Each
 process starts with an empty output directory (no cached images or anchors), as a first
 `make demo` does; setup (.venv) is not counted. Rounds alternate the two, so a change in the
@@ -78,13 +78,15 @@ def main() -> None:
             for name in ("after", "before") if r % 2 == 0 else ("before", "after"):
                 runs[name].append(timed(commands[name]))
                 print(f"round {r + 1}: {name}: {runs[name][-1]}", flush=True)
+        images = {name: json.loads((tmp / f"{name}-0" / "summary.json").read_text())["images_per_evaluation"]
+                  for name in runs}
     best = {k: min(x["wall_seconds"] for x in v) for k, v in runs.items()}
     best_cpu = {k: min(x["cpu_seconds"] for x in v) for k, v in runs.items()}
     result = {"benchmark": "make demo (obliviate demo) as a whole process, fresh output directory, after setup",
               "command": "python scripts/bench_demo.py" + (f" --rounds {args.rounds}" if args.rounds != 1 else ""),
               "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-              "images_per_evaluation": {"before": 256, "after": 48},
+              "images_per_evaluation": images,
               "runs": runs, "best_wall_seconds": best, "best_cpu_seconds": best_cpu,
               "speedup": round(best["before"] / best["after"], 2),
               "cpu_ratio": round(best_cpu["before"] / best_cpu["after"], 2)}

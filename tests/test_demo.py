@@ -61,7 +61,7 @@ def test_demo_file_keeps_the_main_job_on_a_small_grid():
     assert len(exp.sequence) == 6 and exp.domain == "style"
     assert all(not v.method_settings for v in exp.variants)  # the methods' own training, unchanged
     n_styles = len(exp.sequence) + len(exp.retained)
-    assert n_styles * len(exp.partners) * len(exp.seeds) == 48
+    assert n_styles * len(exp.partners) * len(exp.seeds) == 36
 
 
 def test_readme_table_is_the_committed_demo_table():

@@ -2,9 +2,9 @@
 minutes on two CPU cores. Six styles are removed one after another with base ConAbl, ConAbl +
 gradient projection and the closed-form UCE; every model is evaluated after every request.
 
-What makes it fast is the evaluation, for the demo only (configs/demo.yaml): one seed, four
+What makes it fast is the evaluation, for the demo only (configs/demo.yaml): one seed, three
 partner objects and six retained look-alike styles instead of the protocol's two seeds, eight
-partners and all ten retained styles, so each evaluation samples 48 images instead of 256, in
+partners and all ten retained styles, so each evaluation samples 36 images instead of 256, in
 10 sampler steps instead of 20. The training is the methods' own, unchanged. The demo
 prints one line per request and per evaluation with the elapsed time and an estimate of what
 is left, then the table and the report's path; it writes DIR/demo.json (the table, with how
