@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fullsize setup clean study
+.PHONY: demo test test-fullsize setup clean study docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# docs/METHODS.md from the settings classes and registries (tests/test_reference.py checks it is current)
+docs: $(STAMP)
+	$(BIN)/python -m obliviate.reference --out docs/METHODS.md
+
 # random-weight SD 1.5 and SD 2.1 at real size (64 px): one request of each method, export, sampling
 # (not part of `make test`: ~5 CPU-minutes, 7.3 GiB peak memory; .ci/run runs it)
 test-fullsize: $(STAMP)
 	$(BIN)/python -m pytest tests -m fullsize
 
-# The second-edition study behind docs/RESULTS.md (issue 11; configs/study/): at most 67 CPU hours at
-# the speed measured on an idle 2-core machine (`python scripts/study.py --plan`; swept values that fall
+# The second-edition study behind docs/RESULTS.md (configs/study/): at most about 51 CPU hours at
+# the speed measured on an idle 2-core machine (docs/results/study-plan.json) (`python scripts/study.py --plan`; swept values that fall
 # under the UA bar stop early, so it is an upper bound), so it is meant
 # to be left running over several sessions. scripts/study.py runs the units not yet committed under
 # docs/results/study/ in decision order, two at a time on an embedded Ray (one CPU and one torch

@@ -14,7 +14,7 @@ and the implied ratio to the reference implementation's time:
 
 where 0.72 (obliviate's sequential loop at torch's default threads / CUIG's ConAbl loop,
 median of requests 2-8, equal steps and settings, on this 2-core machine) is the
-side-by-side measurement reported in issue 10, not measured here. scripts/bench_reference.py
+side-by-side measurement made outside the project, not measured here. scripts/bench_reference.py
 measures the ratio itself, against CUIG's own training loop (docs/RESULTS.md).
 
 Usage: python scripts/bench_conabl.py [--steps 10] [--rounds 5] [--batch 8] [--model DIR]
@@ -198,7 +198,7 @@ def main():
         "max_abs_delta": max(float(d.abs().max()) for d in ref.values()),
         "ratio_vs_reference": median[best] / baseline * ISSUE_RATIO,
         "reference_recipe_clean_latents_threads1": latents,
-        "ratio_note": "0.72 = obliviate sequential / CUIG ConAbl per request (issue 10's side-by-side), not measured here",
+        "ratio_note": "0.72 = obliviate sequential / CUIG ConAbl per request (a side-by-side run outside the project), not measured here",
     }, indent=2))
 
 

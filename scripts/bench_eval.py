@@ -9,7 +9,7 @@ from the reference, and a paired bootstrap interval of that difference on the sa
 `seconds` per candidate sums the evaluations whose images were generated in this process
 (cached images cost only judging), on whatever load the machine had.
 
-The bar (issue 11): >= 4x fewer UNet evaluations per scored image than the reference, with
+The bar: >= 4x fewer UNet evaluations per scored image than the reference, with
 every metric of every (model, domain) within 2 points of the reference.
 
 Models: the bundled MiniCanvas model, and closed-form `uce` after 1 and 3 style requests and

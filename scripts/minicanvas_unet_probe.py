@@ -1,4 +1,4 @@
-"""Which UNet recipe draws MiniCanvas objects best, at equal training steps? (issue 11)
+"""Which UNet recipe draws MiniCanvas objects best, at equal training steps?
 
 The bundled model's VAE keeps every shape (object classifier 99.0% after encode/decode), so
 its UNet is what loses diamonds and stars. This probe isolates the UNet: it keeps the bundled

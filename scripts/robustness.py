@@ -1,4 +1,4 @@
-"""The robustness table (issue 12): clean UA, robust UA per attack, steps-to-revival, RA-I and
+"""The robustness table: clean UA, robust UA per attack, steps-to-revival, RA-I and
 RA-C, with 95% bootstrap intervals over images, for closed-form and fine-tuning variants after
 the last request of an experiment file's sequence (or its first --requests).
 

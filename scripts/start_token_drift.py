@@ -1,4 +1,4 @@
-"""Which token positions' cross-attention keys and values a run's updates move (issue 10, gap 3).
+"""Which token positions' cross-attention keys and values a run's updates move.
 
 For every variant of an experiment directory (or one run directory), after each request:
 the relative change of the keys and values that *retained* prompts produce,

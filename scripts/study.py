@@ -1,4 +1,4 @@
-"""Run the second-edition study behind docs/RESULTS.md (issue 11), one unit at a time, so that
+"""Run the second-edition study behind docs/RESULTS.md, one unit at a time, so that
 it survives interruptions and fresh machines.
 
 A *unit* is one variant of one study file (configs/study/*.yaml), one training seed, and a

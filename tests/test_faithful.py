@@ -150,8 +150,7 @@ def test_reference_recipe_runs_and_is_recorded_in_step_json(random_model, tmp_pa
 
 
 def test_overlapped_reference_forward_gives_the_same_delta_bit_for_bit(random_model, tmp_path, monkeypatch):
-    """The anchor prompt's no-gradient forward runs on a second thread (CPU speed, issue 10
-    gap 5); the trained tensors must be exactly those of the sequential loop."""
+    """The anchor prompt's no-gradient forward runs on a second thread (CPU speed); the trained tensors must be exactly those of the sequential loop."""
     from obliviate import diffusion
     from obliviate.delta import load_delta
 

@@ -1,4 +1,4 @@
-"""Metric definitions on hand-made prediction tables (SPEC section 5)."""
+"""Metric definitions on hand-made prediction tables (UnlearnCanvas's definitions)."""
 import pytest
 
 from obliviate.evaluate.metrics import Record, compute_metrics

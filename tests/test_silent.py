@@ -1,4 +1,4 @@
-"""Silently wrong or lost work (issue 15, items 1-8): each test failed before its fix."""
+"""Silently wrong or lost work: each test failed before its fix."""
 import errno
 import fcntl
 import json

@@ -46,7 +46,7 @@ def test_units_come_in_decision_order_and_every_one_parses():
     assert u.config["grid"]["variant"] == "ours:replay" and u.config["partners"] == "all"
     assert len(u.config["eval"]["seeds"]) >= 3 and not set(u.config["eval"]["seeds"]) & set(u.config["eval"]["probe_seeds"])
     study.check_units(items)  # every derived experiment is valid
-    # the published variants follow the reference recipe (issue 10); uce and esd have none
+    # the published variants follow the reference recipe; uce and esd have none
     for v in items[0].config["variants"] + [x for w in items[:n_obj] for x in w.config["variants"]]:
         if v.get("method", "conabl") in ("conabl", "sculpmem"):
             assert v["method_settings"]["recipe"] == "reference", v["name"]

@@ -212,3 +212,18 @@ def test_the_section_replaces_only_itself(study, tmp_path):
     again = doc.read_text()
     assert "beta" in again and "alpha" not in again and again.count("## Study") == 1
     assert again.replace("beta", "alpha") == first
+
+
+def test_the_answer_opens_the_page_and_replaces_only_itself(tmp_path):
+    section = [results.BEGIN, "## Study", "intro", "### What to run", "", "| a | b |", "", "### Objects", "x", results.END]
+    answer, rest = results.split_answer(section)
+    assert answer[0] == results.ANSWER_BEGIN and answer[-1] == results.ANSWER_END and "| a | b |" in answer
+    assert "| a | b |" not in rest and "### Objects" in rest and rest[0] == results.BEGIN
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\nIntro.\n\n" + "\n".join(rest) + "\n\n## Attacks\n\nby hand 45.6\n")
+    results.write_answer(doc, answer)
+    first = doc.read_text()
+    assert first.index("| a | b |") < first.index(results.BEGIN) and "by hand 45.6" in first
+    results.write_answer(doc, [results.ANSWER_BEGIN, "## What to run", "| c |", results.ANSWER_END])
+    again = doc.read_text()
+    assert "| c |" in again and "| a | b |" not in again and again.count(results.ANSWER_BEGIN) == 1

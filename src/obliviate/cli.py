@@ -253,24 +253,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import time
-    from importlib import resources
-
-    import yaml
-
+    from . import demo
     from .distributed import validate_device
-    from .experiment import Runner, load_experiment, short_table
 
     validate_device(args.device)
+    return demo.main(args.out, device=args.device, quiet=args.quiet)
 
-    text = resources.files("obliviate").joinpath("configs/demo.yaml").read_text()
-    exp = load_experiment(yaml.safe_load(text))
-    t0 = time.time()
-    summary = Runner(exp, args.out, quiet=args.quiet, device=args.device).run()
-    print()
-    print(short_table(summary))
-    print(f"\ndemo finished in {time.time() - t0:.0f} s")
-    print(f"report: {(Path(args.out) / 'report.html').resolve()}")
+
+def cmd_list(args) -> int:
+    from . import reference
+
+    if args.name is None:
+        print(reference.overview_text())
+    elif args.name in reference.KINDS:
+        print(reference.overview_text((args.name,)))
+    else:
+        print("\n\n".join(reference.component_text(c) for c in reference.find(args.name)))
     return 0
 
 
@@ -366,10 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--mem-gb", type=float, dest="mem_gb", help="slurm: memory per job, in GB")
     rn.set_defaults(func=cmd_run)
 
-    dm = sub.add_parser("demo", help="the main job on MiniCanvas: 6 styles, ConAbl with and without projection")
+    dm = sub.add_parser("demo", help="the main job on MiniCanvas in about three minutes: 6 styles erased "
+                                           "with ConAbl, ConAbl + projection and UCE, evaluated after each")
     dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     dm.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     dm.set_defaults(func=cmd_demo)
+
+    ls = sub.add_parser("list", help="methods, add-ons, attacks, protocols and samplers; with NAME, its settings")
+    ls.add_argument("name", nargs="?", help="a component, e.g. conabl: its settings, defaults and valid ranges; "
+                                            "or a kind: methods, add-ons, attacks, protocols, samplers")
+    ls.set_defaults(func=cmd_list)
 
     from .attacks.runner import add_command as add_attack_command  # attack
 

@@ -11,7 +11,7 @@ One optimisation step reads top to bottom:
     update transforms, in ascending `order`                       (Hook.transform_update)
     end-of-step bookkeeping                                       (Hook.after_step)
 
-Order of transforms (SPEC 4, "combining with masks"): projection has order 10, masks
+Order of transforms (combining projection with masks): projection has order 10, masks
 (SelFT, SculpMem) order 90. So a mask is applied *after* the projection: the mask's
 sparsity is exact (masked elements never change) and the projection's invariance holds on
 the elements the mask leaves free; projecting after masking would spread the update to

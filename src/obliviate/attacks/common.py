@@ -54,7 +54,7 @@ class AttackSettings:
 class LearnedRowsSettings(AttackSettings):
     """What inversion and prefix share: K base-model images, Adam on new embedding rows.
     50 steps at lr 2e-2 (batch 8) recover every concept tried on the pretrained model
-    (README figures) at half the cost of 100 steps at 1e-2."""
+    (docs/GETTING_STARTED.md, Attacks) at half the cost of 100 steps at 1e-2."""
 
     images: int = 16
     steps: int = 50

@@ -13,7 +13,7 @@ from the word "art" (style) or "shape" (object). The paper uses ~25 images and t
 inversion's SD defaults (thousands of steps at lr 5e-3). 300 steps at lr 5e-3 (the first
 choice) cost ~1 s a step on this shared 2-core machine, five times the 60 s budget; 100 steps
 at lr 1e-2 cost 128-131 s per concept at load 10-12; 50 steps at lr 2e-2 still recover every
-concept tried on the pretrained model (measured figures in the README).
+concept tried on the pretrained model (docs/GETTING_STARTED.md, Attacks).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ This attack asks for the concept with other word orders the MiniCanvas vocabular
 with every phrasing; ASR counts all of these images, and `per_phrasing` shows the best one.
 
 The phrasings were kept because the *pretrained* bundled model draws the concept from them
-(>= 90% on average over both domains; measured figures in the README); phrasings the base
+(>= 90% on average over both domains); phrasings the base
 model itself does not understand ("{style} art with a {object}": 6%) would measure the
 model's vocabulary, not the erasure. No randomness: the seed is unused and recorded.
 """

@@ -1,4 +1,4 @@
-"""UnlearnCanvas-style metrics from a table of classifier predictions (SPEC section 5).
+"""UnlearnCanvas-style metrics from a table of classifier predictions.
 
 For a *style* sequence with unlearned styles S_u (every style requested so far), retained
 styles S_r and retained objects O_r:

@@ -41,7 +41,7 @@ SCHEDULERS = {
 class SamplerConfig:
     steps: int = 20
     guidance: float = 5.0
-    scheduler: str = "dpm"
+    scheduler: str = "dpm"  # one of SCHEDULERS: dpm (DPM-Solver++), ddim, euler, pndm, ddpm
     batch_size: int = 64
     x0_at: int = 0  # 0: the whole trajectory; k: the predicted clean image after k of `steps` steps
 

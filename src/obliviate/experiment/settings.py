@@ -1,4 +1,4 @@
-"""The three settings (SPEC 1) as small named policies: which model a request starts from.
+"""The three continual settings as small named policies: which model a request starts from.
 
 - sequential: request t starts from the model after request t-1 (one run ledger);
 - simultaneous: request t retrains from the base model on concepts 1..t together, with

@@ -1,4 +1,4 @@
-"""Strength selection on the probe seeds, as named policies (issue 11: compare at equal forgetting).
+"""Strength selection on the probe seeds, as named policies: compare variants at equal forgetting.
 
 A variant with a `sweep:` (`key`: `regularizers.NAME.SETTING` or `method_settings.SETTING`,
 `values`: the strengths to try) runs once per value under its setting with the *probe* plan

@@ -79,7 +79,7 @@ class ConAblSettings(TrainSettings):
     # training seed draws its own anchor set. Set it to hold one anchor set across seeds.
     image_seed: int | None = None
     # style requests: how the target prompt inserts the style into an anchor caption.
-    # "spec": the reference's "In X Style, <caption>" / "<caption>, in X Style." (SPEC 3);
+    # "spec": the reference's "In X Style, <caption>" / "<caption>, in X Style.";
     # "catalog": the model's own prompt template with the anchor's object (ours; the
     # evaluation template itself, see the module docstring)
     phrasing: Literal["spec", "catalog", "both"] | None = None

@@ -1,6 +1,6 @@
 """UCE: closed-form erasure in the cross-attention keys and values (Gandikota et al., WACV 2024).
 
-Every key/value weight W (d_out x d_text) gets, in one linear solve (SPEC 7),
+Every key/value weight W (d_out x d_text) gets, in one linear solve,
 
     W = [lam W0 + s_e sum_E v*_i c_i^T + s_p sum_P (W0 c_j) c_j^T]
         [lam I  + s_e sum_E c_i c_i^T + s_p sum_P c_j c_j^T]^-1,     v*_i = W0 g_i,

@@ -1,6 +1,6 @@
 """`uce-null` (ours): UCE whose edit leaves no text state a way back to an erased concept.
 
-Why UCE and RECE fall to embedding attacks (issue 12, docs/RESULTS.md "Attacks"): the edit is
+Why UCE and RECE fall to embedding attacks (docs/RESULTS.md, "Attacks"): the edit is
 W_new = W0 M (methods/uce.py) with M a d_text x d_text matrix of full rank, so for any erased
 state c* some input c' = M^-1 c* gives back the concept's original keys and values exactly.
 RECE erases the c' it finds, but M stays invertible and the next attack finds another one.

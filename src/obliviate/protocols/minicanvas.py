@@ -1,5 +1,7 @@
-"""The MiniCanvas protocol: the world's plain data (minicanvas.world) as a Catalog, judged by
-the small classifiers every MiniCanvas pipeline carries."""
+"""The MiniCanvas protocol: the bundled miniature model's styles and objects, judged by the
+small classifiers every MiniCanvas pipeline carries.
+
+The world's plain data (minicanvas.world) as a Catalog."""
 from __future__ import annotations
 
 from .catalog import Catalog

@@ -20,6 +20,8 @@ from ..trainer import Context, Hook
 @dataclass
 class SPSettings:
     weight: float = 1.0
+    # request: the weights at the start of the current request (bounds per-request drift);
+    # pretrained: the base model's (bounds cumulative drift)
     reference: Literal["request", "pretrained"] = "request"
 
     def __post_init__(self):
@@ -77,10 +79,14 @@ class _OnLora:
 
 
 class L1SP(_SP):
+    """L1-SP: a penalty on the mean absolute change of the trained tensors from a reference."""
+
     name = "l1sp"
     power = 1
 
 
 class L2SP(_SP):
+    """L2-SP: a penalty on the mean squared change of the trained tensors from a reference."""
+
     name = "l2sp"
     power = 2

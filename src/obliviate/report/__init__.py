@@ -36,7 +36,7 @@ def _last_rows(variants: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
-# What the three numbers mean (SPEC, evaluation protocol), stated in every report.
+# What the three numbers mean, stated in every report.
 DEFINITIONS = (
     ("UA", "unlearning accuracy: 100 minus the judge's accuracy on every concept unlearned so far "
            "(cumulative); high = the removed concepts stay removed."),
@@ -48,11 +48,31 @@ DEFINITIONS = (
 )
 
 
+def shown_path(path) -> str:
+    """A model's path as a report shows it: never an absolute path of this machine (reports are
+    shared). The bundled MiniCanvas model by name, a path under the working directory relative
+    to it, anything else by its directory name (the hash beside it identifies the model)."""
+    if path is None:
+        return DASH
+    p = Path(str(path))
+    if not p.is_absolute():
+        return str(p)
+    from ..minicanvas import bundled_path
+
+    try:
+        if p.resolve() == Path(bundled_path()).resolve():
+            return "minicanvas (bundled)"
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return p.name
+
+
 def _meta(summary: dict) -> list[tuple[str, str]]:
     out = [(k, str(summary[k])) for k in ("protocol", "domain") if summary.get(k) is not None]
     if summary.get("base_model"):
         base = summary["base_model"]
-        out.append(("base model", f"{base.get('path')} (sha256 {str(base.get('hash', ''))[:12]})" if isinstance(base, dict) else str(base)))
+        out.append(("base model", f"{shown_path(base.get('path'))} (sha256 {str(base.get('hash', ''))[:12]})"
+                    if isinstance(base, dict) else shown_path(base)))
     for key, label in (("sequence", "unlearned in order"), ("retained", "retained (RA-I)"), ("partners", "partners (RA-C)"),
                        ("seeds", "evaluation seeds"), ("probe_seeds", "probe seeds (model selection only)")):
         if summary.get(key):
@@ -64,6 +84,47 @@ def _meta(summary: dict) -> list[tuple[str, str]]:
     if summary.get("sampler"):
         out.append(("sampler", ", ".join(f"{k} {v}" for k, v in summary["sampler"].items())))
     return out
+
+
+def images_behind(summary: dict) -> dict | None:
+    """How many images each number stands on: every concept of the grid is drawn with every
+    partner at every seed (evaluate/power.grid), so UA after t requests is judged on t times
+    `per_concept` images, RA-I on the retained concepts' images, RA-C on all of them."""
+    if not all(summary.get(k) for k in ("partners", "seeds", "images_per_evaluation")):
+        return None
+    per_concept = len(summary["partners"]) * len(summary["seeds"])
+    return {"per_evaluation": summary["images_per_evaluation"], "per_concept": per_concept,
+            "RA_I": per_concept * len(summary.get("retained") or []), "RA_C": summary["images_per_evaluation"]}
+
+
+def _pct(value) -> str:
+    return DASH if value is None else f"{float(value):.1f}"
+
+
+def answer(summary: dict) -> list[str]:
+    """The report's first lines: what each variant forgot and kept after its last request,
+    and how many images stand behind each number."""
+    lines = []
+    variants = {n: v["steps"][-1] for n, v in summary.get("variants", {}).items() if v.get("steps")}
+    for name, last in variants.items():
+        t = last.get("step", 0)
+        lines.append(f"{name}, after {t} request{'s' * (t != 1)}: forgot {_pct(last.get('UA'))}% of the erased "
+                     f"concepts' images (UA), kept {_pct(last.get('RA_I'))}% of the retained concepts (RA-I) and "
+                     f"{_pct(last.get('RA_C'))}% of the other domain (RA-C).")
+    scored = {k: {n: s[k] for n, s in variants.items() if s.get(k) is not None} for k in ("UA", "RA_I", "RA_C")}
+    if len(variants) > 1 and all(scored.values()):
+        best = {k: max(v, key=v.get) for k, v in scored.items()}
+        lines.append(f"Forgot most: {best['UA']}. Kept most of the retained concepts: {best['RA_I']}; "
+                     f"of the other domain: {best['RA_C']}.")
+    img = images_behind(summary)
+    if img:
+        t = max((s.get("step", 0) for s in variants.values()), default=0)
+        steps = (summary.get("sampler") or {}).get("steps")
+        sampled = f", sampled in {steps} steps" if steps else ""
+        lines.append(f"Each evaluation judges {img['per_evaluation']} images ({img['per_concept']} per concept{sampled}): "
+                     f"UA after {t} requests stands on {img['per_concept'] * t} images, RA-I on {img['RA_I']}, "
+                     f"RA-C on {img['RA_C']}.")
+    return lines
 
 
 def _describe(v: dict) -> list[tuple[str, str]]:
@@ -99,39 +160,53 @@ def _html_table(header, rows) -> str:
 
 
 def _markdown(title, summary, variants, figures) -> str:
-    out = [f"# {title}", ""]
-    out += [f"- **{k}**: {v}" for k, v in _meta(summary)] + [""]
-    out += ["## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS] + [""]
-    for name, v in variants.items():
-        out += [f"## {name}", ""] + [f"- {k}: {val}" for k, val in _describe(v)] + [""]
-        out += [_md_table(COLUMNS, _step_rows(v.get("steps", []))), ""]
+    """First screen: the answer, the last step and the image grid; then the curves, every
+    request, what the numbers mean, and the protocol and settings."""
+    out = [f"# {title}", ""] + [f"- {line}" for line in answer(summary)] + [""]
     out += ["## Last step", "", _md_table(("variant",) + COLUMNS[:6], _last_rows(variants)), ""]
-    out += ["## Figures", ""] + [f"![{name}](plots/{name}.png)\n" for name in figures]
+    first = [name for name in ("grid",) if name in figures]
+    out += [f"![{name}](plots/{name}.png)\n" for name in first]
+    out += ["## Curves", ""] + [f"![{name}](plots/{name}.png)\n" for name in figures if name not in first]
+    for name, v in variants.items():
+        out += [f"## {name}", "", _md_table(COLUMNS, _step_rows(v.get("steps", []))), ""]
+    out += ["## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS] + [""]
+    out += ["## Protocol and settings", ""] + [f"- **{k}**: {v}" for k, v in _meta(summary)] + [""]
+    for name, v in variants.items():
+        out += [f"### {name}", ""] + [f"- {k}: {val}" for k, val in _describe(v)] + [""]
     return "\n".join(out)
 
 
 _CSS = """body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f2f2f2}img{max-width:100%}"""
+th{background:#f2f2f2}img{max-width:100%}p.answer{font-size:1.1em;margin:.3em 0}"""
 
 
 def _html(title, summary, variants, figures) -> str:
+    """The same order as the Markdown: the answer and the image grid on the first screen."""
     t = html.escape(title)
+
+    def figure(name: str) -> str:
+        # embedded as data URIs so the single HTML file can be mailed or archived on its own
+        b64 = base64.b64encode(figures[name]).decode("ascii")
+        return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}"></figure>'
+
     out = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{t}</title><style>{_CSS}</style></head><body>',
            f"<h1>{t}</h1>"]
-    if meta := _meta(summary):
-        out.append("<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta) + "</ul>")
+    out += [f'<p class="answer">{html.escape(line)}</p>' for line in answer(summary)]
+    out += ["<h2>Last step</h2>", _html_table(("variant",) + COLUMNS[:6], _last_rows(variants))]
+    out += [figure(name) for name in ("grid",) if name in figures]
+    out.append("<h2>Curves</h2>")
+    out += [figure(name) for name in figures if name != "grid"]
+    for name, v in variants.items():
+        out += [f"<h2>{html.escape(name)}</h2>", _html_table(COLUMNS, _step_rows(v.get("steps", [])))]
     out.append("<h2>What the numbers mean</h2><dl>" + "".join(
         f"<dt><b>{html.escape(k)}</b></dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS) + "</dl>")
+    out.append("<h2>Protocol and settings</h2>")
+    if meta := _meta(summary):
+        out.append("<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta) + "</ul>")
     for name, v in variants.items():
-        out.append(f"<h2>{html.escape(name)}</h2><ul>" + "".join(
+        out.append(f"<h3>{html.escape(name)}</h3><ul>" + "".join(
             f"<li>{html.escape(k)}: {html.escape(val)}</li>" for k, val in _describe(v)) + "</ul>")
-        out.append(_html_table(COLUMNS, _step_rows(v.get("steps", []))))
-    out += ["<h2>Last step</h2>", _html_table(("variant",) + COLUMNS[:6], _last_rows(variants)), "<h2>Figures</h2>"]
-    for name, png in figures.items():
-        # embedded as data URIs so the single HTML file can be mailed or archived on its own
-        b64 = base64.b64encode(png).decode("ascii")
-        out.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}"></figure>')
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -158,4 +233,4 @@ def write_report(out_dir: str | Path, summary: dict, *, image_grid: dict | None 
     return {"markdown": md, "html": page, "plots": plot_paths}
 
 
-__all__ = ["write_report"]
+__all__ = ["answer", "images_behind", "shown_path", "write_report"]
