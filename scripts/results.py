@@ -579,6 +579,26 @@ def closed_form(by_seed: dict, variant: str) -> bool:
     return method in METHODS and bool(METHODS[method].closed_form)
 
 
+def predates_image_seeds(by_seed: dict, variant: str, seed: int) -> bool:
+    """Whether the variant's unit of training seed `seed` was run before the images a request
+    trains on (ConAbl's anchors, replay's images) followed the request's seed: its resolved
+    settings lack `image_seed` where today's component has it. Such a seed-1 unit drew seed 0's
+    images, so it is not a second anchor set (training seed 0 draws the same images either way)."""
+    import dataclasses
+
+    from obliviate.methods import METHODS
+    from obliviate.regularizers import REGULARIZERS
+
+    if seed == 0 or variant not in by_seed.get(seed, {}):
+        return False
+    config = by_seed[seed][variant]["variants"][variant].get("config") or {}
+    for part in [config.get("method") or {}, *(config.get("regularizers") or [])]:
+        cls = METHODS.get(part.get("name")) or REGULARIZERS.get(part.get("name"))
+        if cls is not None and "image_seed" in {f.name for f in dataclasses.fields(cls.Settings)} and "image_seed" not in part:
+            return True
+    return False
+
+
 def meets_ua(by_seed: dict, variant: str) -> bool | None:
     """True when every training seed's probe sweep found a value keeping UA >= 90 after every
     request; False when one did not; None for a variant with no sweep or no runs."""
@@ -762,6 +782,13 @@ def answer2(pool: Pool, by_seed: dict, H: int, expected: list[str], domain: str,
         gaps.append(f"{len(present) - len(open_)} of {len(present)} variants run have every training seed they need "
                     f"({', '.join(map(str, TRAINING_SEEDS))}; a closed-form one needs 0 only, one already off equal "
                     f"forgetting no more)" + (f"; not yet: {', '.join(open_)}" if len(open_) <= 4 else ""))
+    # a seed-1 unit run before anchors followed the seed drew seed 0's anchor set: it can change
+    # the answer unless the variant is already off equal forgetting on seed 0
+    stale = [v for v in present if any(predates_image_seeds(by_seed, v, s) for s in TRAINING_SEEDS[1:])
+             and (strength_info(by_seed, v).get(0) or {}).get("meets_ua", True) is not False and v not in off_earlier]
+    if stale:
+        gaps.append(f"training seed {', '.join(map(str, TRAINING_SEEDS[1:]))} of {', '.join(stale)} ran on training seed "
+                    "0's anchor images (before the images followed the seed); rerun those units (scripts/study.py --only)")
     caveat = f" Provisional: {'; '.join(gaps)}." if gaps else ""
     if len(partial) > len(open_):
         caveat += (f" Training seed {', '.join(map(str, TRAINING_SEEDS[1:]))} is not yet run for "

@@ -227,3 +227,18 @@ def test_the_answer_opens_the_page_and_replaces_only_itself(tmp_path):
     results.write_answer(doc, [results.ANSWER_BEGIN, "## What to run", "| c |", results.ANSWER_END])
     again = doc.read_text()
     assert "| c |" in again and "| a | b |" not in again and again.count(results.ANSWER_BEGIN) == 1
+
+
+def test_a_seed_1_unit_run_before_anchors_followed_the_seed_is_named():
+    """A seed-1 unit whose resolved settings lack image_seed (where today's component has it) drew
+    seed 0's anchor images: the answer names it as still to rerun."""
+    def unit_of(method, regs=(), with_seed=True):
+        config = {"method": {"name": method, "steps": 3, **({"image_seed": None} if with_seed else {})},
+                  "regularizers": [{"name": r, "weight": 1.0, **({"image_seed": None} if with_seed else {})} for r in regs]}
+        return {"v": {"variants": {"v": {"config": config}}}}  # by_seed[seed][variant] is the unit's summary
+
+    assert results.predates_image_seeds({1: unit_of("conabl", with_seed=False)}, "v", 1)
+    assert results.predates_image_seeds({1: unit_of("esd", ["replay"], with_seed=False)}, "v", 1)  # replay's images
+    assert not results.predates_image_seeds({1: unit_of("conabl")}, "v", 1)
+    assert not results.predates_image_seeds({0: unit_of("conabl", with_seed=False)}, "v", 0)  # seed 0: the same images
+    assert not results.predates_image_seeds({1: unit_of("esd", with_seed=False)}, "v", 1)  # no images of its own

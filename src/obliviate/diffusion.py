@@ -4,7 +4,7 @@ and FLUX), sampler settings, and the base model's latents and images (generated 
 on disk with a checksum, verified on every read). Nothing here knows about a particular
 method or add-on.
 
-Flow matching (SD3, FLUX; SPEC 9): x_t = (1 - s) x_0 + s e, the transformer predicts the
+Flow matching (SD3, FLUX): x_t = (1 - s) x_0 + s e, the transformer predicts the
 velocity v = e - x_0 at timestep t = 1000 s. Training draws s uniformly from the pipeline
 scheduler's own 1000 training sigmas (FlowMatchEulerDiscreteScheduler.sigmas: shifted by SD3's
 static shift 3.0; unshifted for FLUX, whose shift depends on the image size and is applied

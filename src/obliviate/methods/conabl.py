@@ -24,7 +24,7 @@ with ("A {object} image in {style} style" on MiniCanvas): it flatters UA, since 
 measured prompts are the trained ones. The reference trains on caption insertions only.
 The reference's style anchors are LAION captions; MiniCanvas uses its own object captions.
 
-Flow form (SD3, FLUX; SPEC 9): the same objective on the velocity. For an anchor latent x_0
+Flow form (SD3, FLUX): the same objective on the velocity. For an anchor latent x_0
 (generated once by the base pipeline with its own flow-matching scheduler),
 x_t = (1 - s) x_0 + s e at a training sigma s (diffusion.py), train
 `v(x_t, s, E(p_target))` to match `sg[v(x_t, s, E(p_anchor))]`, both from the model being

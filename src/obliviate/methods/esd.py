@@ -7,7 +7,7 @@ eta here equals 1 + ESD's `negative_guidance` (eta=2 is the published negative_g
 The frozen copy costs no memory: only the trained tensors differ, so the frozen prediction
 is the same UNet called with the request's starting values (torch.func.functional_call).
 
-Flow form (SD3, FLUX; SPEC 9): the same target on the velocity,
+Flow form (SD3, FLUX): the same target on the velocity,
 `v*(x_t, c) - eta * (v*(x_t, c) - v*(x_t, ""))` = v*("") - (eta - 1) (v*(c) - v*("")), at x_t on
 the frozen model's Euler trajectory over the pipeline's own sigmas (`ddim_steps` Euler steps,
 FLUX's resolution shift included). The trajectory is guided as the pipeline guides it: SD3
