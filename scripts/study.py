@@ -272,7 +272,8 @@ def run_study(items: list[Unit], runs: Path, results: Path, *, executor=None, lo
     unit after the other in this process, unless given; Ray or SLURM run a wave's units at
     once), wave by wave (`waves`); after each wave keep the finished units' summaries, so the
     next wave's seed-1 units read the strengths they run at. Schedules nothing itself."""
-    from obliviate.experiment.executor import Chain, Command, LocalExecutor
+    from obliviate.command import Command
+    from obliviate.experiment.executor import Chain, LocalExecutor
 
     executor = executor or LocalExecutor()
     todo, skipped = plan(items, results)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from obliviate.experiment import Runner, load_experiment
+from obliviate.experiment.chains import run_on
 from obliviate.experiment.executor import Chain, ChainsFailed, make_executor
 
 FAST = {"steps": 2, "anchor_images": 4, "sampler_steps": 2, "batch_size": 2}
@@ -69,13 +70,13 @@ def local_summary(random_model, tmp_path_factory):
 
 def test_local_ray_and_slurm_give_one_summary(random_model, local_summary, ray_cluster, tmp_path):
     exp = load_experiment(small_experiment(random_model))
-    Runner(exp, tmp_path / "ray", quiet=True).run(make_executor("ray", {"workers": 2}))
+    Runner(exp, tmp_path / "ray", quiet=True).run(run_on(make_executor("ray", {"workers": 2})))
     assert summary_of(tmp_path / "ray") == local_summary
     # every chain kept its log: the swept values (wave 1) and the variants (wave 2)
     assert sorted(p.name for p in (tmp_path / "ray" / "logs").glob("*.log")) == [
         "a-0-0001.log", "a-0-001.log", "a.log", "b-1.log", "b-2.log", "b.log"]
     pytest.importorskip("submitit")
-    Runner(exp, tmp_path / "slurm", quiet=True).run(make_executor("slurm:local", {"workers": 2}, folder=tmp_path / "slurm"))
+    Runner(exp, tmp_path / "slurm", quiet=True).run(run_on(make_executor("slurm:local", {"workers": 2}, folder=tmp_path / "slurm")))
     assert summary_of(tmp_path / "slurm") == local_summary
     assert "finished" in (tmp_path / "slurm" / "logs" / "a.log").read_text()
 
@@ -114,7 +115,7 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_same_summary(random_model
         return j
 
     executor.job = job
-    Runner(exp, out, quiet=True).run(executor)
+    Runner(exp, out, quiet=True).run(None if executor.in_process else run_on(executor))
     assert marker.exists()  # it was killed ...
     log = (out / "logs" / "a-0-0001.log").read_text()
     assert log.count(" start on ") == 2 and "'fire' is already step 1" in log  # ... started again, and resumed

@@ -170,6 +170,7 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     from .distributed import validate_device
     from .experiment import Runner, apply_overrides, load_experiment, short_table
+    from .experiment.chains import run_on
     from .experiment.executor import ChainsFailed, make_executor
 
     validate_device(args.device)
@@ -183,7 +184,7 @@ def cmd_run(args) -> int:
                          "(each evaluation is then split across the launched processes)")
     try:
         summary = Runner(exp, args.out, quiet=args.quiet, device=args.device, precision=args.precision,
-                         gradient_checkpointing=args.gradient_checkpointing).run(executor)
+                         gradient_checkpointing=args.gradient_checkpointing).run(None if executor.in_process else run_on(executor))
     except ChainsFailed as err:  # the other chains finished; a rerun resumes the failed ones
         print(f"obliviate: error: {err}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ import dataclasses
 
 from . import lora
 from .methods import get_method
-from .model import check_group_for_model, check_param_group, model_family
+from .lora import check_param_group
+from .model import check_group_for_model, model_family
 from .regularizers import get_regularizer
 from .trainer import Request, parse_settings
 

@@ -193,7 +193,7 @@ class Run(Ledger):
             # (the adapter renames them `base_layer`); the trained tensors are the adapter's
             apply_delta(denoiser(pipe), previous)
             base_params = {n: p for n, p in denoiser(pipe).named_parameters() if n in previous}
-            params = select_parameters(denoiser(pipe), request.param_group, seed=request.seed)
+            params = lora.inject(denoiser(pipe), request.param_group, request.seed)
             started_from = lora.continue_adapter(denoiser(pipe), params, request.param_group, steps)
             pretrained = {n: p.detach().clone() for n, p in params.items()}
         else:

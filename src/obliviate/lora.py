@@ -82,6 +82,18 @@ class LoraSettings:
         return (self.alpha if self.alpha is not None else self.r) / self.r
 
 
+def check_param_group(group: str) -> str:
+    """A clear error, before any work, for an unknown group or bad LoRA settings."""
+    from .model import PARAM_GROUPS
+
+    if is_lora(group):
+        parse_group(group)
+    elif group not in PARAM_GROUPS:
+        raise ValueError(f"unknown parameter group {group!r}; valid groups: {', '.join(PARAM_GROUPS)}, "
+                         "lora[:r=4,alpha=4,targets=kv-xattn|xattn]")
+    return group
+
+
 def is_lora(group: str) -> bool:
     return group == "lora" or group.startswith("lora:")
 

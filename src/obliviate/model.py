@@ -383,18 +383,6 @@ def is_cross_attention(name: str) -> bool:
     return ".attn2." in name
 
 
-def check_param_group(group: str) -> str:
-    """A clear error, before any work, for an unknown group or bad LoRA settings."""
-    from .lora import is_lora, parse_group
-
-    if is_lora(group):
-        parse_group(group)
-    elif group not in PARAM_GROUPS:
-        raise ValueError(f"unknown parameter group {group!r}; valid groups: {', '.join(PARAM_GROUPS)}, "
-                         "lora[:r=4,alpha=4,targets=kv-xattn|xattn]")
-    return group
-
-
 def check_group_for_model(model_dir, group: str, method) -> None:
     """Refuse, before any work, a parameter group the model's denoiser or the method cannot use."""
     flow = is_flow(model_dir)
@@ -417,12 +405,9 @@ def select_parameters(unet: torch.nn.Module, group: str, seed: int = 0) -> dict[
 
     UNet: `kv-xattn` = to_k/to_v weights of cross-attention (attn2), `xattn` = all of attn2,
     `context` is a transformer group. Transformer (SD3, FLUX): see TRANSFORMER_GROUPS.
-    `lora:...` adds a fresh peft adapter to the denoiser (see lora.py) and returns its A/B tensors."""
-    from .lora import inject, is_lora
-
-    check_param_group(group)
-    if is_lora(group):
-        return inject(unet, group, seed)
+    A LoRA group's tensors come from `lora.inject` instead (an adapter added to the denoiser)."""
+    if group not in PARAM_GROUPS:
+        raise ValueError(f"unknown parameter group {group!r}; valid groups: {', '.join(PARAM_GROUPS)}")
     transformer = is_transformer(unet)
     if group == "context" and not transformer:
         raise ValueError("parameter group 'context' (the text projection of a flow-matching transformer) needs an SD3 or "

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..continual import slug
 from .config import Experiment
 from .executor import Chain, ChainsFailed, Executor
+from .runner import Runner
 
 
 @dataclass
@@ -36,7 +37,6 @@ class ChainWork:
     value: float | int | None = None  # a swept value; None: the whole variant
 
     def __call__(self) -> None:
-        from .runner import Runner
         from .strength import sweep_value
 
         runner = Runner(self.exp, self.out, quiet=False, **self.options)
@@ -79,3 +79,11 @@ def run_chains(exp: Experiment, out: Path, options: dict, executor: Executor, lo
         executor.close()
     if failures:
         raise ChainsFailed(failures)
+
+
+def run_on(executor: Executor):
+    """What Runner.run does first with an executor that runs chains elsewhere: `runner.run(run_on(executor))`."""
+    def first(runner) -> None:
+        run_chains(runner.exp, runner.out, runner.options, executor, log=runner.log)
+
+    return first

@@ -169,7 +169,7 @@ def _parse_variant(v: dict, domain: str, vw: str) -> Variant:
                       param_group=v.get("param_group", "kv-xattn"), sweep=dict(v.get("sweep") or {}))
     if variant.setting not in SETTINGS:
         raise ValueError(f"{vw} ({variant.name}): setting {variant.setting!r} is not valid; valid: {', '.join(SETTINGS)}")
-    from ..model import check_param_group
+    from ..lora import check_param_group
 
     try:
         check_param_group(variant.param_group)  # kv-xattn, xattn, full or lora:...

@@ -154,20 +154,19 @@ class Runner:
                 "per_concept_accuracy": res["per_concept_accuracy"], **power_fields(res), **extra}
 
     # ------------------------------------------------------------ the whole experiment
-    def run(self, executor=None) -> dict:
-        """Every variant, then summary.json and the report. With an executor other than local
-        (executor.py), the experiment's chains run there first (chains.py) and this process
-        then only reads their files back."""
+    def run(self, first=None) -> dict:
+        """Every variant, then summary.json and the report. `first(runner)`, when given, runs
+        under the output directory's lock before that: with an executor other than local, the
+        experiment's chains run there (chains.run_on), and this process then only reads their
+        files back."""
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
         dist = current_processes()  # accelerate launch: the main process holds the directory for all of them
         with exclusive(self.out, "experiment output directory") if dist is None or dist.is_main else contextlib.nullcontext():
-            if executor is not None and not executor.in_process:
-                from .chains import run_chains
-
+            if first is not None:
                 atomic_write_json(self.out / "experiment.json", {**self.exp.raw, "seed": self.exp.seed})
-                run_chains(self.exp, self.out, self.options, executor, log=self.log)
+                first(self)
             return self._run()
 
     def _run(self) -> dict:
