@@ -81,10 +81,13 @@ def test_several_processes_are_refused_by_the_add_on_s_declaration():
 
     spec = importlib.util.spec_from_file_location("toy_components_inproc", PLUGIN)
     toy = importlib.util.module_from_spec(spec)
+    from obliviate.attacks import ATTACKS
     from obliviate.methods import METHODS
+    from obliviate.protocols import PROTOCOLS
     from obliviate.regularizers import REGULARIZERS
 
-    saved = dict(METHODS), dict(REGULARIZERS)
+    registries = (METHODS, REGULARIZERS, ATTACKS, PROTOCOLS)
+    saved = [dict(r) for r in registries]  # the plugin registers into all four; later tests must not see it
     try:
         spec.loader.exec_module(toy)
         two = Distributed.__new__(Distributed)
@@ -94,5 +97,6 @@ def test_several_processes_are_refused_by_the_add_on_s_declaration():
         with pytest.raises(ValueError, match="'shrink' cannot run on 2 processes: the toy add-on declares one process"):
             two.check(method, [toy.Shrink(toy.ShrinkSettings())])
     finally:
-        METHODS.clear(), METHODS.update(saved[0])
-        REGULARIZERS.clear(), REGULARIZERS.update(saved[1])
+        for registry, before in zip(registries, saved):
+            registry.clear()
+            registry.update(before)
