@@ -33,7 +33,7 @@ from .model import (check_group_for_model, check_param_group, check_pipeline_dir
                     pick_device, select_parameters)
 from .protocols import PROTOCOLS, Catalog, catalog_for_model, generic_catalog, get_protocol
 from .regularizers import get_regularizer
-from .trainer import Context, Hook, Request, parse_settings, train
+from .trainer import Context, Hook, Method, Request, parse_settings, train
 
 
 def slug(text: str) -> str:
@@ -360,9 +360,11 @@ class Run:
         if self.created:
             self.check_base()
         steps = self.verify_chain()  # a damaged ledger is refused before a partial directory exists
-        if method.closed_form:  # settings the model or the run cannot serve are refused before any work
-            if choose is not None:
-                raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+        if method.closed_form and choose is not None:
+            raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+        # settings the model or the run cannot serve are refused before any work (closed forms, and
+        # methods that solve before they train)
+        if method.closed_form or type(method).check is not Method.check:
             method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps])
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"
