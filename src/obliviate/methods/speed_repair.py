@@ -137,11 +137,12 @@ class SpeedRepair(SPEED):
         x_t, t, _ = noised(ctx, self.latents[idx], gen)
         emb = ctx.encode([self.prompts[i] for i in idx.tolist()])
         erased = self.is_erased[idx].to(ctx.device)
-        with torch.no_grad():
-            base = predict(ctx.unet, x_t, t, emb, params=ctx.pretrained)
-            solved = predict(ctx.unet, x_t, t, emb, params=self.solved)
-        teacher = torch.where(erased.view(-1, *[1] * (base.dim() - 1)), solved, base)
         student = predict(ctx.unet, x_t, t, emb)
+        teacher = torch.empty_like(student, dtype=torch.float32)
+        with torch.no_grad():  # each image's own teacher only: one teacher forward per image, not two
+            for chosen, params in ((~erased, ctx.pretrained), (erased, self.solved)):
+                if bool(chosen.any()):
+                    teacher[chosen] = predict(ctx.unet, x_t[chosen], t[chosen], emb[chosen], params=params).float()
         per_image = (student.float() - teacher.float()).pow(2).flatten(1).mean(1)
         weights = torch.where(erased, torch.full_like(per_image, s.forget_weight), torch.ones_like(per_image))
         return (weights * per_image).mean()
