@@ -35,7 +35,7 @@ def test_the_repair_keeps_the_erased_tokens_where_the_solve_put_them_and_pulls_r
     solved = Run.open_or_create(tmp_path / "speed", bundled_model)
     s_meta = solved.unlearn(Request("fire", "style", "speed", {"augment": "2"}), quiet=True)
     run = Run.open_or_create(tmp_path / "repair", bundled_model)
-    meta = run.unlearn(repair("fire", steps="12", **exact), quiet=True)
+    meta = run.unlearn(repair("fire", steps="12", forget_weight="0", **exact), quiet=True)
     d_solve = load_delta(f"{s_meta['dir']}/delta.safetensors")
     d_repair = load_delta(f"{meta['dir']}/delta.safetensors")
     pipe, w0, ctx = _base(bundled_model, d_repair)
@@ -47,16 +47,18 @@ def test_the_repair_keeps_the_erased_tokens_where_the_solve_put_them_and_pulls_r
         moved = max(moved, float((wr - ws).abs().max()))
     assert moved > 1e-5  # and the repair did change the weights elsewhere
     assert meta["repair"]["frozen_dims"] > 0 and meta["closed_form"]["erased"] == ["fire"]
-    # a retained prompt's prediction is closer to the base model's after the repair than after the solve
-    prompt = ctx.catalog.prompt_with("autumn", "style", ctx.catalog.objects[0])
-    gen = torch.Generator().manual_seed(0)
+    # retained prompts' predictions are closer to the base model's after the repair than after the solve
+    # (forget_weight 0 here: the retained term alone, the one the claim is about)
+    prompts = [ctx.catalog.prompt_with(c, "style", ctx.catalog.objects[i]) for i, c in enumerate(("autumn", "sky", "moss", "storm"))]
     unet = denoiser(pipe)
-    x = torch.randn(4, unet.config.in_channels, 8, 8, generator=gen)
-    cond = encode(pipe, [prompt] * 4)
+    x = torch.randn(len(prompts), unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = encode(pipe, prompts)
+    err = {"solve": 0.0, "repair": 0.0}
     with torch.no_grad():
-        base = predict(unet, x, 500, cond)
-        err = {k: float((predict(unet, x, 500, cond, params={n: w0[n] + d[n] for n in d}) - base).pow(2).mean())
-               for k, d in (("solve", d_solve), ("repair", d_repair))}
+        for t in (200, 500, 800):
+            base = predict(unet, x, t, cond)
+            for k, d in (("solve", d_solve), ("repair", d_repair)):
+                err[k] += float((predict(unet, x, t, cond, params={n: w0[n] + d[n] for n in d}) - base).pow(2).mean())
     assert err["repair"] < err["solve"], err
 
 
