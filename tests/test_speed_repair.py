@@ -6,7 +6,7 @@ import torch
 from obliviate.continual import Run, build_hooks
 from obliviate.delta import load_delta
 from obliviate.methods.speed import SPEEDSettings
-from obliviate.methods.uce import erase_rows, text_states
+from obliviate.methods.uce import erase_rows
 from obliviate.model import denoiser, encode, load_pipeline, predict
 from obliviate.protocols import catalog_for_model
 from obliviate.trainer import Context, Request
