@@ -56,6 +56,11 @@ dimensions) and what moved, each as |Delta c| / |W0 c| over all edited layers: t
 rows (max), every candidate retained row (mean, max), the empty prompt (max), and the erase
 rows' remaining distance to their targets relative to where they started (mean).
 
+Defaults (erase_scale 8, threshold 0.1; lam, rows, guide and preservation as uce's) are the
+study's choice for styles on MiniCanvas 1.2's probe seed (configs/study/styles.yaml: the only
+threshold of 0.01, 0.03, 0.1, 0.3 keeping UA >= 90 after each of 12 styles; docs/NULL-SPACE.md).
+On objects the probe seed needed more room for the erasure (threshold 0.3).
+
 SD3 and FLUX: the same solve on the transformer's context_embedder (--param-group context), as
 uce does; positions are counted per tokenizer run (model.text_segments).
 """
@@ -80,7 +85,8 @@ RETAIN_POSITIONS = ("concept", "after", "all")
 @dataclass
 class SPEEDSettings(UCESettings):
     retain_positions: Literal["concept", "after", "all"] = "all"  # positions of the `others` rows kept exactly
-    threshold: float = 0.01  # protected directions: covariance eigenvalue >= threshold x the largest
+    erase_scale: float = 8.0
+    threshold: float = 0.1  # protected directions: covariance eigenvalue >= threshold x the largest
     prior_filter: bool = True  # influence-based prior filtering (keep the retained rows the edit moves most)
     augment: int = 10  # directed augmentation: perturbed copies per kept retained row
     invariant_dims: int = 3  # principal directions of the empty prompt kept exactly (besides the start token)

@@ -33,7 +33,9 @@ resumes from its checkpoint like any training method.
 Defaults (steps 10, forget_weight 3, the rest of the repair's as below) from the probe seed on
 MiniCanvas 1.2, 12 styles, erase_scale 8: with them the repair's UA after request 8 was 90.6
 against 87.5 for speed alone, at 2.5-2.8 s per request on a loaded machine; steps 20 with
-forget_weight 1 (erase_scale 4) gave 87.5 there (docs/NULL-SPACE.md).
+forget_weight 1 (erase_scale 4) gave 87.5 there. Those runs used speed's threshold 0.01; at
+speed's present default, 0.1, the repair gave 1-2.6 points of RA-C for 1-2 points of UA on the
+same probe: its effect is inconclusive (docs/NULL-SPACE.md).
 """
 from __future__ import annotations
 
