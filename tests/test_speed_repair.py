@@ -100,3 +100,24 @@ def test_lora_and_a_mixed_run_are_refused_before_any_work(bundled_model, tmp_pat
     with pytest.raises(ValueError, match="anchor=base"):
         run.unlearn(repair("ice"), quiet=True)
     assert len(run.steps()) == 1 and not list((tmp_path / "run" / "steps").glob(".*.partial"))
+
+
+def test_on_flux_it_solves_and_repairs_the_context_embedder_and_refuses_other_groups(tmp_path, monkeypatch):
+    from obliviate.protocols import Catalog
+    from obliviate.testing import clip_bpe_path, save_random_flow_pipeline
+
+    if clip_bpe_path() is None:
+        pytest.skip("CLIP's BPE vocabulary is absent")
+    catalog = Catalog(name="realnames", styles=["Van Gogh", "Pop Art", "Claude Monet"], objects=["sports car", "tree"],
+                      template="a painting of a {object} in {style} style", style_only="an image in the style of {style}",
+                      object_only="an image of a {object}", sampler={"steps": 2, "guidance": 3.0})
+    monkeypatch.setattr(Run, "catalog", lambda self: catalog)
+    model = save_random_flow_pipeline(tmp_path / "flux", "flux", seed=1)
+    run = Run.open_or_create(tmp_path / "run", model)
+    with pytest.raises(ValueError, match="param-group context"):
+        run.unlearn(Request("Van Gogh", "style", "speed-repair", dict(QUICK)), quiet=True)
+    assert not list((tmp_path / "run" / "steps").iterdir())  # refused before any work
+    meta = run.unlearn(Request("Van Gogh", "style", "speed-repair", dict(QUICK), param_group="context"), quiet=True)
+    delta = load_delta(f"{meta['dir']}/delta.safetensors")
+    assert list(delta) == ["context_embedder.weight"] and float(delta["context_embedder.weight"].abs().max()) > 0
+    assert meta["repair"]["prompts"] == 3 and meta["repair"]["erased_prompts"] == 1

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion import base_model_latents, image_seeds, noised, sampler_settings
-from ..model import is_flow, predict
+from ..model import predict
 from ..protocols import family
 from ..trainer import Context
 from .speed import SPEED, SPEEDSettings, protected_basis
@@ -82,6 +82,7 @@ class SpeedRepair(SPEED):
     name = "speed-repair"
     Settings = SpeedRepairSettings
     closed_form = False  # the engine runs the training loop after setup
+    solves_first = True  # a closed form in setup: on SD3/FLUX it needs --param-group context (model.check_group_for_model)
     order = 90
     not_multi_process = "speed-repair's solve and repair run in one process"
     quick_settings = {"steps": 3, "batch_size": 2, "images_per_concept": 1, "augment": 2}
@@ -92,9 +93,6 @@ class SpeedRepair(SPEED):
 
     def setup(self, ctx: Context, method=None) -> None:
         super().setup(ctx)  # the tokenizer and the run's earlier requests checked
-        if is_flow(ctx.pipe) and ctx.request.param_group != "context":
-            raise ValueError("speed-repair on an SD3 or FLUX model solves and repairs the transformer's text projection: "
-                             "use --param-group context")
         s = self.settings
         cat = ctx.catalog
         dom = family(ctx.request.domain)
