@@ -98,7 +98,8 @@ def _default_param_group(args) -> str:
     run_info = Path(args.run) / "run.json"
     model = json.loads(run_info.read_text())["base_model"] if run_info.is_file() else args.model
     try:
-        closed = get_method(args.method).closed_form
+        method = get_method(args.method)
+        closed = method.closed_form or getattr(method, "solves_first", False)
     except ValueError:
         return "kv-xattn"  # the unknown method is reported by build_hooks
     if closed and model and (Path(model) / "model_index.json").is_file() and is_flow(model):

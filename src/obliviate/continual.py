@@ -21,7 +21,7 @@ from .ledger import Job, Ledger, slug  # noqa: F401 (slug: re-exported)
 from .locking import exclusive
 from .model import check_pipeline_dir, denoiser, load_pipeline, model_hash, pick_device, select_parameters
 from .protocols import PROTOCOLS, Catalog
-from .trainer import Context, Hook, Request, train
+from .trainer import Context, Hook, Method, Request, train
 
 
 class Run(Ledger):
@@ -172,9 +172,11 @@ class Run(Ledger):
         if self.created:
             self.check_base()
         steps = self.verify_chain()  # a damaged ledger is refused before a partial directory exists
-        if method.closed_form:  # settings the model or the run cannot serve are refused before any work
-            if choose is not None:
-                raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+        if method.closed_form and choose is not None:
+            raise ValueError(f"method {method.name!r} is closed form: early stopping needs a training loop")
+        # settings the model or the run cannot serve are refused before any work (closed forms, and
+        # methods that solve before they train)
+        if method.closed_form or type(method).check is not Method.check:
             method.check(_load_tokenizer(self.base_model), [m["request"] for m in steps], request.targets)
         index = len(steps) + 1
         final_dir = self.path / "steps" / f"{index:03d}-{slug(request.concept)}"

@@ -389,7 +389,8 @@ def check_group_for_model(model_dir, group: str, method) -> None:
     if group == "context" and not flow:
         raise ValueError("parameter group 'context' (the text projection of a flow-matching transformer) needs an SD3 or "
                          "FLUX model; on a UNet use kv-xattn, xattn or full")
-    if flow and getattr(method, "closed_form", False) and group != "context":
+    # a closed form, or a method that solves one before it trains (speed-repair: `solves_first`)
+    if flow and (getattr(method, "closed_form", False) or getattr(method, "solves_first", False)) and group != "context":
         raise ValueError(
             f"method {method.name!r} on an {family_name(model_dir)} model solves the transformer's text projection "
             f"(context_embedder, parameter group 'context'), the one linear map whose input is the text encoders' states; "
