@@ -28,16 +28,16 @@ def test_no_package_file_names_the_plugin_components():
     package = Path(SRC) / "obliviate"
     for path in package.rglob("*.py"):
         text = path.read_text()
-        for name in ("to-empty", "shrink", "tinycanvas", "toy_components"):
+        for name in ("to-empty", "toy-shrink", "tinycanvas", "toy_components"):
             assert name not in text, f"{path} names {name}"
 
 
 def test_plugin_components_from_the_command_line(random_model, tmp_path):
     listed = obliviate("unlearn", "--help", cwd=tmp_path)
-    assert "to-empty" in listed.stdout and "shrink" in listed.stdout
+    assert "to-empty" in listed.stdout and "toy-shrink" in listed.stdout
     run = tmp_path / "run"
     done = obliviate("unlearn", "--run", run, "--model", random_model, "--concept", "fire", "--domain", "style",
-                     "--method", "to-empty", "--reg", "shrink:weight=2", cwd=tmp_path)
+                     "--method", "to-empty", "--reg", "toy-shrink:weight=2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     step = json.loads(next((run / "steps").glob("001-*/step.json")).read_text())
     assert step["config"]["method"]["name"] == "to-empty" and step["config"]["regularizers"][0]["weight"] == 2.0
@@ -47,9 +47,9 @@ def test_plugin_components_from_the_command_line(random_model, tmp_path):
                      "style", "--method", "to-empty", "--param-group", "lora:r=2", cwd=tmp_path)
     assert lora.returncode == 0, lora.stderr
     refused = obliviate("unlearn", "--run", tmp_path / "lora2", "--model", random_model, "--concept", "fire",
-                        "--domain", "style", "--method", "to-empty", "--reg", "shrink", "--param-group", "lora:r=2",
+                        "--domain", "style", "--method", "to-empty", "--reg", "toy-shrink", "--param-group", "lora:r=2",
                         cwd=tmp_path)
-    assert refused.returncode == 2 and "'shrink' has no LoRA meaning yet" in refused.stderr
+    assert refused.returncode == 2 and "'toy-shrink' has no LoRA meaning yet" in refused.stderr
     assert not (tmp_path / "lora2").exists()
     attacked = obliviate("attack", "--run", run, "--attack", "plain", "--out", tmp_path / "attack", "--seeds", "188",
                          "--partners", "circle", cwd=tmp_path)
@@ -61,7 +61,7 @@ def test_plugin_components_from_an_experiment_file(random_model, tmp_path):
     exp = {"name": "toy", "model": str(random_model), "protocol": "tinycanvas", "domain": "style", "sequence": ["fire"],
            "retained": ["lava"], "partners": ["circle"],
            "eval": {"seeds": [188], "probe_seeds": [5], "sampler": {"steps": 2, "guidance": 3.0}},
-           "variants": [{"name": "toy", "method": "to-empty", "regularizers": [{"name": "shrink", "weight": 1}]}],
+           "variants": [{"name": "toy", "method": "to-empty", "regularizers": [{"name": "toy-shrink", "weight": 1}]}],
            "attacks": [{"name": "plain"}]}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
@@ -70,7 +70,7 @@ def test_plugin_components_from_an_experiment_file(random_model, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["protocol"] == "tinycanvas"
     variant = summary["variants"]["toy"]
-    assert variant["method"] == "to-empty" and variant["config"]["regularizers"][0]["name"] == "shrink", variant
+    assert variant["method"] == "to-empty" and variant["config"]["regularizers"][0]["name"] == "toy-shrink", variant
     assert variant["attacks"]["plain@1"]["attack"] == "plain"
 
 
@@ -94,7 +94,7 @@ def test_several_processes_are_refused_by_the_add_on_s_declaration():
         two.world = 2
         method = toy.ToEmpty(toy.ToEmptySettings())
         two.check(method, [])  # the method declares nothing against it
-        with pytest.raises(ValueError, match="'shrink' cannot run on 2 processes: the toy add-on declares one process"):
+        with pytest.raises(ValueError, match="'toy-shrink' cannot run on 2 processes: the toy add-on declares one process"):
             two.check(method, [toy.Shrink(toy.ShrinkSettings())])
     finally:
         for registry, before in zip(registries, saved):

@@ -49,7 +49,7 @@ class ShrinkSettings:
 class Shrink(Hook):
     """weight x mean squared change of the trained tensors in this request (a toy L2-SP)."""
 
-    name = "shrink"
+    name = "toy-shrink"
     Settings = ShrinkSettings
     quick_settings = {"weight": 1.0}
     not_multi_process = "the toy add-on declares one process only"
