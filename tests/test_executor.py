@@ -63,9 +63,16 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def local_summary(random_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "exp"
-    Runner(load_experiment(small_experiment(random_model)), out, quiet=True).run()
-    return summary_of(out)
+    """The one-process run, in a fresh process like the workers' (`obliviate run`), so nothing an
+    earlier test left in this process can make the two differ."""
+    root = tmp_path_factory.mktemp("local")
+    (root / "exp.yaml").write_text(yaml.safe_dump(small_experiment(random_model)))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "obliviate.cli", "--quiet", "run", str(root / "exp.yaml"), "--out",
+                           str(root / "exp")], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return summary_of(root / "exp")
 
 
 def test_local_ray_and_slurm_give_one_summary(random_model, local_summary, ray_cluster, tmp_path):
