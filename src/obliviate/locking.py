@@ -26,20 +26,19 @@ class BusyError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(directory: str | Path, what: str):
-    """Hold DIR/.lock for the duration of the block; `what` names the thing in the error."""
-    directory = Path(directory)
-    key = str(directory.resolve())
-    if fcntl is None or key in _HELD:  # re-entry from the same process holds it already
+def _held(lock: Path, *, wait: bool, busy_message: str = ""):
+    """Hold an flock on the file `lock` (created if missing) for the block; re-entry from this
+    process holds it already. `wait=False`: a lock another process holds raises BusyError."""
+    key = str(lock.resolve())
+    if fcntl is None or key in _HELD:  # a second flock of this process on the file would wait for itself
         yield
         return
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BusyError(f"{what} {directory} is busy (another obliviate process holds it); "
-                            "wait for it to finish") from None
+            raise BusyError(busy_message) from None
         _HELD.add(key)
         try:
             yield
@@ -47,6 +46,15 @@ def exclusive(directory: str | Path, what: str):
             _HELD.discard(key)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path, what: str):
+    """Hold DIR/.lock for the duration of the block; `what` names the thing in the error."""
+    directory = Path(directory)
+    with _held(directory / ".lock", wait=False,
+               busy_message=f"{what} {directory} is busy (another obliviate process holds it); wait for it to finish"):
+        yield
 
 
 @contextlib.contextmanager
@@ -61,18 +69,5 @@ def filling(path: str | Path):
     the kernel releases it when its holder dies, so a killed worker never blocks the rest)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.parent / f".{path.name}.lock"
-    key = str(lock.resolve())
-    if fcntl is None or key in _HELD:  # a second flock of this process on the file would wait for itself
+    with _held(path.parent / f".{path.name}.lock", wait=True):  # blocking: the holder is generating what we need
         yield
-        return
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: the holder is generating what we need
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-    finally:
-        os.close(fd)
