@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -108,7 +107,7 @@ def _default_param_group(args) -> str:
 
 
 def cmd_unlearn(args) -> int:
-    from .continual import Run, build_hooks
+    from .continual import Run, parse
     from .trainer import Request
 
     method_settings = parse_kv(args.method_setting, "--method-setting")
@@ -119,7 +118,7 @@ def cmd_unlearn(args) -> int:
         regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed,
         param_group=args.param_group or _default_param_group(args),
     )
-    build_hooks(request)  # every name, setting, range and the parameter group checked before anything is created
+    parsed = parse(request)  # every name, setting, range and the parameter group checked before anything is created
     from .distributed import autocast_dtype, validate_device
 
     validate_device(args.device)
@@ -132,16 +131,16 @@ def cmd_unlearn(args) -> int:
         from .minicanvas import bundled_path
 
         catalog = catalog_for_model(args.model or bundled_path()) or generic_catalog()
-        Run._check_concept(request, catalog)
-    from .distributed import current
+        catalog.check_concepts(request.domain, request.targets)
+    from .distributed import processes
 
-    dist = current()
+    procs = processes()
     # several processes: the main one creates the run first (another arriving mid-creation would
     # find a non-empty directory without run.json, fail, and leave the main one at a barrier)
-    with dist.main_first() if dist is not None else contextlib.nullcontext():
+    with procs.main_first():
         # one process: the run is written once the request is valid and the model loads
-        run = Run.open_or_create(args.run, args.model, write_now=dist is not None)
-    meta = run.unlearn(request, quiet=args.quiet, device=args.device, precision=args.precision,
+        run = Run.open_or_create(args.run, args.model, write_now=procs.world > 1)
+    meta = run.unlearn(parsed, quiet=args.quiet, device=args.device, precision=args.precision,
                        gradient_checkpointing=args.gradient_checkpointing)
     d = meta["drift"]
     print(f"step {meta['step']}: -{request.concept} ({request.method}) in {meta['timings']['train_seconds']:.1f} s; "

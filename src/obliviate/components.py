@@ -1,5 +1,9 @@
 """A request's components: its method and add-ons, built from the request's settings and
-checked (names, types, ranges, LoRA forms, model families) before any work."""
+checked (names, types, ranges, LoRA forms, model families) before any work.
+
+A request is parsed once, at the edge (the command line, an experiment file, Python):
+`parse(request)` builds its hooks and resolves every setting (defaults filled in, types and
+ranges checked); the ledger records and compares the resolved settings (`Parsed.config`)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +15,25 @@ from .lora import check_param_group
 from .model import check_group_for_model, model_family
 from .regularizers import get_regularizer
 from .trainer import Request, parse_settings
+
+
+@dataclasses.dataclass
+class Parsed:
+    """A request with its hooks built and its settings resolved."""
+
+    request: Request
+    method: object  # trainer.Method
+    regs: list  # trainer.Hook, in the request's order
+
+    @property
+    def config(self) -> dict:
+        """The resolved settings: recorded in step.json, compared to tell one request's work from another's."""
+        return resolved_config(self.method, self.regs)
+
+
+def parse(request: Request | Parsed) -> Parsed:
+    """The request's hooks and resolved settings; a request parsed already is returned as it is."""
+    return request if isinstance(request, Parsed) else Parsed(request, *build_hooks(request))
 
 
 def build_hooks(request: Request):

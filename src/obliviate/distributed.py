@@ -81,6 +81,14 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def trained_in(device, precision: str, closed_form: bool) -> str | None:
+    """What a request's matmuls run in (fp32, bf16, fp16; None for a closed-form solve): part of
+    the work, so the ledger records and compares it like a setting."""
+    if closed_form:
+        return None
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(device, precision)]
+
+
 def enable_gradient_checkpointing(unet) -> None:
     """Recompute UNet block activations in backward: less memory, ~30% more compute.
 
@@ -116,6 +124,13 @@ class Distributed:
         if self.is_main:
             self.barrier()
 
+    def device_for(self, device):
+        """The device this process trains on: the one accelerate gave it."""
+        if device is not None and torch.device(device) != self.device:
+            raise ValueError(f"--device {device} conflicts with accelerate launch, which gives process {self.rank} "
+                             f"{self.device}; leave --device out")
+        return self.device
+
     def check(self, method, regularizers) -> None:
         for hook in [method, *regularizers]:
             if hook.not_multi_process:
@@ -148,6 +163,26 @@ class Distributed:
             offset += g.numel()
 
 
+class OneProcess:
+    """The `Distributed` interface for a request that runs in this process alone: it is the
+    main process, waits for no one and splits nothing, so the ledger and the training loop
+    read the same way on one process and on several."""
+
+    rank, world, device, is_main = 0, 1, None, True
+
+    def barrier(self) -> None:
+        pass
+
+    def main_first(self):
+        return contextlib.nullcontext()
+
+    def check(self, method, regularizers) -> None:
+        pass
+
+    def device_for(self, device):
+        return device
+
+
 _CURRENT: Distributed | None = None
 
 
@@ -157,3 +192,8 @@ def current() -> Distributed | None:
     if _CURRENT is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _CURRENT = Distributed()
     return _CURRENT
+
+
+def processes() -> Distributed | OneProcess:
+    """The processes a request runs on: `current()`, or this process alone."""
+    return current() or OneProcess()

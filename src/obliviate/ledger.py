@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import lora
-from .components import build_hooks, resolved_config
+from .components import Parsed, parse
 from .delta import atomic_write_json, file_hash, save_delta
 from .model import model_hash
 from .protocols import Catalog, catalog_for_model, generic_catalog, get_protocol
@@ -36,21 +36,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-").lower()[:40] or "concept"
 
 
-def same_request(recorded: dict, request: Request) -> bool:
-    """Whether a recorded request (step.json / request.json) asks for the same work as
-    `request`: settings compare after parsing, so `steps="3"` from the command line equals
-    `steps: 3` from Python or YAML, and a setting spelled out at its default equals leaving
-    it out."""
-    if recorded == request.to_dict():
-        return True
-    try:
-        old = Request.from_dict(recorded)
-        same_fields = all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
-        return same_fields and resolved_config(*build_hooks(old)) == resolved_config(*build_hooks(request))
-    except (ValueError, KeyError, TypeError):  # a recorded request this version cannot parse is not the same
-        return False
-
-
 def _same_fields(recorded: dict, request: Request) -> bool:
     """Everything but the method and regularizer settings asks for the same work."""
     try:
@@ -58,6 +43,20 @@ def _same_fields(recorded: dict, request: Request) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return all(getattr(old, k) == getattr(request, k) for k in ("concept", "domain", "seed", "param_group", "also"))
+
+
+def _plain(config: dict) -> dict:
+    return json.loads(json.dumps(config))  # as read back from JSON (tuples become lists)
+
+
+def _parses_to(recorded: dict, config: dict) -> bool:
+    """Whether a recorded request, parsed by this version, resolves to `config`: so `steps="3"`
+    from the command line equals `steps: 3` from Python or YAML, and a setting spelled out at
+    its default equals leaving it out."""
+    try:
+        return _plain(parse(Request.from_dict(recorded)).config) == _plain(config)
+    except (ValueError, KeyError, TypeError):  # a recorded request this version cannot parse is not the same
+        return False
 
 
 def changed_defaults(recorded_config: dict | None, current_config: dict) -> list[str]:
@@ -83,11 +82,8 @@ def changed_defaults(recorded_config: dict | None, current_config: dict) -> list
 class Job:
     """One request as validated: its hooks, where it stands in the ledger, where it writes."""
 
-    request: Request
-    method: object
-    regs: list
-    config: dict
-    dist: object
+    parsed: Parsed
+    procs: object  # distributed.Distributed, or distributed.OneProcess
     device: object
     catalog: Catalog
     steps: list[dict]
@@ -95,6 +91,21 @@ class Job:
     final_dir: Path
     partial: Path
     precision: str | None  # fp32, bf16 or fp16: what the training's matmuls ran in (None: closed form)
+    tensors: object  # trained.Tensors or trained.Adapter
+    procedure: object  # procedures.Solve or procedures.Train
+
+    request = property(lambda self: self.parsed.request)
+    method = property(lambda self: self.parsed.method)
+    regs = property(lambda self: self.parsed.regs)
+
+    @property
+    def config(self) -> dict:
+        return self.parsed.config
+
+    @property
+    def dist(self):
+        """The process group for hooks (Context.dist): None on one process."""
+        return self.procs if self.procs.world > 1 else None
 
 
 class Ledger:
@@ -189,7 +200,7 @@ class Ledger:
             if meta["request"]["concept"] != request.concept:
                 continue
             if meta.get("config") is None:  # a step from before steps recorded their resolved settings
-                changed, same_work = [], same_request(meta["request"], request)
+                changed, same_work = [], _same_fields(meta["request"], request) and _parses_to(meta["request"], job.config)
             else:  # the same work = the same settings after resolving defaults, today's and the step's
                 changed = changed_defaults(meta["config"], job.config)
                 same_work = _same_fields(meta["request"], request) and not changed
@@ -202,7 +213,7 @@ class Ledger:
                 if not quiet:
                     print(f"[obliviate] {request.concept!r} is already step {meta['step']} of {self.path}; nothing to do")
                 return meta
-            if same_request(meta["request"], request):
+            if _same_fields(meta["request"], request) and _parses_to(meta["request"], job.config):
                 raise ValueError(
                     f"concept {request.concept!r} was unlearned in step {meta['step']} of {self.path} with the same "
                     f"request, but this version resolves it differently ({'; '.join(changed)}): a default changed "
@@ -215,28 +226,25 @@ class Ledger:
 
     def claim_partial(self, job: Job) -> None:
         """The request's .partial directory: resumed when it holds the same request, created otherwise."""
-        request, partial, dist = job.request, job.partial, job.dist
-        # An unfinished request that never wrote a checkpoint has no training to lose (it
-        # failed in setup, or was killed before its first checkpoint): a corrected request
-        # replaces it. One with a checkpoint must be resumed or deleted by the user.
-        for other in sorted((self.path / "steps").glob(".*.partial")) if dist is None or dist.is_main else []:
-            if not (other / "checkpoint.pt").exists():
-                if other != partial or not _recorded_same(other, request):
-                    shutil.rmtree(other)
-            elif other != partial:
-                raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
-        if dist is not None and not dist.is_main:
-            pass  # the main process checks and creates the partial directory
-        elif partial.exists():
-            if not _recorded_same(partial, request):
+        partial, procs = job.partial, job.procs
+        if procs.is_main:  # the main process checks and creates the partial directory
+            # An unfinished request that never wrote a checkpoint has no training to lose (it
+            # failed in setup, or was killed before its first checkpoint): a corrected request
+            # replaces it. One with a checkpoint must be resumed or deleted by the user.
+            for other in sorted((self.path / "steps").glob(".*.partial")):
+                if not (other / "checkpoint.pt").exists():
+                    if other != partial or not _recorded_same(other, job):
+                        shutil.rmtree(other)
+                elif other != partial:
+                    raise ValueError(f"{self.path} has an unfinished request in {other.name}; finish it first (rerun its command) or delete it")
+            if partial.exists() and not _recorded_same(partial, job):
                 raise ValueError(
                     f"{partial} holds an unfinished request with different settings; rerun that request or delete the directory"
                 )
-        else:
-            partial.mkdir(parents=True)
-            atomic_write_json(partial / "request.json", request.to_dict())
-        if dist is not None:
-            dist.barrier()
+            if not partial.exists():
+                partial.mkdir(parents=True)
+                atomic_write_json(partial / "request.json", {**job.request.to_dict(), "config": job.config})
+        procs.barrier()
 
     def write_delta(self, job: Job, stored: dict[str, torch.Tensor], file_meta: dict) -> Path:
         """The step's delta file, inside its .partial directory (not yet part of the ledger)."""
@@ -253,13 +261,19 @@ class Ledger:
         (partial / "request.json").unlink(missing_ok=True)
         partial.rename(job.final_dir)
         meta["dir"] = str(job.final_dir)
-        if job.dist is not None:
-            job.dist.barrier()
+        job.procs.barrier()
         return meta
 
 
-def _recorded_same(partial: Path, request: Request) -> bool:
+def _recorded_same(partial: Path, job: Job) -> bool:
+    """Whether a partial directory holds the same work as the job (its request.json, with the
+    resolved settings since they were recorded there)."""
     try:
-        return same_request(json.loads((partial / "request.json").read_text()), request)
+        recorded = json.loads((partial / "request.json").read_text())
     except (OSError, ValueError):  # missing or half-written request.json
         return False
+    if not _same_fields(recorded, job.request):
+        return False
+    if "config" in recorded:
+        return _plain(recorded["config"]) == _plain(job.config)
+    return _parses_to(recorded, job.config)

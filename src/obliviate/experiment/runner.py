@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..continual import Run, build_hooks, resolved_config, slug
+from ..continual import Run, parse, slug
 from ..delta import atomic_write_json, with_delta
 from ..distributed import current as current_processes
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
@@ -134,8 +134,8 @@ class Runner:
     def request(self, variant: Variant, concept: str, also: list[str] | None = None, steps_scale: int = 1) -> Request:
         settings = dict(variant.method_settings)
         if steps_scale > 1:
-            method_cls = build_hooks(Request(concept, self.exp.domain, variant.method, settings))[0]
-            settings["steps"] = int(method_cls.settings.steps) * steps_scale
+            method = parse(Request(concept, self.exp.domain, variant.method, settings)).method
+            settings["steps"] = int(method.settings.steps) * steps_scale
         req = Request(concept, self.exp.domain, variant.method, settings, variant.regularizers, seed=self.exp.seed,
                       param_group=variant.param_group)
         req.also = list(also or [])
@@ -207,7 +207,7 @@ class Runner:
         entry = {
             "setting": variant.setting, "method": variant.method, "regularizers": [n for n, _ in variant.regularizers],
             # every setting as run, defaults included, for the report
-            "config": resolved_config(*build_hooks(self.request(variant, self.exp.sequence[0]))),
+            "config": parse(self.request(variant, self.exp.sequence[0])).config,
             "param_group": variant.param_group, "early_stopping": variant.early_stopping,
             **({"merge": variant.merge} if variant.setting == "independent+merge" else {}),
             **({"strength": choice} if choice else {}), "steps": rows}

@@ -61,6 +61,19 @@ class Catalog:
             return "object"
         return None
 
+    def check_concepts(self, domain: str, concepts: list[str]) -> None:
+        """Refuse a concept this catalog does not know in `domain` (a generic catalog, or the
+        domain "other", takes any name)."""
+        if self.name == "generic" or domain == "other":
+            return
+        known = self.concepts(domain)
+        for concept in concepts:
+            if concept not in known:
+                where = self.domain_of(concept)
+                hint = f" (it is a {where})" if where else ""
+                raise ValueError(f"unknown {domain} {concept!r} for the {self.name} model{hint}; "
+                                 f"valid {domain}s: {', '.join(known)}")
+
     def partners(self, domain: str) -> list[str]:
         """The concepts a `domain` concept is paired with in the template (the other domain)."""
         return self.objects if domain == "style" else self.styles
