@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -45,6 +46,11 @@ def env(**extra) -> dict:
     src = str(ROOT / "src")
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in [src, os.environ.get("PYTHONPATH")] if p),
             **extra}
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def obliviate(*args, **extra) -> float:
@@ -81,10 +87,15 @@ def bench_experiment(work: Path, steps: int) -> dict:
     exp.write_text(yaml.safe_dump(experiment(steps), sort_keys=False))
     out = {"experiment": "2 variants x 2 swept values x 2 requests, MiniCanvas (bundled), ConAbl "
                          f"{steps} steps; evaluations: 32 images reported, 16 probed", "load_before": load()}
+    cpu0 = children_cpu()
     local = obliviate("run", str(exp), "--out", str(work / "local"))
+    # the one process is not one core: with one torch thread it still keeps more than one core
+    # busy part of the time (the cores it used bound what two one-CPU workers can gain)
+    local_cpu = children_cpu() - cpu0
     ray = obliviate("run", str(exp), "--out", str(work / "ray"), "--executor", "ray", "--workers", "2")
     a, b = (without_timings(json.loads((work / d / "summary.json").read_text())) for d in ("local", "ray"))
-    out.update({"local_seconds": local, "ray_2_workers_seconds": ray, "ratio": local / ray, "goal": EXPERIMENT_GOAL,
+    out.update({"local_seconds": local, "local_cpu_seconds": local_cpu, "local_cores_busy": local_cpu / local,
+                "ray_2_workers_seconds": ray, "ratio": local / ray, "goal": EXPERIMENT_GOAL,
                 "same_summary": a == b, "ray_chains_span_seconds": chains_span(work / "ray" / "logs"),
                 "load_after": load()})
     return out
@@ -209,11 +220,12 @@ def main() -> None:
         if args.only in (None, name):
             result[{"experiment": "experiment_local_vs_ray", "ray": "ray_fixed_cost", "eval": "sharded_eval"}[name]] = part()
             print(json.dumps(result, indent=1), flush=True)
-    # the load before each part is other work (after it, it includes the part's own processes)
-    before = max(v["load_before"][0] for v in result.values() if isinstance(v, dict) and "load_before" in v)
+    # other work shows in the load before the first part; before a later part, the 1-minute
+    # average still holds the previous part's own processes (Ray's workers)
+    before = next(v["load_before"][0] for v in result.values() if isinstance(v, dict) and "load_before" in v)
     result["provisional"] = before > 0.5
     if result["provisional"]:
-        result["note"] = (f"taken while other jobs ran (1-minute load average up to {before:.1f} before a part, on "
+        result["note"] = (f"taken while other jobs ran (1-minute load average {before:.1f} before the first part, on "
                           f"{os.cpu_count()} cores): the ratios are provisional; take them again on idle cores")
         autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
         if autogroup.exists() and autogroup.read_text().strip() == "1":
