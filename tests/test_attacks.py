@@ -106,7 +106,7 @@ def test_bad_attack_names_and_settings_are_refused_before_any_work(tiny_run, tmp
     assert cli("attack", "--run", tiny_run.path, "--attack", "nope", "--out", tmp_path / "a") == 2
     assert "valid attacks: paraphrase, inversion, prefix, relearn" in capsys.readouterr().err
     assert cli("attack", "--run", tiny_run.path, "--attack", "prefix:tokens=0", "--out", tmp_path / "a") == 2
-    assert "tokens must be >= 1" in capsys.readouterr().err
+    assert "setting tokens=0 is out of range; valid: [1, inf)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="valid settings"):
         build_attack("inversion", dict([("stepz", "3")]))
     assert parse_attack("prefix:tokens=2,steps=5") == ("prefix", {"tokens": "2", "steps": "5"})

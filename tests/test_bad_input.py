@@ -49,7 +49,7 @@ def test_yaml_errors_name_the_file_and_the_variant_in_the_file_s_words(random_mo
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(bad))
     code, err = cli(["run", str(exp), "--out", str(tmp_path / "out")], capsys)
-    assert code == 2 and f"{exp}: variants[0] (strong): regularizer l2sp: weight must be >= 0" in err
+    assert code == 2 and f"{exp}: variants[0] (strong): regularizer l2sp: setting weight=-1.0 is out of range; valid: [0, inf)" in err
     assert "--reg" not in err and not (tmp_path / "out").exists()
 
 

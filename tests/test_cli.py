@@ -18,7 +18,7 @@ def run_cli(args, capsys):
     (["--reg", "l2sp:strength=3"], "unknown setting(s) ['strength']; valid settings: weight, reference"),
     (["--reg", "l2sp:weight"], "settings must look like"),
     (["--reg", "projection:mode=sideways"], "mode='sideways'"),
-    (["--reg", "selft:top_k=2"], "top_k must be in (0, 1]"),
+    (["--reg", "selft:top_k=2"], "setting top_k=2.0 is out of range; valid: (0, 1]"),
     (["--concept", "plaid"], "unknown style 'plaid'"),
     (["--concept", "star"], "(it is a object)"),
     (["--param-group", "everything"], "valid groups"),

@@ -22,7 +22,7 @@ def request(concept="fire", regs=(), group=LORA, method="conabl", **settings):
 
 
 def test_bad_groups_and_unsupported_regularizers_are_refused_before_work():
-    for group, needle in [("lora:r=0", "r must be >= 1"), ("lora:targets=full", "targets"), ("lora:rank=4", "valid settings"),
+    for group, needle in [("lora:r=0", "setting r=0 is out of range"), ("lora:targets=full", "targets"), ("lora:rank=4", "valid settings"),
                           ("kv", "valid groups")]:
         with pytest.raises(ValueError, match=needle):
             build_hooks(request(group=group))

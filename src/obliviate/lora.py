@@ -46,6 +46,8 @@ from typing import Literal
 
 import torch
 
+from .parsing import AT_LEAST_ONE, POSITIVE, Checked
+
 ADAPTER = "obliviate"
 FORMAT = "lora"
 TARGET_PATTERNS = {
@@ -63,7 +65,7 @@ TRANSFORMER_TARGET_PATTERNS = {
 
 
 @dataclass
-class LoraSettings:
+class LoraSettings(Checked):
     r: int = 4
     alpha: float | None = None  # default: r (scale 1)
     targets: Literal["kv-xattn", "xattn"] = "kv-xattn"
@@ -71,11 +73,7 @@ class LoraSettings:
     # request's adapter (the alternative, kept for measuring it: docs/LORA.md)
     continual: Literal["stack", "keep"] = "stack"
 
-    def __post_init__(self):
-        if self.r < 1:
-            raise ValueError(f"r must be >= 1, got {self.r}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+    ranges = {"r": AT_LEAST_ONE, "alpha": POSITIVE}
 
     @property
     def scale(self) -> float:

@@ -1,12 +1,14 @@
-"""Settings from strings: the one `NAME:key=value` syntax, typed coercion and one range table,
-with errors that name the input. Below the trainer and lora, which both read settings."""
+"""Settings: the one way they are validated (`Checked`), the one `NAME:key=value` syntax, typed
+coercion from strings, and one range table, with errors that name the input. Below the
+trainer and lora, which both read settings."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import types
+import functools
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 
 def parse_settings(cls, values: dict[str, Any] | None, where: str):
@@ -25,17 +27,15 @@ def parse_settings(cls, values: dict[str, Any] | None, where: str):
         except (TypeError, ValueError):
             raise ValueError(f"{where}: setting {key}={raw!r} is not a valid {_type_name(kind)}") from None
     try:
-        settings = cls(**out)
+        return cls(**out)  # Checked: choices, ranges and the class's own rules, at construction
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
-    check_ranges(settings, where)
-    return settings
 
 
 # Valid ranges of numeric settings, by setting name: the same name means the same thing in
-# every method and add-on, so one table covers them all (a Settings class may add or
-# override entries with a class attribute `ranges`). Checked when a request is parsed, so
-# `steps=0` or `lr=-1` is refused before any model is loaded or any file written.
+# every method, add-on and attack, so one table covers them all (a settings class adds or
+# overrides entries with its own `ranges`). Checked when settings are made, so `steps=0` or
+# `lr=-1` is refused before any model is loaded or any file written.
 # (low, low_inclusive, high, high_inclusive); None = unbounded.
 SETTING_RANGES: dict[str, tuple] = {
     "steps": (1, True, None, False), "lr": (0, False, None, False), "batch_size": (1, True, None, False),
@@ -49,6 +49,72 @@ SETTING_RANGES: dict[str, tuple] = {
     "nearest": (0, True, None, False), "images_per_concept": (1, True, None, False),
     "image_seed": (0, True, None, False),
 }
+AT_LEAST_ONE, NON_NEGATIVE, POSITIVE = (1, True, None, False), (0, True, None, False), (0, False, None, False)
+
+
+class Checked:
+    """Base of every settings dataclass (methods, add-ons, attacks): the one way settings are
+    validated. A settings class declares
+      - its choices as `Literal` types,
+      - its numeric ranges by name: SETTING_RANGES, plus its own `ranges` (merged along its bases),
+      - in `complete()`, only what those cannot say: rules that tie settings together, files
+        that must exist, settings filled in from others (e.g. a recipe's defaults).
+    All of it runs when an instance is made, whichever way it is made (Python, an experiment
+    file, the command line); parse_settings adds where the values came from to the message."""
+
+    ranges: ClassVar[dict[str, tuple]] = {}
+
+    def __post_init__(self):
+        check_settings(self)
+        self.complete()
+
+    def complete(self) -> None:
+        """Rules across settings; fill in settings that derive from others."""
+
+
+def valid_ranges(cls) -> dict[str, tuple]:
+    """(low, low_inclusive, high, high_inclusive) of each numeric setting of a settings class."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    ranges = {k: v for k, v in SETTING_RANGES.items() if k in names}
+    for klass in reversed(cls.__mro__):
+        ranges.update(klass.__dict__.get("ranges", {}))
+    return ranges
+
+
+def check_settings(settings) -> None:
+    """Refuse a choice outside its Literal, or a number outside its range, naming the setting."""
+    hints, ranges = _hints(type(settings)), valid_ranges(type(settings))
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        choices = _choices(hints.get(f.name))
+        if choices and value not in choices:
+            raise ValueError(f"setting {f.name}={value!r} is not a valid choice; valid: {', '.join(map(str, choices))}")
+        bounds = ranges.get(f.name)
+        if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, low_in, high, high_in = bounds
+        ok = (low is None or value > low or (low_in and value == low)) and \
+             (high is None or value < high or (high_in and value == high))
+        if not ok:
+            lo = "" if low is None else f"{'[' if low_in else '('}{low}"
+            hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
+            raise ValueError(f"setting {f.name}={value!r} is out of range; valid: {lo or '(-inf'}, {hi}")
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _choices(kind) -> tuple:
+    """The values a Literal (or an optional Literal) allows; () for any other type."""
+    if typing.get_origin(kind) is typing.Literal:
+        return typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return tuple(c for a in typing.get_args(kind) for c in _choices(a))
+    return ()
 
 
 def parse_named(text: str, flag: str, example: str = "NAME:key=value,key=value") -> tuple[str, dict[str, str]]:
@@ -62,22 +128,6 @@ def parse_named(text: str, flag: str, example: str = "NAME:key=value,key=value")
             raise ValueError(f"{flag} {text!r}: settings must look like {example}")
         settings[key.strip()] = value.strip()
     return name.strip(), settings
-
-
-def check_ranges(settings, where: str) -> None:
-    """Refuse a numeric setting outside its range, naming the setting and the range."""
-    ranges = {**SETTING_RANGES, **getattr(settings, "ranges", {})}
-    for f in dataclasses.fields(settings):
-        value, bounds = getattr(settings, f.name), ranges.get(f.name)
-        if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        low, low_in, high, high_in = bounds
-        ok = (low is None or value > low or (low_in and value == low)) and \
-             (high is None or value < high or (high_in and value == high))
-        if not ok:
-            lo = "" if low is None else f"{'[' if low_in else '('}{low}"
-            hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
-            raise ValueError(f"{where}: setting {f.name}={value!r} is out of range; valid: {lo or '(-inf'}, {hi}")
 
 
 def _type_name(kind) -> str:

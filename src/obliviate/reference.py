@@ -13,8 +13,9 @@ Where the facts come from (change these small functions if they move):
   description   `describe`: the first paragraph of the component's module docstring (one file
                 per component); where one module registers several (regularizers/sp.py), the
                 class's own docstring.
-  ranges        `valid_ranges`: parsing.SETTING_RANGES, an attack's `counts` (each >= 1), a
-                settings class's `ranges`; and Literal types (a fixed set of choices).
+  ranges        parsing.valid_ranges: parsing.SETTING_RANGES and a settings class's `ranges`
+                (merged along its bases); and Literal types (a fixed set of choices), the
+                same declarations parsing.Checked enforces.
   notes         `setting_notes`: the comment on a setting's line in its settings class, and the
                 comment lines right above it.
 """
@@ -28,8 +29,10 @@ import sys
 import textwrap
 import tokenize
 import typing
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .parsing import valid_ranges  # noqa: F401 (also read from here by the tests)
 
 KINDS = ("methods", "add-ons", "attacks", "protocols", "samplers")
 
@@ -64,18 +67,6 @@ def describe(cls, registry: dict) -> str:
     # "`rece`: UCE hardened ..." -> "UCE hardened ...": the name is already in the name column
     first = re.sub(r"^`[\w+-]+`\s*(\(ours\))?:\s*", lambda m: "(ours) " if m.group(1) else "", first)
     return first[:1].upper() + first[1:]
-
-
-def valid_ranges(cls) -> dict[str, tuple]:
-    """(low, low_inclusive, high, high_inclusive) of each numeric setting, as parse_settings
-    checks them: the shared table, an attack's `counts`, the class's own `ranges`."""
-    from .parsing import SETTING_RANGES
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    ranges = {k: v for k, v in SETTING_RANGES.items() if k in names}
-    ranges.update({k: (1, True, None, False) for k in getattr(cls, "counts", ())})  # attacks: AttackSettings
-    ranges.update(getattr(cls, "ranges", {}))
-    return ranges
 
 
 def setting_notes(cls) -> dict[str, str]:

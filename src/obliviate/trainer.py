@@ -33,7 +33,7 @@ from .protocols import DOMAINS, Catalog
 from .start_token import start_token_detached
 
 
-from .parsing import SETTING_RANGES, check_ranges, parse_named, parse_settings  # noqa: F401  (re-exported)
+from .parsing import SETTING_RANGES, Checked, parse_named, parse_settings  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- the request
@@ -196,7 +196,7 @@ class Hook:
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(Checked):
     """Optimisation settings every method has (its own defaults differ)."""
 
     steps: int = 100

@@ -27,6 +27,7 @@ from ..diffusion import add_noise, scheduler_for_training, target_for, vae_to_la
 from ..evaluate.evaluator import Protocol, model_key
 from ..evaluate.sampler import SamplerConfig, generate
 from ..model import denoiser, load_pipeline, pick_device, predict
+from ..parsing import Checked
 from ..protocols import other_family
 
 # Training images of a concept come from these seeds, disjoint from every evaluation seed
@@ -35,19 +36,8 @@ TRAIN_SEED_OFFSET = 50_000
 
 
 @dataclass
-class AttackSettings:
+class AttackSettings(Checked):
     seed: int = 0
-    # settings that count something (images, steps, ...), each checked >= 1; and `lr`, if the
-    # attack has one, > 0 (a class attribute, not a setting)
-    counts = ()
-
-    def __post_init__(self):
-        for key in self.counts:
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        lr = getattr(self, "lr", None)
-        if lr is not None and not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
 
 
 @dataclass
@@ -60,7 +50,6 @@ class LearnedRowsSettings(AttackSettings):
     steps: int = 50
     lr: float = 2e-2
     batch_size: int = 8
-    counts = ("images", "steps", "batch_size")
 
 
 @dataclass

@@ -28,10 +28,7 @@ PHRASINGS = (
 @dataclass
 class ParaphraseSettings(AttackSettings):
     phrasings: int = len(PHRASINGS)  # how many of PHRASINGS to use (in order)
-
-    def __post_init__(self):
-        if not 1 <= self.phrasings <= len(PHRASINGS):
-            raise ValueError(f"phrasings must be 1..{len(PHRASINGS)}, got {self.phrasings}")
+    ranges = {"phrasings": (1, True, len(PHRASINGS), True)}
 
 
 class Paraphrase(Attack):

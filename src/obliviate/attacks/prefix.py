@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..parsing import AT_LEAST_ONE
 from .common import Attack, LearnedRowsSettings, NewTokens, Target, learn_rows
 
 
@@ -26,7 +27,7 @@ from .common import Attack, LearnedRowsSettings, NewTokens, Target, learn_rows
 class PrefixSettings(LearnedRowsSettings):
     tokens: int = 3
     project: bool = False
-    counts = ("tokens", *LearnedRowsSettings.counts)
+    ranges = {"tokens": AT_LEAST_ONE}
 
 
 class Prefix(Attack):

@@ -28,6 +28,7 @@ import torch
 
 from ..delta import swapped
 from ..model import select_parameters
+from ..parsing import AT_LEAST_ONE
 from .common import Attack, AttackSettings, Diffusion, NewTokens, Target, encode
 
 NEW = "<new>"
@@ -43,7 +44,7 @@ class RelearnSettings(AttackSettings):
     threshold: float = 50.0
     check_partners: int = 4
     yardstick: bool = True
-    counts = ("images", "max_steps", "check_every", "batch_size", "check_partners")
+    ranges = {"max_steps": AT_LEAST_ONE, "check_every": AT_LEAST_ONE, "check_partners": AT_LEAST_ONE}
 
 
 class Relearn(Attack):

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ..diffusion import (base_model_images, base_model_latents, image_posteriors, image_seeds, noised,
                          reference_and_prediction, sample_image_latents, sampler_settings)
+from ..parsing import NON_NEGATIVE
 from ..trainer import Context, Method, TrainSettings
 from .common import GENERIC_CAPTIONS, default_anchor_object, replace_word
 
@@ -84,14 +85,12 @@ class ConAblSettings(TrainSettings):
     # evaluation template itself, see the module docstring)
     phrasing: Literal["spec", "catalog", "both"] | None = None
 
-    def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe {self.recipe!r} is not valid; valid recipes: {', '.join(RECIPES)}")
-        for key, value in RECIPES[self.recipe].items():
+    ranges = {"mask_border": NON_NEGATIVE}
+
+    def complete(self):
+        for key, value in RECIPES[self.recipe].items():  # what the recipe decides, unless given
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if self.mask_border < 0:
-            raise ValueError(f"mask_border={self.mask_border} must be >= 0")
 
 
 def style_phrasings(concept: str, caption: str) -> list[str]:

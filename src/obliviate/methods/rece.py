@@ -30,10 +30,12 @@ Defaults: rounds 3, norm 1.0, adv_scale 1 (adversarial rows weigh what their era
 from __future__ import annotations
 
 import time
+from typing import Literal
 from dataclasses import dataclass
 
 import torch
 
+from ..parsing import NON_NEGATIVE
 from ..trainer import Context
 from .uce import UCE, UCESettings, concept_position_rows
 
@@ -43,17 +45,10 @@ class RECESettings(UCESettings):
     rounds: int = 3
     norm: float = 1.0  # |c'| <= norm x |c*| (0: no bound other than a tiny ridge)
     adv_scale: float = 1.0  # weight of each adversarial row relative to its erase row
-    adv_positions: str = "concept"  # which erase rows get an adversary: the concept's tokens, or every row (`after`)
+    # which erase rows get an adversary: the concept's tokens, or every row (`after`)
+    adv_positions: Literal["concept", "after"] = "concept"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.rounds < 0:
-            raise ValueError(f"rounds={self.rounds} must be >= 0")
-        if self.adv_positions not in ("concept", "after"):
-            raise ValueError(f"adv_positions={self.adv_positions!r} is not valid; valid: concept, after")
-        for key in ("norm", "adv_scale"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+    ranges = {"rounds": NON_NEGATIVE, "norm": NON_NEGATIVE, "adv_scale": NON_NEGATIVE}
 
 
 def gram(weights: dict[str, torch.Tensor]) -> torch.Tensor:

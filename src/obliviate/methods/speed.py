@@ -79,7 +79,6 @@ from ..trainer import Context
 from .rece import gram
 from .uce import UCE, UCESettings, preserve_rows, solve_edit, text_states
 
-RETAIN_POSITIONS = ("concept", "after", "all")
 
 
 @dataclass
@@ -93,11 +92,6 @@ class SPEEDSettings(UCESettings):
 
     ranges = {"threshold": (0, True, 1, True), "augment": (0, True, None, False),
               "invariant_dims": (0, True, None, False), "lam": (0, False, None, False)}
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.retain_positions not in RETAIN_POSITIONS:
-            raise ValueError(f"retain_positions={self.retain_positions!r} is not valid; valid: {', '.join(RETAIN_POSITIONS)}")
 
 
 # ---------------------------------------------------------------- the solve (public: the combined method uses it)

@@ -46,6 +46,7 @@ import torch
 from ..diffusion import base_model_latents, image_seeds, noised, sampler_settings
 from ..model import predict
 from ..protocols import family
+from ..parsing import NON_NEGATIVE
 from ..trainer import Context
 from .speed import SPEED, SPEEDSettings, protected_basis
 from .uce import concept_position_rows
@@ -65,12 +66,10 @@ class SpeedRepairSettings(SPEEDSettings):
     freeze_threshold: float = 0.01  # frozen directions: eigenvalue >= this x the largest (0: all of them)
     image_seed: int | None = None  # seed of the repair images; None = the request's seed
 
-    ranges = {**SPEEDSettings.ranges, "freeze_threshold": (0, True, 1, True)}
+    ranges = {"freeze_threshold": (0, True, 1, True), "forget_weight": NON_NEGATIVE}
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.forget_weight < 0:
-            raise ValueError(f"forget_weight={self.forget_weight} must be >= 0")
+    def complete(self):
+        super().complete()
         if self.weight_decay:
             raise ValueError("weight_decay must be 0 in speed-repair: decoupled weight decay shrinks every weight, "
                              "the erased concepts' frozen directions included")

@@ -86,18 +86,17 @@ from ..delta import load_verified_tensor, save_verified_tensor
 from ..locking import filling
 from ..model import concept_token_span, encode_prompts, text_segments, token_ids
 from ..protocols import family, read_prompt_file
+from ..parsing import NON_NEGATIVE, Checked
 from ..trainer import Context, Method, parse_settings
 from .common import replace_word
 
-POSITIONS = ("concept", "after")
-EDITS = ("kv", "k", "v")
 ROW_SOURCES = ("template", "neutral", "file")
 PRESERVE_SOURCES = ("others", "empty", "erased-partners", "file")
 DEFAULT_GUIDE = {"style": "art", "object": "object", "other": ""}
 
 
 @dataclass
-class UCESettings:
+class UCESettings(Checked):
     positions: Literal["concept", "after"] = "after"
     guide: str | None = None  # None: per-domain default (DEFAULT_GUIDE); "" erases toward the empty prompt's state
     rows: str = "template+neutral"  # '+'-separated subset of ROW_SOURCES
@@ -111,14 +110,10 @@ class UCESettings:
     anchor: Literal["base", "previous"] = "base"
     edit: Literal["kv", "k", "v"] = "kv"  # which weights are solved: keys and values, or only one (the other keeps W0)
 
-    def __post_init__(self):
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions={self.positions!r} is not valid; valid: {', '.join(POSITIONS)}")
-        if self.edit not in EDITS:
-            raise ValueError(f"edit={self.edit!r} is not valid; valid: {', '.join(EDITS)}")
-        for key in ("lam", "erase_scale", "preserve_scale", "after_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+    ranges = {"lam": NON_NEGATIVE, "erase_scale": NON_NEGATIVE, "preserve_scale": NON_NEGATIVE,
+              "after_weight": NON_NEGATIVE}
+
+    def complete(self):
         rows = self.row_sources()
         bad = [r for r in rows if r not in ROW_SOURCES]
         if bad or not rows:

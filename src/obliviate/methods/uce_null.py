@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..parsing import NON_NEGATIVE, POSITIVE
 from ..trainer import Context
 from .rece import adversarial_embeddings, adversary_gap, gram
 from .uce import UCE, UCESettings, concept_position_rows
@@ -50,12 +51,7 @@ class UCENullSettings(UCESettings):
     dims: int = 2  # directions removed per erased concept
     ridge: float = 0.1  # B's ridge, relative to its mean eigenvalue: how rare in kept states a direction must be
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.dims < 0:
-            raise ValueError(f"dims={self.dims} must be >= 0")
-        if self.ridge <= 0:
-            raise ValueError(f"ridge={self.ridge} must be > 0")
+    ranges = {"dims": NON_NEGATIVE, "ridge": POSITIVE}
 
 
 def concept_directions(rows: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor, dims: int, ridge: float) -> torch.Tensor:

@@ -45,6 +45,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -52,34 +54,27 @@ from torch.func import functional_call
 from ..diffusion import base_model_latents, denoising_target, noised, reference_and_prediction, sampler_settings
 from ..model import Cond, predict
 from ..protocols import family, other_family
+from ..parsing import AT_LEAST_ONE, POSITIVE, Checked
 from ..trainer import Context, Hook
 
-MODES = ("replace", "prefix", "both")
-CONCEPTS = ("current", "all")
-TARGETS = ("anchor", "erased")
 IMAGE_SEED = 30_000
 GEN_OFFSET = 7_919  # the add-on's generator: request seed + this (the method's draws stay as they are)
 
 
 @dataclass
-class AdversarialSettings:
+class AdversarialSettings(Checked):
     weight: float = 1.0
-    mode: str = "both"
-    concepts: str = "all"
-    target: str = "anchor"
+    mode: Literal["replace", "prefix", "both"] = "both"
+    concepts: Literal["current", "all"] = "all"
+    target: Literal["anchor", "erased"] = "anchor"
     every: int = 5  # refresh one adversary every `every` training steps
     attack_steps: int = 5  # Adam steps per refresh (warm start: rows persist across refreshes and requests' steps)
     attack_lr: float = 2e-2  # the attacks' default lr
     tokens: int = 3  # soft tokens of a prefix adversary (the prefix attack's default)
     images: int = 16  # base-model images per concept
     batch_size: int = 4  # outer batch and inner batch
-    ranges = {"every": (1, True, None, False), "attack_steps": (1, True, None, False),
-              "attack_lr": (0, False, None, False), "tokens": (1, True, None, False), "images": (1, True, None, False)}
-
-    def __post_init__(self):
-        for key, valid in (("mode", MODES), ("concepts", CONCEPTS), ("target", TARGETS)):
-            if getattr(self, key) not in valid:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not valid; valid: {', '.join(valid)}")
+    ranges = {"every": AT_LEAST_ONE, "attack_steps": AT_LEAST_ONE, "attack_lr": POSITIVE, "tokens": AT_LEAST_ONE,
+              "images": AT_LEAST_ONE}
 
 
 class Adversary:

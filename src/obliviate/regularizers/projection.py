@@ -54,6 +54,7 @@ import torch
 from ..lora import adapted_modules, parse_group
 from ..model import is_flow, is_transformer, text_segments
 from ..protocols import family, read_prompt_file
+from ..parsing import Checked
 from ..trainer import Context, Hook
 from .common import concept_domain, concept_embedding, protected_concepts
 
@@ -62,7 +63,7 @@ REFERENCE_PREFIXES = ("an image in the style of", "an image of a", "an image of"
 
 
 @dataclass
-class ProjectionSettings:
+class ProjectionSettings(Checked):
     mode: Literal["grad", "update"] = "grad"
     # auto: `prompts` when a file is given, `catalog` when concepts are named, else the
     # reference's per-domain choice (style: anchors, object: catalog)

@@ -32,24 +32,19 @@ import torch.nn.functional as F
 
 from ..diffusion import base_model_latents, image_seeds, noised, sampler_settings
 from ..model import predict
+from ..parsing import Checked
 from ..trainer import Context, Hook
 from .common import concept_domain, protected_concepts
 
 
 @dataclass
-class ReplaySettings:
+class ReplaySettings(Checked):
     weight: float = 1.0
     concepts: str | None = None  # '+'-separated; default: catalog + unlearned earlier
     exclude: str | None = None  # '+'-separated concepts left out of the protected set (held-out checks)
     images_per_concept: int = 4
     batch_size: int = 8
     image_seed: int | None = None  # seed of the replayed images; None = the request's seed
-
-    def __post_init__(self):
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
-        if self.images_per_concept < 1 or self.batch_size < 1:
-            raise ValueError("images_per_concept and batch_size must be >= 1")
 
 
 class Replay(Hook):

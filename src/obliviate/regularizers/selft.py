@@ -13,17 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from ..lora import ELEMENT_MASK
+from ..parsing import Checked
 from ..trainer import Context, Hook
 
 
 @dataclass
-class SelFTSettings:
+class SelFTSettings(Checked):
     top_k: float = 0.05
     score_batches: int = 8
-
-    def __post_init__(self):
-        if not 0 < self.top_k <= 1:
-            raise ValueError(f"top_k must be in (0, 1], got {self.top_k}")
 
 
 class SelFT(Hook):

@@ -14,19 +14,16 @@ from typing import Literal
 import torch
 
 from ..lora import adapted_modules, parse_group
+from ..parsing import Checked
 from ..trainer import Context, Hook
 
 
 @dataclass
-class SPSettings:
+class SPSettings(Checked):
     weight: float = 1.0
     # request: the weights at the start of the current request (bounds per-request drift);
     # pretrained: the base model's (bounds cumulative drift)
     reference: Literal["request", "pretrained"] = "request"
-
-    def __post_init__(self):
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
 
 
 class _SP(Hook):
