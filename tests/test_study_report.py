@@ -94,7 +94,7 @@ def study(tmp_path):
 
 def section(study):
     tmp, committed, configs = study
-    return "\n".join(results.study2_section([tmp / "runs", committed], configs, tmp / "results", horizons={"styles": (2,), "objects": (2,)}))
+    return "\n".join(results.study_section([tmp / "runs", committed], configs, tmp / "results", horizons={"styles": (2,), "objects": (2,)}))
 
 
 def test_clear_differences_give_verdicts_and_zero_differences_are_inconclusive(study):
@@ -156,7 +156,7 @@ def test_an_answer_missing_a_training_seed_is_provisional(study):
            "they need (0, 1; a closed-form one needs 0 only, one already off equal forgetting no more); not yet: conabl." in answer
     assert "Training seed 1 is not yet run for ours:replay, which cannot change this answer" in answer
     # the closed-form model stands for seed 1 too when paired with a variant that has seed 1; alone, it counts once
-    pool = results.Pool(results.load_units([committed])[("styles", 2)], 2)
+    pool = power.SeedPool(results.load_units([committed])[("styles", 2)], 2)
     assert pool.rows([("esd", 2), ("conabl+selft", 2)])[2] == [0, 1]
     assert pool.rows([("esd", 2)])[2] == [0] and pool.rows([("esd", 2), ("conabl", 2)])[2] == [0]
 
@@ -171,7 +171,7 @@ def test_a_variant_off_equal_forgetting_after_fewer_requests_is_no_gap_in_a_long
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(unit("simultaneous", 100.0, meets=False, best_ua=80.0, steps=1)))
     assert results.off_before(results.load_units([committed]), "styles", 2) == {"simultaneous": 1}
-    text = "\n".join(results.study2_section([tmp / "runs", committed], configs, tmp / "results", horizons={"styles": (1, 2)}))
+    text = "\n".join(results.study_section([tmp / "runs", committed], configs, tmp / "results", horizons={"styles": (1, 2)}))
     answers = [line for line in text.splitlines() if line.startswith("**Which variant to run for")]
     assert "Provisional" in answers[0]  # after 1 request, 7 of 8 variants are not yet run
     assert "**conabl+projection+selft**" in answers[1] and "Provisional" not in answers[1]
@@ -183,12 +183,12 @@ def test_a_variant_off_equal_forgetting_after_fewer_requests_is_no_gap_in_a_long
 def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
     tmp, committed, configs = study
     by_seed = results.load_units([committed])[("styles", 2)]
-    pool = results.Pool(by_seed, 2)
-    p = results.paired_metric(pool, ("ours:replay", 2), ("conabl", 2), "RA_I")
+    pool = power.SeedPool(by_seed, 2)
+    p = power.paired_over_seeds(pool, ("ours:replay", 2), ("conabl", 2), "RA_I")
     assert p["verdict"] == "A higher" and p["lo"] > 0 and p["per_seed"] == [75.0, 75.0]
     verdict, text = results.judged(p, "ours:replay", "conabl", by_seed)
     assert verdict == "inconclusive" and "not at equal forgetting" in text
-    verdict, _ = results.judged(results.paired_metric(pool, ("conabl+projection+selft", 2), ("conabl", 2), "RA_I"),
+    verdict, _ = results.judged(power.paired_over_seeds(pool, ("conabl+projection+selft", 2), ("conabl", 2), "RA_I"),
                                 "conabl+projection+selft", "conabl", by_seed)
     assert verdict == "A"
     assert results.judged(None, "a", "b", by_seed) == ("missing", "not yet run")
@@ -196,7 +196,7 @@ def test_an_inconclusive_winner_that_forgets_less_is_not_a_verdict(study):
 
 def test_training_seeds_that_disagree_make_a_verdict_inconclusive(tmp_path):
     by_seed = {0: {"a": unit("a", 100.0), "b": unit("b", 0.0)}, 1: {"a": unit("a", 25.0), "b": unit("b", 50.0)}}
-    p = results.paired_metric(results.Pool(by_seed, 2), ("a", 2), ("b", 2), "RA_I")
+    p = power.paired_over_seeds(power.SeedPool(by_seed, 2), ("a", 2), ("b", 2), "RA_I")
     assert p["lo"] > 0 and p["per_seed"] == [100.0, -25.0]  # pooled interval above 0, but seed 1 says otherwise
     assert p["verdict"] == "inconclusive" and p["note"] == "training seeds disagree"
 

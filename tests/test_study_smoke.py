@@ -63,7 +63,7 @@ def test_study_units_run_resume_skip_and_report(random_model, tmp_path):
     again = study.run_study(items, runs, kept, log=lambda m: None)
     assert again["ran"] == [] and sorted(again["skipped"]) == sorted(u.name for u in items)
     # the report reads the kept summaries: real intervals for the variants run, "not yet run" elsewhere
-    text = "\n".join(results.study2_section([runs, kept], configs, tmp_path / "docs" / "results",
+    text = "\n".join(results.study_section([runs, kept], configs, tmp_path / "docs" / "results",
                                             horizons={"styles": (1, 2), "objects": (8,)}))
     assert "### Styles, after 2 requests" in text and "not yet run" in text.split("### Objects")[1]
     rows = [ln for ln in text.splitlines() if ln.startswith("| conabl | reference | steps=")]
