@@ -5,14 +5,16 @@ the last request of an experiment file's sequence (or its first --requests).
     OMP_NUM_THREADS=1 python scripts/robustness.py configs/uce-styles.yaml --out runs/robust-styles \
         --json docs/results/robustness-styles.json
     OMP_NUM_THREADS=1 python scripts/robustness.py configs/styles.yaml --out runs/robust-conabl-styles \
-        --variants conabl,conabl+adversarial --json docs/results/robustness-conabl-styles.json
+        --variants "conabl; {name: conabl+adversarial, method_settings: {recipe: reference}, regularizers: [adversarial]}" \
+        --json docs/results/robustness-conabl-styles.json
 
-Variants (VARIANTS): `uce`, `rece`, `uce-null` (closed form); `conabl` (the style study's published
-variant: recipe reference, the config's `defaults.method_settings`, e.g. 60 steps) and
-`conabl+adversarial` (the same plus the `adversarial` add-on, regularizers/adversarial.py).
-Settings after ':' go to the variant's add-on when it has one, else to its method
-(`rece:rounds=2`, `conabl+adversarial:weight=2`); `METHOD.key` and `ADDON.key` name the owner
-(`conabl+l1sp+adversarial:conabl.steps=30,l1sp.weight=10`).
+Variants are the experiment file's, in its syntax (docs/GETTING_STARTED.md, experiment files;
+experiment.config.parse_variant checks them exactly as `obliviate run` does): `--variants`
+lists, separated by ';' (or ',' between names), the names of variants in the file and variants
+written out as YAML mappings, `{name: conabl+l1sp, method: conabl, method_settings: {recipe:
+reference}, regularizers: [{name: l1sp, weight: 10}]}`; the file's `defaults:` apply to both.
+Default: every variant of the file. The table runs the sequence request by request, so a
+variant must be sequential (no sweep, no early stopping).
 
 Per variant: the sequence is unlearned in a run (OUT/VARIANT/run; training images cached in
 OUT/train-cache, shared by variants), the final model is evaluated on the config's grid (every
@@ -46,13 +48,9 @@ from obliviate.evaluate.evaluator import load_protocol, make_plan, model_key
 from obliviate.evaluate.metrics import Record
 from obliviate.evaluate.resample import attack_interval, attack_paired, metric_intervals
 from obliviate.evaluate.sampler import generate
-from obliviate.minicanvas import bundled_path
+from obliviate.experiment.config import Experiment, Variant, load_experiment, parse_variant
 from obliviate.model import load_pipeline, model_hash
 
-# method -> its settings in this table ("defaults" of the config come first for trained methods)
-METHODS = {"uce": {}, "rece": {}, "uce-null": {}, "conabl": {"recipe": "reference"}}  # conabl: the study's published recipe
-TRAINED = {"conabl"}  # methods that take the config's defaults.method_settings (steps, ...)
-VARIANTS = ("uce", "rece", "uce-null", "conabl", "conabl+ADDON[+ADDON...]")
 # defaults of each attack here = the attack's own defaults; relearn checks 2 partners and
 # skips its yardstick on every variant but the first (the yardstick never sees the variant:
 # it fine-tunes the pretrained model)
@@ -60,46 +58,45 @@ ATTACKS = ("paraphrase", "inversion", "prefix", "relearn")
 RELEARN = {"check_partners": 2, "max_steps": 50}  # the table's relearn: 2 check partners, at most 50 steps
 
 
-def parse_variant(text: str, defaults: dict | None = None):
-    """`METHOD[+ADDON...][:key=value,...]` -> (text, method, method settings, [(add-on, settings)]).
-    A key `ADDON.key` goes to that add-on, `METHOD.key` to the method; a plain key to the last
-    add-on, or to the method when there is none (`rece:rounds=2`, `conabl+adversarial:weight=2`,
-    `conabl+selft+adversarial:selft.top_k=0.01`, `conabl+adversarial:conabl.steps=30`). Checked
-    before any work."""
-    from obliviate.continual import build_hooks
-
-    head, _, rest = text.partition(":")
-    method, *addons = head.split("+")
-    if method not in METHODS or (addons and method not in TRAINED):
-        raise ValueError(f"variant {text!r}: valid variants {', '.join(VARIANTS)} (settings after ':', e.g. rece:rounds=2)")
-    settings = {**((defaults or {}) if method in TRAINED else {}), **METHODS[method]}
-    regs = {a: {} for a in addons}
-    for kv in filter(None, rest.split(",")):
-        k, eq, v = kv.partition("=")
-        if not eq:
-            raise ValueError(f"variant {text!r}: settings must look like key=value")
-        owner, dot, key = k.rpartition(".")
-        if dot and owner == method:  # `conabl.steps=30`: the method's, beside add-ons
-            settings[key] = v
-        elif dot and owner not in regs:
-            raise ValueError(f"variant {text!r}: {owner!r} is neither its method ({method}) nor one of its add-ons "
-                             f"({', '.join(regs) or 'none'})")
-        elif dot:
-            regs[owner][key] = v
-        elif addons:
-            regs[addons[-1]][k] = v
-        else:
-            settings[k] = v
-    regs = list(regs.items())
-    build_hooks(Request("fire", "style", method, method_settings=settings, regularizers=regs))  # refuse bad settings now
-    return text, method, settings, regs
+def parse_variants(text: str | None, exp: Experiment, where: str = "--variants") -> list[Variant]:
+    """`--variants`: ';'-separated items (',' also separates names), each the name of one of the
+    experiment file's variants or a variant in the file's syntax (a YAML mapping), over the
+    file's `defaults:` and checked as the file's own variants are; default: every variant of
+    the file. Checked before any work."""
+    if not text:
+        chosen = list(exp.variants)
+    else:
+        known = {v.name: v for v in exp.variants}
+        chosen = []
+        for i, item in enumerate(split_variants(text)):
+            if item.startswith("{"):
+                try:
+                    raw = yaml.safe_load(item)
+                except yaml.YAMLError as err:
+                    raise ValueError(f"{where} {item!r} is not a valid YAML mapping: {err}") from None
+                chosen.append(parse_variant(raw, exp.domain, f"{where}[{i}]", (exp.raw.get("defaults") or {})))
+            elif item in known:
+                chosen.append(known[item])
+            else:
+                raise ValueError(f"{where}: {item!r} is not a variant of the experiment file (its variants: "
+                                 f"{', '.join(known)}); write one out in the file's syntax, e.g. "
+                                 f"'{{name: {item}, method: {item}}}'")
+    names = [v.name for v in chosen]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: variant names must be unique, got {names}")
+    for v in chosen:
+        if v.setting != "sequential" or v.sweep or v.early_stopping:
+            raise ValueError(f"{where}: variant {v.name!r}: the robustness table unlearns the sequence request by request "
+                             "(setting sequential, no sweep, no early_stopping)")
+    return chosen
 
 
-def final_model(out: Path, model, exp: dict, method: str, settings: dict, regs: list, sequence: list[str], cache: Path):
+def final_model(out: Path, model, exp: Experiment, variant: Variant, sequence: list[str], cache: Path):
     run = Run.open_or_create(out / "run", model)
     for concept in sequence:
-        run.unlearn(Request(concept, exp["domain"], method, method_settings=settings, regularizers=regs), quiet=True,
-                    cache_dir=cache)
+        run.unlearn(Request(concept, exp.domain, variant.method, method_settings=variant.method_settings,
+                            regularizers=variant.regularizers, seed=exp.seed, param_group=variant.param_group),
+                    quiet=True, cache_dir=cache)
     return run, run.cumulative_delta(len(sequence))
 
 
@@ -114,39 +111,46 @@ def evaluate_records(model, base_hash, delta, protocol, plan, cache: Path) -> li
     return [Record(s, o, k, ps, po) for (s, o, k), ps, po in zip(cells, pred["style"], pred["object"])]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", help="an experiment file (sequence, retained, domain, eval.seeds)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", default="uce,rece", help=f"';'-separated: {', '.join(VARIANTS)} [:key=value,...] "
-                    "(',' also separates variants without settings)")
+    ap.add_argument("--variants", help="';'-separated: names of the experiment file's variants (',' also separates "
+                    "names) or variants in its syntax, '{name: X, method: M, method_settings: {...}, regularizers: [...]}' "
+                    "(default: every variant of the file)")
     ap.add_argument("--requests", type=int, help="only the first N requests of the sequence (small measurements)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--attack-partners", type=int, default=4)
     ap.add_argument("--eval-seeds", help="comma-separated seeds of the clean evaluation (default: the config's eval.seeds)")
     ap.add_argument("--attack-seeds", help="comma-separated seeds of the attack grid (default: the evaluation's)")
     ap.add_argument("--json", help="also write the figures here (atomically)")
-    args = ap.parse_args(argv)
-    exp = yaml.safe_load(Path(args.config).read_text())
-    model = bundled_path() if exp.get("model", "minicanvas") == "minicanvas" else Path(exp["model"])
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    exp = load_experiment(args.config)  # the whole file checked, its variants included
+    variants = parse_variants(args.variants, exp)
+    model = Path(exp.model)
     base_hash = model_hash(model)
     protocol = load_protocol("minicanvas", model)
-    seeds = [int(k) for k in args.eval_seeds.split(",")] if args.eval_seeds else exp.get("eval", {}).get("seeds")
-    sequence = list(exp["sequence"])[: args.requests] if args.requests else list(exp["sequence"])
-    variants = [parse_variant(v, (exp.get("defaults") or {}).get("method_settings")) for v in split_variants(args.variants)]
-    plan = make_plan(protocol, exp["domain"], sequence=sequence, retained=exp["retained"], seeds=seeds)
+    seeds = [int(k) for k in args.eval_seeds.split(",")] if args.eval_seeds else exp.seeds
+    sequence = list(exp.sequence)[: args.requests] if args.requests else list(exp.sequence)
+    plan = make_plan(protocol, exp.domain, sequence=sequence, retained=exp.retained, seeds=seeds)
     out, cache = Path(args.out), Path(args.out) / "cache"
     attack_seeds = [int(k) for k in args.attack_seeds.split(",")] if args.attack_seeds else plan.seeds
-    figures = {"config": args.config, "domain": exp["domain"], "sequence": sequence, "retained": exp["retained"],
+    figures = {"config": args.config, "domain": exp.domain, "sequence": sequence, "retained": exp.retained,
                "eval_partners": plan.partners, "eval_seeds": plan.seeds, "attack_partners": plan.partners[: args.attack_partners],
                "attack_seeds": attack_seeds,
                "intervals": "95% percentile bootstrap over images, stratified by concept, 1000 resamples, seed 0 (evaluate/power.py)", "variants": {}}
     models = {}
-    for name, method, settings, regs in variants:  # every model and its clean evaluation first
-        vdir = out / name.replace(":", "-").replace("=", "").replace(",", "-")
+    for variant in variants:  # every model and its clean evaluation first
+        name = variant.name
+        vdir = out / name.replace(":", "-").replace("=", "").replace(",", "-").replace("/", "-")
         t0 = time.time()
-        run, delta = final_model(vdir, model, exp, method, settings, regs, sequence, out / "train-cache")
-        row = {"method": method, "settings": settings, "regularizers": [{"name": n, **r} for n, r in regs],
+        run, delta = final_model(vdir, model, exp, variant, sequence, out / "train-cache")
+        row = {"method": variant.method, "settings": variant.method_settings, "param_group": variant.param_group,
+               "regularizers": [{"name": n, **r} for n, r in variant.regularizers],
                "unlearn_seconds": round(time.time() - t0, 1),
                # per request, as step.json recorded them (setup: anchors, base images, hooks; train: the loop)
                "request_seconds": [{k: round(v, 1) for k, v in m.get("timings", {}).items()} for m in run.steps()]}
@@ -156,7 +160,7 @@ def main(argv=None) -> int:
             records = evaluate_records(model, base_hash, delta, protocol, plan, cache)
             unlearned = list(sequence)
             retained = [c for c in plan.retained if c not in unlearned]
-            clean = metric_intervals(records, domain=exp["domain"], unlearned=unlearned, retained=retained,
+            clean = metric_intervals(records, domain=exp.domain, unlearned=unlearned, retained=retained,
                                      partners=plan.partners)
             atomic_write_json(eval_path, {"clean": clean, "images": len(records), "eval_seconds": timer.seconds()})
         row.update(json.loads(eval_path.read_text()))
@@ -165,12 +169,12 @@ def main(argv=None) -> int:
         models[name] = (vdir, delta)
         print(f"[robustness] {name}: model and evaluation done", file=sys.stderr, flush=True)
     for name_a in [a for a in args.attacks.split(",") if a]:  # then attack by attack, every variant
-        for i, (name, *_) in enumerate(variants):
+        for i, name in enumerate(v.name for v in variants):
             vdir, delta = models[name]
             apath = vdir / name_a / "attack.json"
             if not apath.exists():
                 settings_a = dict(RELEARN, yardstick=(i == 0)) if name_a == "relearn" else {}
-                target = load_target(model, delta, list(sequence), exp["domain"], protocol,
+                target = load_target(model, delta, list(sequence), exp.domain, protocol,
                                      plan.partners[: args.attack_partners], attack_seeds, plan.sampler, base_hash=base_hash,
                                      cache_dir=cache, quiet=False)
                 run_attack(target, build_attack(name_a, settings_a), vdir / name_a, variant=name, step=len(sequence))
@@ -184,7 +188,7 @@ def main(argv=None) -> int:
             else:
                 entry["robust_UA"] = attack_interval(res)
                 if i:  # paired against the first variant on the same attack grid, image by image
-                    first = variants[0][0]
+                    first = variants[0].name
                     entry["robust_UA_minus_first"] = attack_paired(
                         res, json.loads((models[first][0] / name_a / "attack.json").read_text()), names=(name, first))
             figures["variants"][name]["attacks"][name_a] = entry
@@ -198,14 +202,11 @@ def main(argv=None) -> int:
 
 
 def split_variants(text: str) -> list[str]:
-    """'uce,rece:rounds=2,norm=1;conabl' -> ['uce', 'rece:rounds=2,norm=1', 'conabl']: ';' always
-    separates; ',' separates too, except inside a variant's settings (after ':')."""
+    """'uce,uce:previous; {name: x, method: rece}' -> ['uce', 'uce:previous', '{name: x, method: rece}']:
+    ';' always separates; ',' separates too, except inside a mapping."""
     out = []
-    for part in filter(None, text.split(";")):
-        head, colon, rest = part.partition(":")
-        names = head.split(",")
-        out += [n for n in names[:-1] if n]
-        out.append(names[-1] + colon + rest)
+    for part in (p.strip() for p in text.split(";")):
+        out += [part] if part.startswith("{") else [n.strip() for n in part.split(",")]
     return [v for v in out if v]
 
 

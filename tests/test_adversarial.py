@@ -1,6 +1,7 @@
 """adversarial: the inner attack changes nothing but its own soft tokens, the add-on is
 deterministic given the seed, and bad settings are refused before any work."""
 import contextlib
+import re
 
 import pytest
 import torch
@@ -111,21 +112,62 @@ def _robustness_script():
     return module
 
 
-def test_robustness_variants_route_settings_and_refuse_bad_ones():
+ROBUSTNESS_FILE = {"domain": "style", "sequence": ["fire", "ice"], "retained": ["lava"],
+                   "defaults": {"method": "conabl", "method_settings": {"steps": 60}},
+                   "variants": [{"name": "conabl", "method_settings": {"recipe": "reference"}},
+                                {"name": "conabl+l1sp", "regularizers": [{"name": "l1sp", "weight": 10}]}]}
+
+
+def test_robustness_variants_are_the_experiment_file_s():
+    """scripts/robustness.py has no variant syntax of its own: a name picks one of the file's
+    variants, a YAML mapping is a variant in the file's syntax, over the file's defaults, and
+    the same mapping inside the file gives the same variant."""
+    from obliviate.experiment.config import load_experiment
+
     r = _robustness_script()
-    assert r.split_variants("uce,rece:rounds=2,norm=1;conabl,conabl+adversarial") == \
-        ["uce", "rece:rounds=2,norm=1", "conabl", "conabl+adversarial"]
-    _, method, settings, regs = r.parse_variant("conabl+l1sp+adversarial:l1sp.weight=10,mode=prefix", {"steps": 60})
-    assert method == "conabl" and settings == {"steps": 60, "recipe": "reference"}
-    assert regs == [("l1sp", {"weight": "10"}), ("adversarial", {"mode": "prefix"})]
-    assert r.parse_variant("rece:rounds=2", {"steps": 60})[2] == {"rounds": "2"}  # closed form: no training defaults
-    _, _, settings, regs = r.parse_variant("conabl+adversarial:conabl.steps=30,weight=2", {"steps": 60})
-    assert settings == {"steps": "30", "recipe": "reference"} and regs == [("adversarial", {"weight": "2"})]
-    for bad, message in (("nope", "valid variants"), ("uce+adversarial", "valid variants"),
-                         ("conabl+adversarial:mode=x", "mode"), ("conabl+adversarial:l2sp.weight=1", "neither its method"),
-                         ("conabl+adversarial:weight", "key=value")):
-        with pytest.raises(ValueError, match=message):
-            r.parse_variant(bad)
+    exp = load_experiment(ROBUSTNESS_FILE)
+    assert [v.name for v in r.parse_variants(None, exp)] == ["conabl", "conabl+l1sp"]  # default: the file's
+    written = ("{name: conabl+l1sp+adversarial, method_settings: {recipe: reference}, "
+               "regularizers: [{name: l1sp, weight: 10}, {name: adversarial, mode: prefix}]}")
+    chosen = r.parse_variants(f"conabl+l1sp, conabl; {written}", exp)
+    assert [v.name for v in chosen] == ["conabl+l1sp", "conabl", "conabl+l1sp+adversarial"]
+    extra = chosen[2]
+    assert extra.method == "conabl" and extra.method_settings == {"steps": 60, "recipe": "reference"}
+    assert extra.regularizers == [("l1sp", {"weight": 10}), ("adversarial", {"mode": "prefix"})]
+    import yaml
+
+    in_file = load_experiment({**ROBUSTNESS_FILE, "variants": [yaml.safe_load(written)]}).variants[0]
+    assert extra == in_file
+    for bad, message in (("nope", "not a variant of the experiment file"),
+                         ("{name: x, regularizers: [{name: adversarial, mode: x}]}", "(x): regularizer adversarial: mode"),
+                         ("{name: x, regularizers: [{name: l2sp, strength: 1}]}", "unknown setting(s) ['strength']"),
+                         ("{name: x, method: nope}", "unknown method 'nope'"),
+                         ("{name: x", "not a valid YAML mapping"), ("{method: conabl}", "a mapping with a 'name'"),
+                         ("{name: s, setting: simultaneous}", "request by request"), ("conabl;conabl", "unique")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            r.parse_variants(bad, exp)
+
+
+def test_the_documented_robustness_commands_parse():
+    """Every `scripts/robustness.py` command in docs/ (docs/archive is history) and in the script's
+    docstring names an experiment file and variants the script accepts."""
+    import shlex
+    from pathlib import Path
+
+    from obliviate.experiment.config import load_experiment
+
+    r = _robustness_script()
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for f in (*sorted((root / "docs").glob("*.md")), root / "scripts" / "robustness.py"):
+        text = f.read_text().replace("\\\n", "")  # a shell line continuation, also inside quotes
+        commands += [line.split("python scripts/robustness.py", 1)[1] for line in text.splitlines()
+                     if "python scripts/robustness.py" in line]
+    assert len(commands) >= 7
+    for command in commands:
+        args = r.build_parser().parse_args(shlex.split(command))
+        variants = r.parse_variants(args.variants, load_experiment(root / args.config))
+        assert variants and all(v.setting == "sequential" for v in variants), command
 
 
 def test_robustness_table_says_never_when_most_concepts_do_not_revive():

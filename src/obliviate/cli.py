@@ -106,19 +106,42 @@ def _default_param_group(args) -> str:
     return "kv-xattn"
 
 
-def cmd_unlearn(args) -> int:
-    from .continual import Run, parse
-    from .trainer import Request
-
+def shorthand_variant(args) -> dict:
+    """The command line's shorthand (--method, --method-setting key=value, --steps, --reg
+    NAME:key=value, --param-group) written as an experiment file's variant: `{name, method,
+    method_settings, regularizers: [{name: NAME, key: value}], param_group}`. Values stay the
+    strings typed (settings are coerced by type when the variant is checked)."""
     method_settings = parse_kv(args.method_setting, "--method-setting")
     if args.steps is not None:
         method_settings["steps"] = str(args.steps)
-    request = Request(
-        concept=args.concept, domain=args.domain, method=args.method, method_settings=method_settings,
-        regularizers=[parse_reg(r) for r in args.reg or []], seed=args.seed,
-        param_group=args.param_group or _default_param_group(args),
-    )
-    parsed = parse(request)  # every name, setting, range and the parameter group checked before anything is created
+    regularizers = []
+    for text in args.reg or []:
+        name, settings = parse_reg(text)
+        if "name" in settings:
+            raise ValueError(f"--reg {text!r}: 'name' is not a setting (the add-on's name comes before ':')")
+        regularizers.append({"name": name, **settings})
+    return {"name": "+".join([args.method, *(r["name"] for r in regularizers)]), "method": args.method,
+            "method_settings": method_settings, "regularizers": regularizers,
+            "param_group": args.param_group or _default_param_group(args)}
+
+
+def shorthand_request(args):
+    """The request of `obliviate unlearn`: its variant checked by the experiment file's parser
+    (experiment.config.parse_variant: every name, setting, range and the parameter group)."""
+    from .experiment.config import parse_variant
+    from .trainer import Request
+
+    variant = parse_variant(shorthand_variant(args), args.domain, where="command line")
+    return Request(concept=args.concept, domain=args.domain, method=variant.method, method_settings=variant.method_settings,
+                   regularizers=variant.regularizers, seed=args.seed, param_group=variant.param_group)
+
+
+def cmd_unlearn(args) -> int:
+    from .continual import Run, parse
+
+    # every name, setting, range and the parameter group checked before anything is created
+    request = shorthand_request(args)
+    parsed = parse(request)
     from .distributed import autocast_dtype, validate_device
 
     validate_device(args.device)
@@ -213,9 +236,8 @@ def cmd_eval(args) -> int:
     unlearned = [c for c in (args.unlearned or "").split(",") if c]
     domain = args.domain
     run = Run(args.run) if args.run else None
-    if run:
-        run.check_base()  # deltas are only applied to the base model they were made on
-        steps = run.verify_chain(args.step)
+    if run:  # its model comes from Run.load below, which also checks the base model's hash
+        steps = run.verify_chain(args.step)  # a missing step or a damaged delta: refused before any work
         unlearned = [m["request"]["concept"] for m in steps] + [a for m in steps for a in m["request"].get("also", [])]
         domain = domain or (steps[0]["request"]["domain"] if steps else None)
         model_dir = run.base_model
@@ -240,6 +262,7 @@ def cmd_eval(args) -> int:
     plan = make_plan(protocol, domain, sequence=sequence, partners=partners, seeds=seeds)
     key = key or model_key(model_hash(model_dir))
     device = dist.device if dist is not None else args.device  # accelerate launch: each process its own
+    # a run's model: Run.load (base hash checked, deltas verified and applied), as everywhere else
     pipe = run.load(args.step, device=device) if run else load_pipeline(model_dir, device=device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

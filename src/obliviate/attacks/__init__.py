@@ -61,8 +61,7 @@ def run_attack(target: Target, attack: Attack, out: str | Path | None = None, **
     concepts, seconds = {}, {}
     for concept in target.unlearned:
         timer = Timer()
-        with target.private_text_side():
-            entry = attack.attack_concept(target, concept)
+        entry = attack.attack_concept(target, concept)  # learned tokens never change target.pipe (soft_tokens.py)
         # the unattacked template prompt on the same grid: clean UA from the same images' seeds
         clean = target.clean_hits(concept)
         entry["clean_accuracy"] = 100.0 * sum(clean) / len(clean)

@@ -1,5 +1,5 @@
-"""Pieces every attack shares: the attacked model, base-model images of a concept, new
-tokens in the embedding table, the diffusion loss, the judge's verdict.
+"""Pieces every attack shares: the attacked model, base-model images of a concept, learned
+tokens (soft_tokens.NewTokens: rows outside the model), the diffusion loss, the judge's verdict.
 
 An attack sees one *target*: the base model plus a cumulative delta (a run's model after
 step K), the concepts unlearned so far, and the evaluation grid they are scored on
@@ -29,6 +29,7 @@ from ..evaluate.sampler import SamplerConfig, generate
 from ..model import denoiser, load_pipeline, pick_device, predict
 from ..parsing import Checked
 from ..protocols import other_family
+from ..soft_tokens import NewTokens, check_fits as _check_fits  # the one soft-token mechanism, also the adversarial add-on's
 
 # Training images of a concept come from these seeds, disjoint from every evaluation seed
 # (188, 288, ...) and from ConAbl's anchor seeds (10_000 + i).
@@ -56,7 +57,7 @@ class LearnedRowsSettings(AttackSettings):
 class Target:
     """The attacked model and what it is scored on."""
 
-    pipe: object  # the model under attack: base + delta (a private copy: attacks may add tokens)
+    pipe: object  # the model under attack: base + delta (learned tokens never change it: soft_tokens.py)
     base_model: Path
     base_hash: str
     delta: dict[str, torch.Tensor]
@@ -94,22 +95,9 @@ class Target:
         with with_delta(denoiser(self.pipe), {n: -d for n, d in self.delta.items()}):
             yield self.pipe
 
-    @contextlib.contextmanager
-    def private_text_side(self):
-        """A copy of the tokenizer and text encoder for one concept's attack: new tokens and
-        rows added there vanish afterwards, and the next concept starts from the original."""
-        import copy
-
-        tok, enc = self.pipe.tokenizer, self.pipe.text_encoder
-        self.pipe.tokenizer, self.pipe.text_encoder = copy.deepcopy(tok), copy.deepcopy(enc)
-        try:
-            yield self.pipe
-        finally:
-            self.pipe.tokenizer, self.pipe.text_encoder = tok, enc
-
     # ------------------------------------------------------------ images
     def generate(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
-        """Images of the attacked model (never cached: attacks change the text side)."""
+        """Images of the attacked model (never cached: attacks may install learned tokens on it)."""
         return generate(self.pipe, prompts, seeds, self.sampler)
 
     def generate_plain(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
@@ -159,10 +147,12 @@ class Target:
         partners, images = self.base_images(concept, n)
         return partners, self.latents_of(images)
 
-    def attacked_hits(self, make, concept: str) -> list[int]:
-        """Verdicts on the grid with `make(concept, partner)` prompts on the attacked text side."""
+    def attacked_hits(self, make, concept: str, tokens: NewTokens | None = None) -> list[int]:
+        """Verdicts on the grid with `make(concept, partner)` prompts, the learned `tokens` installed."""
         cells = self.grid()
-        return self.hits(self.generate([make(concept, p) for p, _ in cells], [k for _, k in cells]), concept)
+        with tokens.installed(self.pipe) if tokens is not None else contextlib.nullcontext():
+            images = self.generate([make(concept, p) for p, _ in cells], [k for _, k in cells])
+        return self.hits(images, concept)
 
 
 def load_target(model_dir, delta: dict[str, torch.Tensor], unlearned: list[str], domain: str, protocol: Protocol,
@@ -180,60 +170,6 @@ def load_target(model_dir, delta: dict[str, torch.Tensor], unlearned: list[str],
 
 
 # ---------------------------------------------------------------- learned tokens
-class NewTokens:
-    """New tokens in the tokenizer and rows in the text encoder's embedding table.
-
-    The original rows are copied bit for bit and never trained: after every optimiser step
-    they are written back from a saved copy (Adam with a zeroed gradient already leaves them
-    unchanged, but an exact copy does not rest on that).
-    """
-
-    def __init__(self, pipe, names: list[str], init: torch.Tensor):
-        tok, enc = pipe.tokenizer, pipe.text_encoder
-        clash = [n for n in names if n in tok.get_vocab()]
-        if clash:
-            raise ValueError(f"tokens {clash} are already in the tokenizer")
-        old = enc.get_input_embeddings()
-        self.n_orig = old.weight.shape[0]
-        tok.add_tokens(names)
-        self.ids = tok.convert_tokens_to_ids(names)
-        if self.ids != list(range(self.n_orig, self.n_orig + len(names))):
-            raise ValueError(f"the tokenizer gave new tokens ids {self.ids}, expected rows after the {self.n_orig} existing ones")
-        weight = torch.cat([old.weight.detach(), init.to(old.weight)], 0)
-        table = torch.nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight.clone())
-        table.to(old.weight.device)
-        enc.set_input_embeddings(table)
-        enc.config.vocab_size = weight.shape[0]
-        self.table, self.original = table, old.weight.detach().clone()
-        self.names, self.tokenizer = list(names), tok
-
-    def trainable(self) -> torch.nn.Parameter:
-        self.table.weight.requires_grad_(True)
-        self.table.weight.register_hook(self._only_new)
-        return self.table.weight
-
-    def _only_new(self, grad):
-        grad = grad.clone()
-        grad[: self.n_orig] = 0
-        return grad
-
-    @torch.no_grad()
-    def restore_original(self) -> None:
-        self.table.weight[: self.n_orig].copy_(self.original)
-
-    def rows(self) -> torch.Tensor:
-        return self.table.weight[self.n_orig:].detach().clone()
-
-    @torch.no_grad()
-    def project_to_vocab(self) -> list[str]:
-        """Replace every new row by its nearest original row (cosine); returns those words."""
-        w = self.table.weight
-        sim = F.normalize(w[self.n_orig:], dim=-1) @ F.normalize(self.original, dim=-1).T
-        nearest = sim.argmax(-1)
-        w[self.n_orig:] = self.original[nearest]
-        return [self.tokenizer.convert_ids_to_tokens(i) for i in nearest.tolist()]
-
-
 def encode(pipe, prompts: list[str]) -> torch.Tensor:
     """Text-encoder states with gradient (model.encode_prompts is no_grad)."""
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
@@ -254,30 +190,26 @@ def word_rows(pipe, words: list[str]) -> torch.Tensor:
 
 def check_fits(pipe, prompts: list[str]) -> None:
     """A prompt longer than the encoder's context would silently lose its end (the concept)."""
-    limit = pipe.tokenizer.model_max_length
-    for p in prompts:
-        n = len(pipe.tokenizer(p).input_ids)
-        if n > limit:
-            raise ValueError(f"attack prompt {p!r} has {n} tokens; the text encoder reads {limit}")
+    _check_fits(pipe.tokenizer, prompts)
 
 
-def learn_rows(pipe, tokens: "NewTokens", prompts: list[str], latents: torch.Tensor, settings) -> dict:
-    """Optimise the new rows of `tokens` (and nothing else) with the denoising loss on `latents`,
-    batch i drawn from `prompts[i]`/`latents[i]` with the settings' seed; returns loss figures."""
-    check_fits(pipe, prompts)
-    weight = tokens.trainable()
-    opt = torch.optim.Adam([weight], lr=settings.lr)
+def learn_rows(pipe, tokens: NewTokens, prompts: list[str], latents: torch.Tensor, settings) -> dict:
+    """Optimise the new rows of `tokens` (and nothing else: the model is only read) with the
+    denoising loss on `latents`, batch i drawn from `prompts[i]`/`latents[i]` with the
+    settings' seed; returns loss figures."""
+    tokens.check_fits(prompts)
+    rows = tokens.trainable()
+    opt = torch.optim.Adam([rows], lr=settings.lr)
     diffusion = Diffusion(pipe, settings.seed)
     losses = []
     for _ in range(settings.steps):
         idx = diffusion.batch(len(prompts), settings.batch_size)
-        loss = diffusion.loss(latents[idx], encode(pipe, [prompts[i] for i in idx]))
+        loss = diffusion.loss(latents[idx], tokens.encode([prompts[i] for i in idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        tokens.restore_original()
         losses.append(float(loss.detach()))
-    weight.requires_grad_(False)
+    tokens.frozen()
     head, tail = losses[:10], losses[-10:]
     return {"loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail)}
 

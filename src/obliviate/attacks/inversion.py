@@ -3,8 +3,9 @@ token on the *unlearned* model.
 
 The attacker has K images of the concept made by the base model (the base model's own
 template prompt, partners cycled, seeds 50000+i) and the unlearned model. It adds one token
-`<inv>` to the tokenizer and one row to the text encoder's embedding table (every original
-row stays bit-identical), learns that row with the ordinary denoising loss on those images,
+`<inv>` with one embedding row (soft_tokens.NewTokens: a private tokenizer copy and a longer
+table passed to the text encoder, so the model itself never changes), learns that row with
+the ordinary denoising loss on those images,
 with prompts where `<inv>` takes the concept's place in the template, then generates the
 evaluation grid with `<inv>` in the concept's place.
 
@@ -39,6 +40,6 @@ class Inversion(Attack):
         init = s.init or ("art" if target.domain == "style" else "shape")
         tokens = NewTokens(target.pipe, [TOKEN], word_rows(target.pipe, [init]))
         losses = learn_rows(target.pipe, tokens, [target.prompt(TOKEN, p) for p in partners], latents, s)
-        hits = target.attacked_hits(lambda c, p: target.prompt(TOKEN, p), concept)
+        hits = target.attacked_hits(lambda c, p: target.prompt(TOKEN, p), concept, tokens)
         return {"asr": 100.0 * sum(hits) / len(hits), "hits": hits, "steps": s.steps, "images": len(hits),
-                "train_images": s.images, **losses, "token_norm": float(tokens.rows()[0].norm())}
+                "train_images": s.images, **losses, "token_norm": float(tokens.rows[0].norm())}

@@ -52,7 +52,7 @@ class Prefix(Attack):
         prefix = " ".join(names) + " "
         losses = learn_rows(pipe, tokens, [prefix + target.prompt(concept, p) for p in partners], latents, s)
         projected = tokens.project_to_vocab() if s.project else None
-        hits = target.attacked_hits(lambda c, p: prefix + target.prompt(c, p), concept)
+        hits = target.attacked_hits(lambda c, p: prefix + target.prompt(c, p), concept, tokens)
         out = {"asr": 100.0 * sum(hits) / len(hits), "hits": hits, "steps": s.steps, "images": len(hits),
                "train_images": s.images, "init_words": pipe.tokenizer.convert_ids_to_tokens(start), **losses}
         if projected is not None:

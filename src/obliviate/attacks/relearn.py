@@ -65,8 +65,8 @@ class Relearn(Attack):
                 gen = torch.Generator(device="cpu").manual_seed(s.seed + 1)
                 row = torch.randn(1, table.shape[1], generator=gen)
                 row = row / row.norm() * table.norm(dim=-1).mean()
-                NewTokens(pipe, [NEW], row)
-                fresh = self.finetune(target, concept, latents, partners, word=NEW)
+                with NewTokens(pipe, [NEW], row).installed(pipe):  # a frozen row, read by training and checks
+                    fresh = self.finetune(target, concept, latents, partners, word=NEW)
             out.update({"yardstick_steps": fresh["reached_at"], "yardstick_curve": fresh["curve"]})
         return out
 

@@ -339,3 +339,17 @@ def apply_overrides(exp: Experiment, args) -> Experiment:
         except ValueError as err:
             raise ValueError(f"variant {variant.name!r}: {err}") from None
     return exp
+
+
+def parse_variant(variant: dict, domain: str = "other", where: str = "variant", defaults: dict | None = None) -> Variant:
+    """One variant in the experiment file's syntax (`{name, method, method_settings,
+    regularizers: [NAME or {name: NAME, SETTING: value}], param_group, ...}`), over `defaults`
+    (a file's `defaults:`), checked exactly as a variant of an experiment file is: the one
+    variant syntax, also behind the command line's --method/--reg shorthand (cli.py) and
+    scripts/robustness.py. `domain`: style, object or other (the names' checks)."""
+    defaults = defaults or {}
+    _check_types(defaults, _DEFAULTS_TYPES, f"{where}: defaults")
+    if not isinstance(variant, dict) or "name" not in variant:
+        raise ValueError(f"{where}: a variant is a mapping with a 'name', got {variant!r}")
+    _check_types(variant, _VARIANT_TYPES, f"{where} ({variant['name']})")
+    return _parse_variant(with_defaults(variant, defaults), domain, where)

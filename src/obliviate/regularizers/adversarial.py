@@ -10,11 +10,12 @@ inside training and trains the model against what it finds:
     outer (every step, added to the method's loss):
         weight * || eps_theta(x_t, t, E(adversarial prompt; rows*)) - sg[eps_theta(x_t, t, E(target prompt))] ||^2
 
-An adversary's rows live *outside* the model: its tokens are added to a private copy of the
-tokenizer, and the text encoder is called with a longer embedding table (the original rows
-plus the adversary's) through torch.func.functional_call, so the model's tokenizer, text
-encoder and trained tensors are never modified; the inner loop takes gradients of the rows
-only (torch.autograd.grad), so no trained tensor's .grad is touched either.
+An adversary's rows live *outside* the model, by the attacks' own mechanism
+(soft_tokens.NewTokens): its tokens are added to a private copy of the tokenizer, and the
+text encoder is called with a longer embedding table (the original rows plus every
+adversary's) through torch.func.functional_call, so the model's tokenizer, text encoder and
+trained tensors are never modified; the inner loop takes gradients of the rows only
+(torch.autograd.grad), so no trained tensor's .grad is touched either.
 
 Adversaries (`mode`): `replace` puts one token in the concept's place in the template
 (Concept Inversion's prompt; the row starts from the concept's own word, i.e. at the plain
@@ -42,19 +43,17 @@ the adversaries' rows and the refresh counter). Refused on SDXL (two text encode
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from ..diffusion import base_model_latents, denoising_target, noised, reference_and_prediction, sampler_settings
 from ..model import Cond, predict
 from ..protocols import family, other_family
 from ..parsing import AT_LEAST_ONE, POSITIVE, Checked
+from ..soft_tokens import NewTokens
 from ..trainer import Context, Hook
 
 IMAGE_SEED = 30_000
@@ -78,26 +77,27 @@ class AdversarialSettings(Checked):
 
 
 class Adversary:
-    """New token rows for one concept and one prompt shape; only `rows` ever changes."""
+    """One concept's adversary in one prompt shape: its slice of the shared soft tokens (`tokens`,
+    every adversary's); only `rows` ever changes."""
 
-    def __init__(self, tokenizer, table_name: str, table: torch.Tensor, names: list[str], init: torch.Tensor,
-                 prompts: list[str]):
-        self.tokenizer, self.table_name, self.table = tokenizer, table_name, table
-        self.ids = tokenizer.convert_tokens_to_ids(names)
-        self.rows = init.detach().clone().float()
+    def __init__(self, tokens: NewTokens, names: list[str], init: torch.Tensor, prompts: list[str]):
+        self.tokens = tokens
+        self.slice = tokens.add(names, init)
+        self.ids = tokens.ids[self.slice]
+        self.rows = tokens.rows[self.slice].clone()
         self.prompts = prompts  # one per training image: the adversarial prompt with that image's partner
+
+    @property
+    def tokenizer(self):
+        return self.tokens.tokenizer
 
     def hidden(self, encoder, prompts: list[str], rows: torch.Tensor, all_rows: torch.Tensor) -> torch.Tensor:
         """Text states of `prompts` with the table extended by `all_rows` (every adversary's, this
         one's replaced by `rows`, which may carry a gradient)."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.table.device)
-        n = len(self.table)
+        s = self.slice
         extra = all_rows.clone()
-        first = self.ids[0] - n
-        extra = torch.cat([extra[:first], rows.to(extra), extra[first + len(self.ids):]], 0)
-        weight = torch.cat([self.table, extra.to(self.table)], 0)
-        return functional_call(encoder, {self.table_name: weight}, (ids,))[0]
+        extra = torch.cat([extra[: s.start], rows.to(extra), extra[s.stop:]], 0)
+        return self.tokens.encode(prompts, extra, encoder)
 
 
 class Adversarial(Hook):
@@ -119,20 +119,17 @@ class Adversarial(Hook):
         concepts = list(ctx.request.targets)
         if s.concepts == "all":
             concepts = [c for c, d in ctx.unlearned_before if family(d) == domain and c not in concepts] + concepts
-        encoder = ctx.pipe.text_encoder
-        table = encoder.get_input_embeddings().weight
-        table_name = next(n for n, p in encoder.named_parameters() if p is table)
-        self.tokenizer = copy.deepcopy(ctx.pipe.tokenizer)
-        vocab = self.tokenizer.get_vocab()
+        self.tokens = NewTokens(ctx.pipe)  # every adversary's tokens, outside the model
+        table = ctx.pipe.text_encoder.get_input_embeddings().weight
+        vocab = self.tokens.tokenizer.get_vocab()
         steps, guidance = sampler_settings(ctx, None, None)
         kinds = {"both": ("replace", "prefix")}.get(s.mode, (s.mode,))
         self.adversaries, self.latents, self.targets = [], [], []
         gen = torch.Generator().manual_seed(ctx.request.seed + GEN_OFFSET)
         names_all = set(cat.styles) | set(cat.objects)
-        special = set(self.tokenizer.all_special_ids)
+        special = set(self.tokens.tokenizer.all_special_ids)
         ordinary = [i for w, i in sorted(vocab.items(), key=lambda x: x[1])
                     if i not in special and w.replace("</w>", "") not in names_all]
-        new_names = []
         for c in concepts:
             ps = [partners[i % len(partners)] for i in range(s.images)]
             plain = [cat.prompt_with(c, domain, p) for p in ps]
@@ -158,17 +155,12 @@ class Adversarial(Hook):
                     pick = torch.randint(0, len(ordinary), (s.tokens,), generator=gen).tolist()
                     init = table[[ordinary[i] for i in pick]]
                     prompts = [" ".join(names) + " " + q for q in plain]
-                clash = [n for n in names if n in vocab]
-                if clash:
-                    raise ValueError(f"adversarial: tokens {clash} are already in the tokenizer")
-                self.tokenizer.add_tokens(names)
-                new_names += names
-                self.adversaries.append(Adversary(self.tokenizer, table_name, table.detach(), names, init, prompts))
+                try:
+                    self.adversaries.append(Adversary(self.tokens, names, init, prompts))
+                except ValueError as err:  # a name already in the tokenizer, unexpected ids
+                    raise ValueError(f"adversarial: {err}") from None
                 self.latents.append(latents)
                 self.targets.append(targets)
-        ids = self.tokenizer.convert_tokens_to_ids(new_names)
-        if ids != list(range(len(table), len(table) + len(new_names))):
-            raise ValueError(f"adversarial: the tokenizer gave ids {ids}, expected rows after the {len(table)} existing ones")
         self.concepts = concepts
         self.gen = gen
         self.refreshes = 0
