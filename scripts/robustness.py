@@ -13,8 +13,8 @@ experiment.config.parse_variant checks them exactly as `obliviate run` does): `-
 lists, separated by ';' (or ',' between names), the names of variants in the file and variants
 written out as YAML mappings, `{name: conabl+l1sp, method: conabl, method_settings: {recipe:
 reference}, regularizers: [{name: l1sp, weight: 10}]}`; the file's `defaults:` apply to both.
-Default: every variant of the file. The table runs the sequence request by request, so a
-variant must be sequential (no sweep, no early stopping).
+Default: every variant of the file the table can run: it unlearns the sequence request by
+request, so a variant must be sequential (no sweep, no early stopping).
 
 Per variant: the sequence is unlearned in a run (OUT/VARIANT/run; training images cached in
 OUT/train-cache, shared by variants), the final model is evaluated on the config's grid (every
@@ -62,9 +62,12 @@ def parse_variants(text: str | None, exp: Experiment, where: str = "--variants")
     """`--variants`: ';'-separated items (',' also separates names), each the name of one of the
     experiment file's variants or a variant in the file's syntax (a YAML mapping), over the
     file's `defaults:` and checked as the file's own variants are; default: every variant of
-    the file. Checked before any work."""
+    the file the table can run (sequential, no sweep, no early stopping). Checked before any work."""
     if not text:
-        chosen = list(exp.variants)
+        chosen = [v for v in exp.variants if runnable(v)]
+        if not chosen:
+            raise ValueError(f"{where}: none of the experiment file's variants is sequential without sweep or "
+                             "early_stopping; name or write the variants to run")
     else:
         known = {v.name: v for v in exp.variants}
         chosen = []
@@ -85,10 +88,15 @@ def parse_variants(text: str | None, exp: Experiment, where: str = "--variants")
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: variant names must be unique, got {names}")
     for v in chosen:
-        if v.setting != "sequential" or v.sweep or v.early_stopping:
+        if not runnable(v):
             raise ValueError(f"{where}: variant {v.name!r}: the robustness table unlearns the sequence request by request "
                              "(setting sequential, no sweep, no early_stopping)")
     return chosen
+
+
+def runnable(v: Variant) -> bool:
+    """The table unlearns the sequence request by request, one run per variant."""
+    return v.setting == "sequential" and not v.sweep and not v.early_stopping
 
 
 def final_model(out: Path, model, exp: Experiment, variant: Variant, sequence: list[str], cache: Path):

@@ -115,7 +115,8 @@ def _robustness_script():
 ROBUSTNESS_FILE = {"domain": "style", "sequence": ["fire", "ice"], "retained": ["lava"],
                    "defaults": {"method": "conabl", "method_settings": {"steps": 60}},
                    "variants": [{"name": "conabl", "method_settings": {"recipe": "reference"}},
-                                {"name": "conabl+l1sp", "regularizers": [{"name": "l1sp", "weight": 10}]}]}
+                                {"name": "conabl+l1sp", "regularizers": [{"name": "l1sp", "weight": 10}]},
+                                {"name": "together", "setting": "simultaneous"}]}
 
 
 def test_robustness_variants_are_the_experiment_file_s():
@@ -126,7 +127,8 @@ def test_robustness_variants_are_the_experiment_file_s():
 
     r = _robustness_script()
     exp = load_experiment(ROBUSTNESS_FILE)
-    assert [v.name for v in r.parse_variants(None, exp)] == ["conabl", "conabl+l1sp"]  # default: the file's
+    # default: the file's variants the table can run (it unlearns request by request)
+    assert [v.name for v in r.parse_variants(None, exp)] == ["conabl", "conabl+l1sp"]
     written = ("{name: conabl+l1sp+adversarial, method_settings: {recipe: reference}, "
                "regularizers: [{name: l1sp, weight: 10}, {name: adversarial, mode: prefix}]}")
     chosen = r.parse_variants(f"conabl+l1sp, conabl; {written}", exp)
@@ -143,7 +145,8 @@ def test_robustness_variants_are_the_experiment_file_s():
                          ("{name: x, regularizers: [{name: l2sp, strength: 1}]}", "unknown setting(s) ['strength']"),
                          ("{name: x, method: nope}", "unknown method 'nope'"),
                          ("{name: x", "not a valid YAML mapping"), ("{method: conabl}", "a mapping with a 'name'"),
-                         ("{name: s, setting: simultaneous}", "request by request"), ("conabl;conabl", "unique")):
+                         ("{name: s, setting: simultaneous}", "request by request"), ("together", "request by request"),
+                         ("conabl;conabl", "unique")):
         with pytest.raises(ValueError, match=re.escape(message)):
             r.parse_variants(bad, exp)
 

@@ -15,8 +15,9 @@ modified, and gradients reach the new rows only (the original rows are detached)
 
 `installed` puts the private tokenizer and a view of the text encoder (the same encoder
 module, called with the longer table) on the pipeline for the duration, and the original
-objects back afterwards. The rows are kept in float32 and cast to the table's dtype when
-read, so learning them in a half-precision pipeline is still an float32 optimisation.
+objects back afterwards (the pipeline's config, which names its components' classes, is not
+touched). The rows are kept in float32 and cast to the table's dtype when read, so learning
+them in a half-precision pipeline is still a float32 optimisation.
 """
 from __future__ import annotations
 
@@ -31,10 +32,9 @@ from torch.func import functional_call
 class NewTokens:
     """New tokens on a private tokenizer copy, rows on a longer embedding table passed to the encoder."""
 
-    def __init__(self, pipe, names: list[str] | None = None, init: torch.Tensor | None = None, *, encoder=None,
-                 tokenizer=None):
-        self.encoder = encoder if encoder is not None else pipe.text_encoder
-        self.tokenizer = copy.deepcopy(tokenizer if tokenizer is not None else pipe.tokenizer)
+    def __init__(self, pipe, names: list[str] | None = None, init: torch.Tensor | None = None):
+        self.encoder = pipe.text_encoder
+        self.tokenizer = copy.deepcopy(pipe.tokenizer)
         table = self.encoder.get_input_embeddings().weight
         self.table_name = next(n for n, p in self.encoder.named_parameters() if p is table)
         self.n_orig = table.shape[0]
@@ -93,11 +93,14 @@ class NewTokens:
         """The pipeline reads the new tokens: the private tokenizer and a view of the text encoder
         (the same module, called with the longer table) in place of its own, restored afterwards."""
         tok, enc = pipe.tokenizer, pipe.text_encoder
-        pipe.tokenizer, pipe.text_encoder = self.tokenizer, _Reading(self, enc)
+        # object.__setattr__: a diffusers pipeline's own __setattr__ would rewrite its config
+        object.__setattr__(pipe, "tokenizer", self.tokenizer)
+        object.__setattr__(pipe, "text_encoder", _Reading(self, enc))
         try:
             yield pipe
         finally:
-            pipe.tokenizer, pipe.text_encoder = tok, enc
+            object.__setattr__(pipe, "tokenizer", tok)
+            object.__setattr__(pipe, "text_encoder", enc)
 
     # ------------------------------------------------------------ learning them
     def trainable(self) -> torch.Tensor:
