@@ -141,7 +141,7 @@ def test_robustness_variants_are_the_experiment_file_s():
     in_file = load_experiment({**ROBUSTNESS_FILE, "variants": [yaml.safe_load(written)]}).variants[0]
     assert extra == in_file
     for bad, message in (("nope", "not a variant of the experiment file"),
-                         ("{name: x, regularizers: [{name: adversarial, mode: x}]}", "(x): regularizer adversarial: mode"),
+                         ("{name: x, regularizers: [{name: adversarial, mode: x}]}", "(x): regularizer adversarial: setting mode='x' is not a valid choice"),
                          ("{name: x, regularizers: [{name: l2sp, strength: 1}]}", "unknown setting(s) ['strength']"),
                          ("{name: x, method: nope}", "unknown method 'nope'"),
                          ("{name: x", "not a valid YAML mapping"), ("{method: conabl}", "a mapping with a 'name'"),

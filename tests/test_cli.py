@@ -99,7 +99,7 @@ def test_the_command_line_shorthand_is_an_experiment_file_variant(random_model, 
 
 
 @pytest.mark.parametrize("flag, setting, message", [
-    ("--reg", {"regularizers": [{"name": "l2sp", "weight": -1}]}, "regularizer l2sp: weight must be >= 0"),
+    ("--reg", {"regularizers": [{"name": "l2sp", "weight": -1}]}, "regularizer l2sp: setting weight=-1"),
     ("--param-group", {"param_group": "everything"}, "param_group 'everything' is not valid"),
 ])
 def test_the_shorthand_and_a_file_variant_are_refused_with_the_same_words(random_model, tmp_path, flag, setting, message):
