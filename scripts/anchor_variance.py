@@ -31,7 +31,7 @@ from obliviate.continual import Run
 from obliviate.delta import atomic_write_json
 from obliviate.evaluate.evaluator import evaluate, load_protocol, make_plan, model_key
 from obliviate.minicanvas import bundled_path
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = 8

@@ -36,7 +36,7 @@ from obliviate.evaluate.power import compare, protocol_neighbours
 from obliviate.evaluate.sampler import SAMPLER_PRESETS, SamplerConfig, generate
 from obliviate.minicanvas import bundled_path
 from obliviate.model import load_pipeline, model_hash
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 METRICS = ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C")
 BAR_RATIO, BAR_POINTS = 4.0, 2.0

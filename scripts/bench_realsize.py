@@ -38,7 +38,8 @@ def one(family: str, method_name: str, steps: int, batch_size: int, latent_size:
     from obliviate.model import select_parameters
     from obliviate.protocols import generic_catalog
     from obliviate.testing import random_pipeline
-    from obliviate.trainer import Context, Hook, Request, train
+    from obliviate.request import Request
+    from obliviate.trainer import Context, Hook, train
 
     t0 = time.time()
     pipe = random_pipeline(family, "full", latent_size=latent_size)

@@ -44,7 +44,8 @@ def sd3_context(method_name: str, tmp: Path):
     from obliviate.model import Cond, select_parameters
     from obliviate.protocols import Catalog
     from obliviate.testing import random_flow_pipeline, transformer_config
-    from obliviate.trainer import Context, Request
+    from obliviate.request import Request
+    from obliviate.trainer import Context
 
     t0 = time.time()
     pipe = random_flow_pipeline("sd3")

@@ -288,7 +288,7 @@ class Obliviate:
     def __init__(self, model: Path, work: Path, batch: int, anchor_images: int):
         from obliviate.model import load_pipeline, select_parameters
         from obliviate.protocols import minicanvas_catalog
-        from obliviate.trainer import Request
+        from obliviate.request import Request
 
         t0 = time.perf_counter()
         self.pipe = load_pipeline(str(model), device="cpu")

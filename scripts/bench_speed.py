@@ -34,7 +34,7 @@ def main() -> None:
         raise SystemExit(f"--requests must be in [2, {len(SEQUENCE)}], got {args.requests}")
     from obliviate.continual import Run
     from obliviate.minicanvas import bundled_path
-    from obliviate.trainer import Request
+    from obliviate.request import Request
 
     model = bundled_path()
     load_before = os.getloadavg()

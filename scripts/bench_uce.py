@@ -60,7 +60,8 @@ def main() -> None:
     from obliviate.methods.uce import UCE, UCESettings, erase_prompts, text_states
     from obliviate.model import select_parameters
     from obliviate.protocols import generic_catalog
-    from obliviate.trainer import Context, Request
+    from obliviate.request import Request
+    from obliviate.trainer import Context
 
     torch.manual_seed(0)
     t0 = time.time()

@@ -47,7 +47,7 @@ def chains(path: str, image_s: float, step_s: float) -> list[dict]:
     from obliviate.experiment.runner import resolve_partners
     from obliviate.experiment.strength import with_value
     from obliviate.protocols import get_protocol
-    from obliviate.trainer import Request
+    from obliviate.request import Request
 
     exp = load_experiment(path)
     protocol = get_protocol(exp.protocol)

@@ -324,7 +324,7 @@ def measure(out: Path, *, eval_images: int = 64, conabl_steps: int = 20, esd_ste
     from obliviate.experiment import load_experiment
     from obliviate.minicanvas import bundled_path
     from obliviate.model import load_pipeline
-    from obliviate.trainer import Request
+    from obliviate.request import Request
 
     model = str(bundled_path())
     exp = load_experiment(ROOT / FILES["styles"])

@@ -10,7 +10,9 @@ from obliviate.continual import Run
 from obliviate.model import load_pipeline, select_parameters
 from obliviate.protocols import minicanvas_catalog
 from obliviate.regularizers.adversarial import Adversarial, AdversarialSettings
-from obliviate.trainer import Context, Request, parse_settings
+from obliviate.parsing import parse_settings
+from obliviate.request import Request
+from obliviate.trainer import Context
 
 FAST = {"every": "2", "attack_steps": "2", "images": "2", "batch_size": "2"}
 FAST_CONABL = {"steps": "4", "anchor_images": "4", "sampler_steps": "2", "batch_size": "2"}

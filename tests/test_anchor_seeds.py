@@ -6,7 +6,7 @@ import json
 from conftest import FAST_CONABL
 from obliviate.continual import Run
 from obliviate.diffusion import image_seeds
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def one_request(model, path, seed, regs=(), **settings):

@@ -12,7 +12,7 @@ from obliviate.continual import Run
 from obliviate.evaluate.evaluator import load_protocol
 from obliviate.evaluate.sampler import SamplerConfig
 from obliviate.model import model_hash
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 from conftest import FAST_CONABL
 

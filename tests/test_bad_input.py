@@ -10,7 +10,7 @@ import yaml
 
 from obliviate.cli import main
 from obliviate.continual import Run
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 TINY = {"steps": "2", "anchor_images": "2", "sampler_steps": "2", "batch_size": "2"}
 TINY_FLAGS = [a for k, v in TINY.items() for a in ("--method-setting", f"{k}={v}")]

@@ -83,7 +83,7 @@ def test_the_command_line_shorthand_is_an_experiment_file_variant(random_model, 
     from obliviate.cli import shorthand_request, shorthand_variant
     from obliviate.components import build_hooks, resolved_config
     from obliviate.experiment.config import load_experiment
-    from obliviate.trainer import Request
+    from obliviate.request import Request
 
     args = unlearn_args(tmp_path, random_model, SHORTHAND)
     assert shorthand_variant(args) == {
@@ -119,7 +119,7 @@ def test_the_shorthand_and_a_file_variant_are_refused_with_the_same_words(random
 def test_eval_of_a_run_loads_it_with_run_load_and_equals_eval_of_its_export(random_model, tmp_path, capsys, monkeypatch):
     from conftest import FAST_CONABL
     from obliviate.continual import Run
-    from obliviate.trainer import Request
+    from obliviate.request import Request
 
     run = Run.open_or_create(tmp_path / "run", random_model)
     run.unlearn(Request("fire", "style", "conabl", FAST_CONABL), quiet=True)

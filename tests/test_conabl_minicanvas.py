@@ -5,7 +5,7 @@ from obliviate.continual import Run
 from obliviate.evaluate.sampler import SamplerConfig, generate
 from obliviate.minicanvas import world
 from obliviate.minicanvas.classifiers import MiniCanvasJudge
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def style_accuracy(pipe, judge, style, objects, seeds, sampler):

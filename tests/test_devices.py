@@ -13,7 +13,7 @@ from obliviate.cli import main
 from obliviate.continual import Run
 from obliviate.delta import load_delta
 from obliviate.distributed import validate_device
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def request(**settings):

@@ -12,7 +12,7 @@ from obliviate.model import concept_token_embedding, encode_prompts, load_pipeli
 from obliviate.protocols import minicanvas_catalog
 from obliviate.regularizers import REGULARIZERS
 from obliviate.regularizers.projection import projector
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def request(concept="fire", domain="style", method="conabl", regs=(), **settings):

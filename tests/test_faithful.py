@@ -12,7 +12,8 @@ from obliviate.minicanvas import world
 from obliviate.model import encode_prompts, load_pipeline
 from obliviate.regularizers.projection import concept_positions
 from obliviate.start_token import key_value_projections, start_token_detached
-from obliviate.trainer import Request, parse_settings
+from obliviate.parsing import parse_settings
+from obliviate.request import Request
 
 
 def request(concept="fire", domain="style", regs=(), **settings):

@@ -17,7 +17,8 @@ from obliviate.model import (Cond, check_pipeline_dir, concept_spans, denoiser, 
                              select_parameters)
 from obliviate.protocols import Catalog
 from obliviate.testing import clip_bpe_path, save_random_flow_pipeline
-from obliviate.trainer import Context, Request
+from obliviate.request import Request
+from obliviate.trainer import Context
 
 pytestmark = pytest.mark.skipif(
     clip_bpe_path() is None, reason="CLIP's BPE vocabulary is absent: pip install --no-deps open-clip-torch (make setup does)"

@@ -8,7 +8,8 @@ import torch
 
 from obliviate import trainer
 from obliviate.protocols import Catalog
-from obliviate.trainer import Context, Hook, Method, Request, TrainSettings
+from obliviate.request import Request
+from obliviate.trainer import Context, Hook, Method, TrainSettings
 
 
 class TinyUNet(torch.nn.Linear):

@@ -9,7 +9,7 @@ import torch
 from conftest import FAST_CONABL
 from obliviate.continual import Run
 from obliviate.delta import load_delta, save_delta
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def req(concept="fire", regs=(("l2sp", {"weight": "1"}),), **extra):

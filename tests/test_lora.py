@@ -10,7 +10,7 @@ from obliviate.continual import Run, build_hooks
 from obliviate.lora import dense_step, read_step
 from obliviate.model import concept_token_embedding, load_pipeline
 from obliviate.protocols import minicanvas_catalog
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 LORA = "lora:r=2,targets=kv-xattn"
 

@@ -11,7 +11,8 @@ from obliviate.methods.conabl import ConAbl
 from obliviate.methods.erasediff import EraseDiff, EraseDiffSettings
 from obliviate.methods.sculpmem import SculpMem, SculpMemSettings
 from obliviate.protocols import Catalog
-from obliviate.trainer import Context, Hook, Request
+from obliviate.request import Request
+from obliviate.trainer import Context, Hook
 
 
 class TinyUNet(torch.nn.Module):

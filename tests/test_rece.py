@@ -6,7 +6,7 @@ import torch
 from obliviate.continual import Run
 from obliviate.methods.rece import RECESettings, adversarial_embeddings, adversary_gap, gram
 from obliviate.methods.uce import apply_edit, solve_edit
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def test_rounds_zero_is_uce_bit_for_bit(bundled_model, tmp_path):

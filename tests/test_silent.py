@@ -18,7 +18,7 @@ from obliviate.continual import Run
 from obliviate.delta import load_delta
 from obliviate.experiment import Runner, load_experiment
 from obliviate.locking import BusyError, exclusive
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 TINY = {"steps": "3", "anchor_images": "4", "sampler_steps": "3", "batch_size": "2"}
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -11,7 +11,8 @@ from obliviate.methods.speed import SPEED, SPEEDSettings, invariant_rows, null_s
 from obliviate.methods.uce import apply_edit, erase_rows, solve_edit, text_states
 from obliviate.model import denoiser, load_pipeline, select_parameters
 from obliviate.protocols import catalog_for_model
-from obliviate.trainer import Context, Request
+from obliviate.request import Request
+from obliviate.trainer import Context
 
 
 def speed(concept, **settings):

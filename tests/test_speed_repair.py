@@ -9,7 +9,8 @@ from obliviate.methods.speed import SPEEDSettings
 from obliviate.methods.uce import erase_rows
 from obliviate.model import denoiser, encode, load_pipeline, predict
 from obliviate.protocols import catalog_for_model
-from obliviate.trainer import Context, Request
+from obliviate.request import Request
+from obliviate.trainer import Context
 
 QUICK = {"steps": "4", "batch_size": "2", "images_per_concept": "1", "augment": "2"}
 

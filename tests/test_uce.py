@@ -8,7 +8,7 @@ import torch
 from obliviate.continual import Run, build_hooks
 from obliviate.delta import load_delta
 from obliviate.methods.uce import apply_edit, solve_edit
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def uce(concept, **settings):

@@ -8,7 +8,7 @@ from obliviate.continual import Run
 from obliviate.methods.rece import adversarial_embeddings, adversary_gap, gram
 from obliviate.methods.uce import solve_edit
 from obliviate.methods.uce_null import UCENullSettings, concept_directions
-from obliviate.trainer import Request
+from obliviate.request import Request
 
 
 def test_dims_zero_is_uce_bit_for_bit(bundled_model, tmp_path):

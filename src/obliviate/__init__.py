@@ -8,6 +8,6 @@
 __version__ = "0.1.0"
 
 from .continual import Run, unlearn_sequence  # noqa: E402
-from .trainer import Request  # noqa: E402
+from .request import Request  # noqa: E402
 
 __all__ = ["Request", "Run", "unlearn_sequence", "__version__"]

@@ -44,7 +44,7 @@ def pick_threads() -> int | None:
 
 def parse_reg(text: str) -> tuple[str, dict[str, str]]:
     """`NAME[:key=value,...]` -> (name, settings)."""
-    from .trainer import parse_named
+    from .parsing import parse_named
 
     name, settings = parse_named(text, "--reg")
     if not name:
@@ -129,7 +129,7 @@ def shorthand_request(args):
     """The request of `obliviate unlearn`: its variant checked by the experiment file's parser
     (experiment.config.parse_variant: every name, setting, range and the parameter group)."""
     from .experiment.config import parse_variant
-    from .trainer import Request
+    from .request import Request
 
     variant = parse_variant(shorthand_variant(args), args.domain, where="command line")
     return Request(concept=args.concept, domain=args.domain, method=variant.method, method_settings=variant.method_settings,

@@ -14,7 +14,8 @@ from .methods import get_method
 from .lora import check_param_group
 from .model import check_group_for_model, model_family
 from .regularizers import get_regularizer
-from .trainer import Request, parse_settings
+from .parsing import parse_settings
+from .request import Request
 
 
 @dataclasses.dataclass

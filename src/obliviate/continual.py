@@ -23,7 +23,8 @@ from .ledger import Job, Ledger, slug  # noqa: F401 (slug: re-exported)
 from .locking import exclusive
 from .model import check_pipeline_dir, denoiser, load_pipeline, model_hash, pick_device
 from .protocols import PROTOCOLS
-from .trainer import Context, Method, Request
+from .request import Request
+from .trainer import Context, Method
 
 
 class Run(Ledger):

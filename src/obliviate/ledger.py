@@ -29,7 +29,7 @@ from .components import Parsed, parse
 from .delta import atomic_write_json, file_hash, save_delta
 from .model import model_hash
 from .protocols import Catalog, catalog_for_model, generic_catalog, get_protocol
-from .trainer import Request
+from .request import Request
 
 
 def slug(text: str) -> str:

@@ -1,5 +1,4 @@
-"""The single training loop, the request it serves and the hook protocol that methods and
-regularizers share.
+"""The single training loop and the hook protocol that methods and regularizers share.
 
 One optimisation step reads top to bottom:
 
@@ -28,54 +27,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .model import Cond, autocast_dtype, denoiser, encode, predict  # noqa: F401  (predict: for hooks)
-from .protocols import DOMAINS, Catalog
+from .model import Cond, denoiser, encode
+from .parsing import Checked
+from .protocols import Catalog
+from .request import Request
 from .start_token import start_token_detached
-
-
-from .parsing import SETTING_RANGES, Checked, parse_named, parse_settings  # noqa: F401  (re-exported)
-
-
-# ---------------------------------------------------------------- the request
-@dataclass
-class Request:
-    """One removal request: what to forget, how, with which add-ons."""
-
-    concept: str
-    domain: str
-    method: str = "conabl"
-    method_settings: dict[str, Any] = field(default_factory=dict)
-    regularizers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    seed: int = 0
-    param_group: str = "kv-xattn"
-    also: list[str] = field(default_factory=list)  # concepts unlearned together with `concept` (simultaneous)
-
-    @property
-    def targets(self) -> list[str]:
-        return [self.concept, *[c for c in self.also if c != self.concept]]
-
-    def __post_init__(self):
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain {self.domain!r} is not valid; valid domains: {', '.join(DOMAINS)}")
-        if not self.concept or not self.concept.strip():
-            raise ValueError("concept must be a non-empty name")
-        self.regularizers = [(str(n), dict(s)) for n, s in self.regularizers]
-
-    def to_dict(self) -> dict:
-        return {
-            "concept": self.concept, "domain": self.domain, "method": self.method,
-            "method_settings": dict(self.method_settings),
-            "regularizers": [{"name": n, "settings": dict(s)} for n, s in self.regularizers],
-            "seed": self.seed, "param_group": self.param_group,
-            **({"also": list(self.also)} if self.also else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Request":
-        regs = [(r["name"], r.get("settings", {})) for r in d.get("regularizers", [])]
-        return cls(concept=d["concept"], domain=d["domain"], method=d.get("method", "conabl"),
-                   method_settings=d.get("method_settings", {}), regularizers=regs, seed=d.get("seed", 0),
-                   param_group=d.get("param_group", "kv-xattn"), also=list(d.get("also", [])))
 
 
 # ---------------------------------------------------------------- what hooks see

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..delta import atomic_write_json
-from ..trainer import parse_named, parse_settings
+from ..parsing import parse_named, parse_settings
 from .common import Attack, Target, Timer, load_target, settings_dict
 from .inversion import Inversion
 from .paraphrase import Paraphrase

@@ -17,7 +17,7 @@ import yaml
 from ..continual import build_hooks
 from ..evaluate.sampler import SamplerConfig
 from ..merge import MERGE_METHODS
-from ..trainer import Request
+from ..request import Request
 from .settings import SETTINGS
 
 
@@ -242,7 +242,7 @@ def load_experiment(path_or_dict) -> Experiment:
     _check_types(raw.get("classifiers") or {}, _CLASSIFIER_TYPES, f"{where}: classifiers")
     defaults = raw.get("defaults") or {}
     _check_types(defaults, _DEFAULTS_TYPES, f"{where}: defaults")
-    from ..trainer import parse_settings
+    from ..parsing import parse_settings
 
     sampler = parse_sampler(ev.get("sampler"), f"{where}: eval.sampler")
     variants = []
@@ -295,7 +295,7 @@ def load_experiment(path_or_dict) -> Experiment:
 def parse_sampler(spec, where: str) -> SamplerConfig | None:
     """`eval.sampler`: a preset name (evaluate/sampler.py SAMPLER_PRESETS), or a mapping of
     settings, optionally with `preset:` underneath (the mapping's settings win)."""
-    from ..trainer import parse_settings
+    from ..parsing import parse_settings
 
     if not spec:
         return None

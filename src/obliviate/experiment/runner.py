@@ -23,7 +23,7 @@ from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive, filling
 from ..model import denoiser, load_pipeline, model_hash
 from ..protocols import catalog_for_model
-from ..trainer import Request
+from ..request import Request
 from .config import Experiment, Variant
 from .settings import SETTINGS
 

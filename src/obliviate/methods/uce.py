@@ -87,7 +87,8 @@ from ..locking import filling
 from ..model import concept_token_span, encode_prompts, text_segments, token_ids
 from ..protocols import family, read_prompt_file
 from ..parsing import NON_NEGATIVE, Checked
-from ..trainer import Context, Method, parse_settings
+from ..parsing import parse_settings
+from ..trainer import Context, Method
 from .common import replace_word
 
 ROW_SOURCES = ("template", "neutral", "file")
