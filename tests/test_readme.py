@@ -1,5 +1,8 @@
-"""README.md: short, every number from a committed file, and its Python quickstart runs as written."""
+"""README.md: short, every number from a committed file, and its quickstarts run as written."""
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +51,20 @@ def test_python_quickstart_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "exported" / "py" / "model_index.json").is_file() and (tmp_path / "fire.png").is_file()
     ua, ra_i, ra_c = printed[0]
     assert ua >= 50 and ra_i >= 50 and ra_c >= 50  # fire erased, the rest kept (uce on MiniCanvas: 100, 100, 96.9)
+
+
+def test_command_line_quickstart_runs_as_written(tmp_path):
+    """The README's command-line block, line for line, in a fresh directory (`.venv/bin/` is this
+    interpreter's): list, two uce requests, eval, export, and plain diffusers on the export."""
+    block = README.split("## Quickstart: the command line", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert block.count(".venv/bin/") >= 6
+    script = "set -euo pipefail\n" + block.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "uce" in done.stdout and "erase_scale" in done.stdout  # `list` and `list uce` printed
+    metrics = json.loads((tmp_path / "runs" / "mine-eval" / "metrics.json").read_text())
+    assert metrics["UA"] >= 50 and metrics["RA_C"] >= 50  # fire and ice erased, objects kept
+    assert (tmp_path / "exported" / "mine" / "model_index.json").is_file() and (tmp_path / "fire.png").is_file()
 
 
 def test_user_facing_text_names_no_issue_and_no_missing_spec():
