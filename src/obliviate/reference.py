@@ -32,7 +32,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .parsing import valid_ranges  # noqa: F401 (also read from here by the tests)
+from .parsing import valid_ranges
 
 KINDS = ("methods", "add-ons", "attacks", "protocols", "samplers")
 

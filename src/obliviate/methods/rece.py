@@ -99,6 +99,44 @@ def adversary_gap(m: torch.Tensor, k: torch.Tensor, adv: torch.Tensor, targets: 
     return float((num / den).mean())
 
 
+def adversary_rows(ctx: Context, s: RECESettings, e, g, w, erased):
+    """The erase rows an adversary imitates: the concept's own tokens (default), or every erase
+    row. The rows after the concept (end and padding tokens) look alike in every prompt,
+    retained concepts' too: adversaries of those rows erase retained concepts with them."""
+    if s.adv_positions == "after":
+        return e, g, w
+    parts = concept_position_rows(ctx, erased)
+    return tuple(torch.cat([q[i] for q in parts]) for i in range(3))
+
+
+def harden(edit, k: torch.Tensor, rows, targets, s: RECESettings):
+    """`rounds` re-solves, each adding one bounded adversarial embedding per target row (mapped
+    to that row's guide, weighted adv_scale x its weight) to the erase rows. `edit(e, g, w)` -> M
+    solves from the anchor, never on top of the previous round. Returns the final M, the number
+    of erase rows it was solved with, and per round the adversary's gap and norm ratio (the last
+    entry: the adversary against the final model, what hardening left an attacker)."""
+    e, g, w = rows
+    m = edit(e, g, w)
+    if not s.rounds:
+        return m, len(e), []
+    te, tg, tw = targets
+    all_e, all_g, all_w, rounds = [e], [g], [w], []
+
+    def record(adv):
+        rounds.append({"gap": adversary_gap(m, k, adv, te, tg),
+                       "norm_ratio": float((adv.norm(dim=1) / te.norm(dim=1).clamp_min(1e-12)).mean())})
+
+    for _ in range(s.rounds):
+        adv = adversarial_embeddings(m, k, te, s.norm).to(e.dtype)
+        record(adv)
+        all_e.append(adv)
+        all_g.append(tg)
+        all_w.append(tw * s.adv_scale)
+        m = edit(torch.cat(all_e), torch.cat(all_g), torch.cat(all_w))
+    record(adversarial_embeddings(m, k, te, s.norm))
+    return m, sum(len(x) for x in all_e), rounds
+
+
 class RECE(UCE):
     """UCE + closed-form adversarial embeddings, erased in `rounds` re-solves from the anchor."""
 
@@ -109,33 +147,10 @@ class RECE(UCE):
         s = self.settings
         t0 = time.time()
         e, g, w, p, erased = self.rows(ctx)
-        m = self.edit_of(e, g, w, p)
-        rounds = []
-        if s.rounds:
-            k = gram(self.edited(ctx))
-            # the rows an adversary imitates: the concept's own tokens (default), or every erase row.
-            # The rows after the concept (end and padding tokens) look alike in every prompt, retained
-            # concepts' too: adversaries of those rows erase retained concepts with them.
-            if s.adv_positions == "after":
-                te, tg, tw = e, g, w
-            else:
-                parts = concept_position_rows(ctx, erased)
-                te, tg, tw = (torch.cat([q[i] for q in parts]) for i in range(3))
-            adv_e, adv_g, adv_w = [e], [g], [w]
-            for _ in range(s.rounds):
-                adv = adversarial_embeddings(m, k, te, s.norm).to(e.dtype)
-                rounds.append({"gap": adversary_gap(m, k, adv, te, tg),
-                               "norm_ratio": float((adv.norm(dim=1) / te.norm(dim=1).clamp_min(1e-12)).mean())})
-                adv_e.append(adv)
-                adv_g.append(tg)
-                adv_w.append(tw * s.adv_scale)
-                m = self.edit_of(torch.cat(adv_e), torch.cat(adv_g), torch.cat(adv_w), p)
-            # the adversary against the final model: what hardening left an attacker
-            adv = adversarial_embeddings(m, k, te, s.norm)
-            rounds.append({"gap": adversary_gap(m, k, adv, te, tg),
-                           "norm_ratio": float((adv.norm(dim=1) / te.norm(dim=1).clamp_min(1e-12)).mean())})
-        self.info = {"erase_rows": len(e) + sum(len(a) for a in adv_e[1:]) if s.rounds else len(e),
-                     "preserve_rows": 0 if p is None else len(p),
+        k = gram(self.edited(ctx)) if s.rounds else None
+        targets = adversary_rows(ctx, s, e, g, w, erased) if s.rounds else None
+        m, n_rows, rounds = harden(lambda e_, g_, w_: self.edit_of(e_, g_, w_, p), k, (e, g, w), targets, s)
+        self.info = {"erase_rows": n_rows, "preserve_rows": 0 if p is None else len(p),
                      "erased": [c for c, _, _ in erased], "rows_seconds": time.time() - t0,
                      "adversary": rounds}
         return self.weights(ctx, m)

@@ -22,26 +22,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from ..parsing import NON_NEGATIVE
 from ..trainer import Context
-from .rece import adversarial_embeddings, adversary_gap
+from .rece import RECESettings, adversary_rows, harden
 from .speed import SPEED, SPEEDSettings, null_space_edit
-from .uce import concept_position_rows
 
 
 @dataclass
-class SpeedRECESettings(SPEEDSettings):
-    rounds: int = 3
-    norm: float = 1.0  # |c'| <= norm x |c*| (0: no bound other than a tiny ridge)
-    adv_scale: float = 1.0  # weight of each adversarial row relative to its erase row
-    # which erase rows get an adversary: the concept's tokens, or every row (`after`)
-    adv_positions: Literal["concept", "after"] = "concept"
-
-    ranges = {"rounds": NON_NEGATIVE, "norm": NON_NEGATIVE, "adv_scale": NON_NEGATIVE}
+class SpeedRECESettings(SPEEDSettings, RECESettings):
+    """speed's settings and rece's (rounds, norm, adv_scale, adv_positions), with speed's defaults."""
 
 
 class SpeedRECE(SPEED):
@@ -55,32 +46,14 @@ class SpeedRECE(SPEED):
         s = self.settings
         t0 = time.time()
         e, g, w, p, erased = self.rows(ctx)
-        q, parts = self.protected(ctx, e, g, w, p, erased)
+        q, parts = self.protected(ctx, e, g, w, p, erased)  # from the real rows only: adversaries never widen it
 
         def edit(rows, guides, weights):
             return null_space_edit(rows, guides, q, p, lam=s.lam, erase_scale=s.erase_scale,
                                    preserve_scale=s.preserve_scale, erase_weights=weights)
 
-        m = edit(e, g, w)
-        rounds = []
-        if s.rounds:
-            k = parts["k"]
-            if s.adv_positions == "after":
-                te, tg, tw = e, g, w
-            else:
-                split = concept_position_rows(ctx, erased)
-                te, tg, tw = (torch.cat([part[i] for part in split]) for i in range(3))
-            all_e, all_g, all_w = [e], [g], [w]
-            for _ in range(s.rounds + 1):
-                adv = adversarial_embeddings(m, k, te, s.norm).to(e.dtype)
-                rounds.append({"gap": adversary_gap(m, k, adv, te, tg),
-                               "norm_ratio": float((adv.norm(dim=1) / te.norm(dim=1).clamp_min(1e-12)).mean())})
-                if len(rounds) > s.rounds:  # the last entry: the adversary against the final model
-                    break
-                all_e.append(adv)
-                all_g.append(tg)
-                all_w.append(tw * s.adv_scale)
-                m = edit(torch.cat(all_e), torch.cat(all_g), torch.cat(all_w))
-        self.info = {"erase_rows": sum(len(x) for x in all_e) if s.rounds else len(e), "erased": [c for c, _, _ in erased],
+        targets = adversary_rows(ctx, s, e, g, w, erased) if s.rounds else None
+        m, n_rows, rounds = harden(edit, parts["k"], (e, g, w), targets, s)
+        self.info = {"erase_rows": n_rows, "erased": [c for c, _, _ in erased],
                      **self.motion(ctx, m, e, g, parts), "adversary": rounds, "rows_seconds": time.time() - t0}
         return self.weights(ctx, m)
