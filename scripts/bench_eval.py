@@ -35,7 +35,7 @@ from obliviate.evaluate.evaluator import evaluate, load_protocol, make_plan, mod
 from obliviate.evaluate.power import compare, protocol_neighbours
 from obliviate.evaluate.sampler import SAMPLER_PRESETS, SamplerConfig, generate
 from obliviate.minicanvas import bundled_path
-from obliviate.model import load_pipeline, model_hash
+from obliviate.model import edited, load_pipeline, model_hash
 from obliviate.request import Request
 
 METRICS = ("UA", "RA_I", "RA_I_all", "RA_I_neighbours", "RA_C")
@@ -102,7 +102,7 @@ def main() -> None:
                 plan = make_plan(protocol, dom, seeds=seeds, sampler=sampler)  # partners: every concept of the other domain
                 rows[0] = 0
                 t0 = time.time()
-                with with_delta(pipe.unet, delta):
+                with with_delta(edited(pipe), delta):
                     res = evaluate(pipe, protocol, plan, concepts, key=key, cache_dir=work / "cache")
                 seconds = time.time() - t0
                 report["candidates"][cand]["seconds"] += seconds if rows[0] else 0.0  # 0 when read from the cache

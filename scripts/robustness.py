@@ -49,7 +49,7 @@ from obliviate.evaluate.metrics import Record
 from obliviate.evaluate.resample import attack_interval, attack_paired, metric_intervals
 from obliviate.evaluate.sampler import generate
 from obliviate.experiment.config import Experiment, Variant, load_experiment, parse_variant
-from obliviate.model import load_pipeline, model_hash
+from obliviate.model import edited, load_pipeline, model_hash
 
 # defaults of each attack here = the attack's own defaults; relearn checks 2 partners and
 # skips its yardstick on every variant but the first (the yardstick never sees the variant:
@@ -112,7 +112,7 @@ def evaluate_records(model, base_hash, delta, protocol, plan, cache: Path) -> li
     cells = plan.grid()
     pipe = load_pipeline(model)
     key = model_key(base_hash, tensors_hash(delta))  # the key attacks' clean images use (attacks/common.py)
-    with with_delta(pipe.unet, delta):
+    with with_delta(edited(pipe), delta):
         images = generate(pipe, [protocol.prompt(s, o) for s, o, _ in cells], [k for _, _, k in cells], plan.sampler,
                           cache_dir=cache, model_key=key)
     pred = protocol.judge.predict(np.stack(images))

@@ -49,10 +49,11 @@ def build_hooks(request: Request):
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
         regs.append(cls(parse_settings(cls.Settings, settings, f"regularizer {name}")))
-    if method.closed_form and regs:
+    on_loss = [r for r in regs if not r.trains_after_method]
+    if method.closed_form and on_loss:
         raise ValueError(
             f"method {method.name!r} is closed form (one linear solve, no training loop), so the regularizer(s) "
-            f"{', '.join(r.name for r in regs)} cannot apply: they act on a loss, gradients or optimizer updates. "
+            f"{', '.join(r.name for r in on_loss)} cannot apply: they act on a loss, gradients or optimizer updates. "
             f"Protect concepts with {method.name}'s own preservation rows instead (preserve=..., preserve_prompts=FILE)"
         )
     check_param_group(request.param_group)

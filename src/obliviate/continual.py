@@ -21,7 +21,7 @@ from .components import Parsed, build_hooks, check_for_model, parse, resolved_co
 from .delta import apply_delta, atomic_directory, drift
 from .ledger import Job, Ledger, slug  # noqa: F401 (slug: re-exported)
 from .locking import exclusive
-from .model import check_pipeline_dir, denoiser, load_pipeline, model_hash, pick_device
+from .model import check_pipeline_dir, denoiser, edited, load_pipeline, model_hash, pick_device
 from .protocols import PROTOCOLS
 from .request import Request
 from .trainer import Context, Method
@@ -72,7 +72,7 @@ class Run(Ledger):
         self.check_base()
         delta = self.cumulative_delta(step)
         pipe = load_pipeline(self.base_model, device=device)
-        apply_delta(denoiser(pipe), delta)
+        apply_delta(edited(pipe), delta)
         return pipe
 
     def export(self, out: str | Path, step: int | None = None, device=None) -> Path:
@@ -173,6 +173,8 @@ class Run(Ledger):
         """The run's latest model: base pipeline + earlier deltas, the request's trained tensors selected."""
         pipe = load_pipeline(self.base_model, device=job.device)
         model = job.tensors.assemble(pipe, self.cumulative_delta(verified=job.steps), job.request.seed, job.steps)
+        for hook in job.regs:
+            model.add_own(hook.own_tensors(pipe))
         if gradient_checkpointing:
             distributed.enable_gradient_checkpointing(denoiser(pipe))
         return model
@@ -195,7 +197,14 @@ class Run(Ledger):
             for reg in job.regs:
                 reg.setup(ctx, job.method)
         setup_seconds = time.time() - t0
-        return {**job.procedure.run(job, ctx, **how), "setup_seconds": setup_seconds}
+        result = {**job.procedure.run(job, ctx, **how), "setup_seconds": setup_seconds}
+        after = [reg for reg in job.regs if reg.trains_after_method]
+        if after and not result["interrupted"]:  # a kill in here leaves the partial as it was: the rerun redoes them
+            t0 = time.time()
+            for reg in after:
+                reg.after_method(ctx)
+            result["after_method_seconds"] = time.time() - t0
+        return result
 
     def _write_step(self, job: Job, model: trained.Model, result: dict) -> dict:
         """The step's record: the delta the ledger keeps (a LoRA run keeps its adapter), drift, timings."""
@@ -209,7 +218,8 @@ class Run(Ledger):
         meta = {
             "step": job.index, "request": job.request.to_dict(), "config": job.config,
             "base_hash": self.info["base_hash"], "parent_hash": "base" if not job.steps else job.steps[-1]["delta_hash"],
-            "timings": {"setup_seconds": result["setup_seconds"], "train_seconds": result["train_seconds"]},
+            "timings": {"setup_seconds": result["setup_seconds"], "train_seconds": result["train_seconds"],
+                        **({"after_method_seconds": result["after_method_seconds"]} if "after_method_seconds" in result else {})},
             "processes": job.procs.world, "precision": job.precision,
             "loss_first": sum(losses[:10]) / max(1, len(losses[:10])), "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "drift": {"parent": drift(stored.delta), "pretrained": drift(cumulative)},

@@ -144,6 +144,28 @@ def denoiser(pipe) -> torch.nn.Module:
     return pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
 
 
+# A step's delta names the denoiser's tensors by their own names and, where a text-side
+# defence trained it, the text encoder's with this prefix (no denoiser tensor's name starts so).
+TEXT_ENCODER_PREFIX = "text_encoder."
+
+
+class Edited:
+    """The tensors of a pipeline a ledger's delta may change, as `apply_delta` and `with_delta`
+    read them (`named_parameters`): the denoiser's, then the text encoder's, prefixed."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def named_parameters(self):
+        yield from denoiser(self.pipe).named_parameters()
+        for name, param in self.pipe.text_encoder.named_parameters():
+            yield TEXT_ENCODER_PREFIX + name, param
+
+
+def edited(pipe) -> Edited:
+    return Edited(pipe)
+
+
 def default_resolution(pipe) -> int:
     """The pixel size the pipeline generates at when no height is given. SD/SDXL/SD3 read it
     from the denoiser's sample_size; FluxPipeline has a fixed 1024 (default_sample_size 128),

@@ -12,7 +12,7 @@ import dataclasses
 
 from . import lora
 from .delta import apply_delta, swapped
-from .model import denoiser, select_parameters
+from .model import denoiser, edited, select_parameters
 
 
 @dataclasses.dataclass
@@ -26,6 +26,19 @@ class Model:
     previous: dict  # the run's cumulative delta before this request
     base_params: dict  # the denoiser's tensors that earlier requests changed
     started_from: dict | None = None  # LoRA: the adapter continued from the previous step
+    own: dict = dataclasses.field(default_factory=dict)  # tensors add-ons train after the method, by ledger name
+    own_start: dict = dataclasses.field(default_factory=dict)  # their values when this request starts
+
+    def add_own(self, tensors: dict) -> None:
+        """Tensors an add-on trains after the method (Hook.own_tensors): the step's delta keeps their change too."""
+        for n, p in tensors.items():
+            if n in self.params or n in self.own:
+                raise ValueError(f"tensor {n} is trained twice in one request")
+            self.own[n] = p  # no requires_grad here: the method's own loop must not compute their gradients
+            self.own_start[n] = p.detach().clone()
+
+    def own_change(self) -> dict:
+        return {n: (p.detach() - self.own_start[n]).cpu() for n, p in self.own.items()}
 
     def restore_base(self):
         """The base model's weights for the changed tensors (e.g. for anchor images), while inside."""
@@ -51,11 +64,12 @@ class Tensors:
         params = select_parameters(denoiser(pipe), self.group)
         # the base values exactly (not start - previous, which float rounding perturbs)
         pretrained = {n: p.detach().clone() for n, p in params.items()}
-        apply_delta(denoiser(pipe), previous)
+        apply_delta(edited(pipe), previous)
         return _model(pipe, params, pretrained, previous, _changed(pipe, previous))
 
     def stored(self, model: Model) -> Stored:
         delta = {n: (p.detach() - model.start[n]).cpu() for n, p in model.params.items()}
+        delta.update(model.own_change())
         return Stored(delta, delta, {})
 
     def report(self, stored: Stored, delta_file) -> dict:
@@ -71,7 +85,7 @@ class Adapter:
     def assemble(self, pipe, previous: dict, seed: int, steps: list[dict]) -> Model:
         # the earlier changes go into the weights first, while they still have their own names
         # (the adapter renames them `base_layer`); the trained tensors are the adapter's
-        apply_delta(denoiser(pipe), previous)
+        apply_delta(edited(pipe), previous)
         base_params = _changed(pipe, previous)  # the same tensors the adapter later calls base_layer
         params = lora.inject(denoiser(pipe), self.group, seed)
         started_from = lora.continue_adapter(denoiser(pipe), params, self.group, steps)
@@ -79,6 +93,8 @@ class Adapter:
         return _model(pipe, params, pretrained, previous, base_params, started_from)
 
     def stored(self, model: Model) -> Stored:
+        if model.own:  # components refuse such add-ons on LoRA (Hook.for_lora); never stored half
+            raise ValueError("a LoRA step cannot keep tensors trained outside its adapter")
         tensors = lora.adapter_tensors(model.params)
         tensors.update({lora.PREVIOUS + n: v for n, v in (model.started_from or {}).items()})
         delta = lora.densify(tensors, lora.parse_group(self.group).scale)
@@ -94,7 +110,7 @@ def for_group(group: str) -> Tensors | Adapter:
 
 
 def _changed(pipe, previous: dict) -> dict:
-    return {n: p for n, p in denoiser(pipe).named_parameters() if n in previous}
+    return {n: p for n, p in edited(pipe).named_parameters() if n in previous}
 
 
 def _model(pipe, params, pretrained, previous, base_params, started_from=None) -> Model:

@@ -134,6 +134,18 @@ class Hook:
 
     needs_update_transform = False
 
+    # A hook that trains tensors of its own *after* the method (the text-side defence) declares
+    # them here, named as a step's delta names them (model.Edited: `text_encoder.` + name), and
+    # trains them in `after_method`, once the solve or the training loop has finished. It adds
+    # nothing to the method's loss, so it may follow a closed-form method too; the step's delta
+    # keeps its tensors' change with the method's.
+    trains_after_method = False
+
+    def own_tensors(self, pipe) -> dict[str, torch.nn.Parameter]:
+        return {}
+
+    def after_method(self, ctx: Context) -> None: ...
+
     def state_dict(self) -> dict:
         return {}
 

@@ -26,7 +26,7 @@ from ..delta import apply_delta, tensors_hash, with_delta
 from ..diffusion import add_noise, scheduler_for_training, target_for, vae_to_latents
 from ..evaluate.evaluator import Protocol, model_key
 from ..evaluate.sampler import SamplerConfig, generate
-from ..model import denoiser, load_pipeline, pick_device, predict
+from ..model import denoiser, edited, load_pipeline, pick_device, predict
 from ..parsing import Checked
 from ..protocols import other_family
 from ..soft_tokens import NewTokens, check_fits as _check_fits  # the one soft-token mechanism, also the adversarial add-on's
@@ -92,7 +92,7 @@ class Target:
     @contextlib.contextmanager
     def base(self):
         """The pipe with the delta removed (the pretrained model), its own weights restored afterwards."""
-        with with_delta(denoiser(self.pipe), {n: -d for n, d in self.delta.items()}):
+        with with_delta(edited(self.pipe), {n: -d for n, d in self.delta.items()}):
             yield self.pipe
 
     # ------------------------------------------------------------ images
@@ -163,7 +163,7 @@ def load_target(model_dir, delta: dict[str, torch.Tensor], unlearned: list[str],
                          "choose a step >= 1")
     pipe = load_pipeline(model_dir, device=pick_device(device))
     if delta:
-        apply_delta(denoiser(pipe), delta)
+        apply_delta(edited(pipe), delta)
     return Target(pipe=pipe, base_model=Path(model_dir), base_hash=base_hash, delta={n: v.clone() for n, v in delta.items()},
                   unlearned=list(unlearned), domain=domain, protocol=protocol, partners=list(partners), seeds=list(seeds),
                   sampler=sampler, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet)

@@ -21,7 +21,7 @@ from ..distributed import current as current_processes
 from ..evaluate.evaluator import EvalPlan, evaluate, load_protocol, make_plan, model_key
 from ..evaluate.power import protocol_neighbours
 from ..locking import exclusive, filling
-from ..model import denoiser, load_pipeline, model_hash
+from ..model import edited, load_pipeline, model_hash
 from ..protocols import catalog_for_model
 from ..request import Request
 from .config import Experiment, Variant
@@ -83,7 +83,7 @@ class Runner:
         if self._base_pipe is None:
             dist = current_processes()  # accelerate launch: each process on its own device
             self._base_pipe = load_pipeline(self.exp.model, device=dist.device if dist is not None else self.device)
-        with with_delta(denoiser(self._base_pipe), delta):
+        with with_delta(edited(self._base_pipe), delta):
             yield self._base_pipe
 
     def open_run(self, path: Path) -> Run:

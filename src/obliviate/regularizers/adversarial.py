@@ -49,14 +49,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import base_model_latents, denoising_target, noised, reference_and_prediction, sampler_settings
-from ..model import Cond, predict
+from ..diffusion import noised, reference_and_prediction
+from ..model import Cond
 from ..protocols import family, other_family
 from ..parsing import AT_LEAST_ONE, POSITIVE, Checked
 from ..soft_tokens import NewTokens
 from ..trainer import Context, Hook
+from .common import attacked_concepts, concept_images, make_adversary, ordinary_token_ids, sharpen
 
-IMAGE_SEED = 30_000
 GEN_OFFSET = 7_919  # the add-on's generator: request seed + this (the method's draws stay as they are)
 
 
@@ -76,30 +76,6 @@ class AdversarialSettings(Checked):
               "images": AT_LEAST_ONE}
 
 
-class Adversary:
-    """One concept's adversary in one prompt shape: its slice of the shared soft tokens (`tokens`,
-    every adversary's); only `rows` ever changes."""
-
-    def __init__(self, tokens: NewTokens, names: list[str], init: torch.Tensor, prompts: list[str]):
-        self.tokens = tokens
-        self.slice = tokens.add(names, init)
-        self.ids = tokens.ids[self.slice]
-        self.rows = tokens.rows[self.slice].clone()
-        self.prompts = prompts  # one per training image: the adversarial prompt with that image's partner
-
-    @property
-    def tokenizer(self):
-        return self.tokens.tokenizer
-
-    def hidden(self, encoder, prompts: list[str], rows: torch.Tensor, all_rows: torch.Tensor) -> torch.Tensor:
-        """Text states of `prompts` with the table extended by `all_rows` (every adversary's, this
-        one's replaced by `rows`, which may carry a gradient)."""
-        s = self.slice
-        extra = all_rows.clone()
-        extra = torch.cat([extra[: s.start], rows.to(extra), extra[s.stop:]], 0)
-        return self.tokens.encode(prompts, extra, encoder)
-
-
 class Adversarial(Hook):
     name = "adversarial"
     order = 50
@@ -112,54 +88,23 @@ class Adversarial(Hook):
     def setup(self, ctx: Context, method=None) -> None:
         s, cat = self.settings, ctx.catalog
         domain = family(ctx.request.domain)
-        partners = cat.partners(domain)
-        if not partners:
-            raise ValueError("adversarial needs a prompt template with partner concepts (a concept catalog); "
-                             "this model has none")
-        concepts = list(ctx.request.targets)
-        if s.concepts == "all":
-            concepts = [c for c, d in ctx.unlearned_before if family(d) == domain and c not in concepts] + concepts
+        concepts = attacked_concepts(ctx, s.concepts, self.name)
         self.tokens = NewTokens(ctx.pipe)  # every adversary's tokens, outside the model
-        table = ctx.pipe.text_encoder.get_input_embeddings().weight
-        vocab = self.tokens.tokenizer.get_vocab()
-        steps, guidance = sampler_settings(ctx, None, None)
         kinds = {"both": ("replace", "prefix")}.get(s.mode, (s.mode,))
         self.adversaries, self.latents, self.targets = [], [], []
         gen = torch.Generator().manual_seed(ctx.request.seed + GEN_OFFSET)
-        names_all = set(cat.styles) | set(cat.objects)
-        special = set(self.tokens.tokenizer.all_special_ids)
-        ordinary = [i for w, i in sorted(vocab.items(), key=lambda x: x[1])
-                    if i not in special and w.replace("</w>", "") not in names_all]
+        ordinary = ordinary_token_ids(self.tokens, cat)
         for c in concepts:
-            ps = [partners[i % len(partners)] for i in range(s.images)]
-            plain = [cat.prompt_with(c, domain, p) for p in ps]
-            latents = base_model_latents(ctx, plain, [IMAGE_SEED + i for i in range(s.images)], steps, guidance,
-                                         purpose="adversarial")
+            images = concept_images(ctx, c, domain, s.images)
             if s.target == "anchor":
-                targets = [cat.single(p, other_family(domain)) for p in ps]
+                targets = [cat.single(p, other_family(domain)) for p in images.partners]
             else:
-                targets = plain
+                targets = images.plain
             ctx.encode(targets)
             for kind in kinds:
-                k = len(self.adversaries)
-                if kind == "replace":
-                    names = [f"<defence{k}>"]
-                    word = cat.word(c)
-                    wid = vocab.get(word + "</w>", vocab.get(word))
-                    if wid is None:
-                        raise ValueError(f"adversarial: concept word {word!r} is not one token of the vocabulary")
-                    init = table[[wid]]
-                    prompts = [cat.prompt_with(names[0], domain, p) for p in ps]
-                else:
-                    names = [f"<defence{k}_{j}>" for j in range(s.tokens)]
-                    pick = torch.randint(0, len(ordinary), (s.tokens,), generator=gen).tolist()
-                    init = table[[ordinary[i] for i in pick]]
-                    prompts = [" ".join(names) + " " + q for q in plain]
-                try:
-                    self.adversaries.append(Adversary(self.tokens, names, init, prompts))
-                except ValueError as err:  # a name already in the tokenizer, unexpected ids
-                    raise ValueError(f"adversarial: {err}") from None
-                self.latents.append(latents)
+                self.adversaries.append(make_adversary(ctx, self.tokens, kind, len(self.adversaries), images, s.tokens,
+                                                       ordinary, gen, self.name))
+                self.latents.append(images.latents)
                 self.targets.append(targets)
         self.concepts = concepts
         self.gen = gen
@@ -176,25 +121,8 @@ class Adversarial(Hook):
         """`attack_steps` Adam steps on one adversary's rows (round-robin), everything else fixed."""
         s = self.settings
         i = self.refreshes % len(self.adversaries)
-        adv, latents = self.adversaries[i], self.latents[i]
-        rows = adv.rows.clone().requires_grad_(True)
-        opt = torch.optim.Adam([rows], lr=s.attack_lr)
-        others = self.all_rows()
-        last = 0.0
-        for _ in range(s.attack_steps):
-            idx = torch.randint(0, len(latents), (s.batch_size,), generator=self.gen)
-            x0 = latents[idx]
-            x_t, t, noise = noised(ctx, x0, self.gen)
-            hidden = adv.hidden(ctx.pipe.text_encoder, [adv.prompts[j] for j in idx.tolist()], rows, others)
-            with ctx.autocast():
-                pred = predict(ctx.unet, x_t, t, Cond(hidden))
-            loss = F.mse_loss(pred.float(), denoising_target(ctx, x0, noise, t).float())
-            (grad,) = torch.autograd.grad(loss, [rows])
-            opt.zero_grad(set_to_none=True)
-            rows.grad = grad
-            opt.step()
-            last = float(loss.detach())
-        adv.rows = rows.detach().clone()
+        last = sharpen(ctx, self.adversaries[i], self.latents[i], self.all_rows(), s.attack_steps, s.attack_lr,
+                       s.batch_size, self.gen)
         self.inner_losses.append(last)
         self.refreshes += 1
 

@@ -1,0 +1,195 @@
+"""`advunlearn`: a text-side defence, adversarial training of the text encoder (after AdvUnlearn;
+Zhang et al., NeurIPS 2024).
+
+Embedding attacks (attacks/inversion.py, attacks/prefix.py) do not need the erased word: they
+learn token rows whose text states make the unlearned denoiser render the concept again. A
+method edits the denoiser; this add-on then trains the *text encoder* so that no such row is
+easy to find, while the denoiser stays as the method left it. It runs after the method
+(`Hook.after_method`: after the closed-form solve or the training loop), so it combines with
+every method, closed forms included (`speed+advunlearn`, `uce+advunlearn`, `conabl+advunlearn`).
+
+    inner (every `every` steps, `attack_steps` Adam steps at `attack_lr`, warm-started):
+        rows* = argmin_rows || eps(x_t, t, E_theta(adversarial prompt; rows)) - target(x_0, eps) ||^2
+        on base-model images x_0 of the concept: the attacks' own objective, through the text
+        encoder being trained and the method's denoiser (regularizers/common.sharpen)
+    outer (`steps` Adam steps at `lr` on the encoder's layers):
+        forget = || eps(x_t, t, E_theta(prompt)) - sg[eps(x_t, t, E_start(anchor prompt))] ||^2
+                 over the adversarial prompts (rows* fixed) and the plain prompts of the concepts
+        retain = || E_theta(p) - E_base(p) ||^2 over the retained prompts p
+        loss   = forget + retain_weight * retain
+
+- The adversaries (`mode`, `concepts`, `tokens`, `images`) are the `adversarial` add-on's:
+  `replace` = one soft token in the concept's place in the template (Concept Inversion's prompt),
+  `prefix` = `tokens` soft tokens before the plain prompt (UnlearnDiffAtk's); `concepts=all`
+  defends every concept unlearned so far in the domain, so a later request does not reopen an
+  earlier one. Their rows live outside the model (soft_tokens.NewTokens).
+- The anchor prompt is the concept taken out ("an image of a circle" for a style): its
+  prediction is the method's denoiser's with the text encoder as the request found it.
+- The plain prompts are in the forget term so that training the encoder cannot undo the
+  method's own erasure of the words.
+- Retained prompts: every concept of the request's domain not erased so far, in the template
+  with every partner, and every concept of the other domain alone after the neutral prefix;
+  their states are pulled to the *base* encoder's (not this request's start), so the encoder
+  does not drift over a sequence.
+- Trained: every tensor of the encoder's transformer layers and final norm; the token and
+  position embeddings stay (an attacker writes its own rows; training the table would only
+  move the real words). The step's delta keeps their change as `text_encoder.`-prefixed
+  tensors (model.Edited); loading, export, evaluation and the attacks read them.
+
+Deterministic given the request's seed (a generator of its own). A killed request redoes the
+defence from the method's result. Refused where it cannot apply: SDXL (two text encoders),
+SD3 and FLUX (the denoiser also reads T5 states), LoRA parameter groups (the ledger keeps an
+adapter there, not dense text-encoder tensors), several processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import noised, reference_and_prediction
+from ..model import TEXT_ENCODER_PREFIX, Cond, encode_prompts
+from ..parsing import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Checked
+from ..protocols import family, other_family
+from ..soft_tokens import NewTokens
+from ..trainer import Context, Hook
+from .common import attacked_concepts, concept_images, make_adversary, ordinary_token_ids, sharpen
+
+GEN_OFFSET = 8_191  # the add-on's generator: request seed + this
+
+
+@dataclass
+class AdvUnlearnSettings(Checked):
+    steps: int = 40  # Adam steps on the text encoder
+    lr: float = 1e-3
+    retain_weight: float = 10.0
+    mode: Literal["replace", "prefix", "both"] = "both"
+    concepts: Literal["current", "all"] = "all"
+    every: int = 2  # refresh one adversary every `every` steps (round-robin)
+    attack_steps: int = 5  # Adam steps per refresh (warm start)
+    attack_lr: float = 2e-2  # the attacks' default lr
+    tokens: int = 3  # soft tokens of a prefix adversary (the prefix attack's default)
+    images: int = 16  # base-model images per concept
+    batch_size: int = 4  # forget batch and inner batch
+    retain_batch: int = 16  # retained prompts per step
+    ranges = {"steps": AT_LEAST_ONE, "lr": POSITIVE, "retain_weight": NON_NEGATIVE, "every": AT_LEAST_ONE,
+              "attack_steps": AT_LEAST_ONE, "attack_lr": POSITIVE, "tokens": AT_LEAST_ONE, "images": AT_LEAST_ONE,
+              "batch_size": AT_LEAST_ONE, "retain_batch": AT_LEAST_ONE}
+
+
+def trained_encoder_tensor(name: str) -> bool:
+    return ".embeddings." not in f".{name}"
+
+
+class AdvUnlearn(Hook):
+    name = "advunlearn"
+    order = 60
+    Settings = AdvUnlearnSettings
+    trains_after_method = True
+    quick_settings = {"steps": 2, "every": 1, "attack_steps": 1, "images": 2, "batch_size": 2, "tokens": 1,
+                      "retain_batch": 2}
+    # the denoiser must read one CLIP encoder's states only: SDXL reads two, SD3 and FLUX also T5's
+    families = ("sd",)
+    not_multi_process = "advunlearn trains the text encoder in one process after the method"
+
+    def own_tensors(self, pipe) -> dict[str, torch.nn.Parameter]:
+        return {TEXT_ENCODER_PREFIX + n: p for n, p in pipe.text_encoder.named_parameters() if trained_encoder_tensor(n)}
+
+    # ------------------------------------------------------------ before the method: images, targets, retained states
+    def setup(self, ctx: Context, method=None) -> None:
+        s, cat = self.settings, ctx.catalog
+        domain = family(ctx.request.domain)
+        concepts = attacked_concepts(ctx, s.concepts, self.name)
+        self.tokens = NewTokens(ctx.pipe)
+        kinds = {"both": ("replace", "prefix")}.get(s.mode, (s.mode,))
+        self.gen = torch.Generator().manual_seed(ctx.request.seed + GEN_OFFSET)
+        ordinary = ordinary_token_ids(self.tokens, cat)
+        # one "prompt set" per adversary and one per concept's plain prompts: (prompts, latents, anchor states)
+        self.adversaries, self.adv_sets, self.plain_sets = [], [], []
+        for c in concepts:
+            images = concept_images(ctx, c, domain, s.images)
+            anchor = ctx.encode([cat.single(p, other_family(domain)) for p in images.partners])  # the encoder as found
+            for kind in kinds:
+                adv = make_adversary(ctx, self.tokens, kind, len(self.adversaries), images, s.tokens, ordinary,
+                                     self.gen, self.name)
+                self.adversaries.append(adv)
+                self.adv_sets.append((adv.prompts, images.latents, anchor))
+            self.plain_sets.append((images.plain, images.latents, anchor))
+        erased = set(concepts) | {c for c, d in ctx.unlearned_before if family(d) == domain}
+        kept = [c for c in cat.concepts(domain) if c not in erased]
+        self.retain_prompts = [cat.prompt_with(c, domain, p) for c in kept for p in cat.partners(domain)]
+        self.retain_prompts += [cat.single(p, other_family(domain)) for p in cat.partners(domain)]
+        with ctx.restore_base():  # the base encoder's states: retained prompts never drift over a sequence
+            self.retain_states = torch.cat([encode_prompts(ctx.pipe, self.retain_prompts[i:i + 64]).float()
+                                            for i in range(0, len(self.retain_prompts), 64)])
+        self.concepts, self.kinds = concepts, kinds
+        self.refreshes, self.inner_losses, self.forget_losses, self.retain_losses = 0, [], [], []
+
+    # ------------------------------------------------------------ after the method: train the encoder
+    def all_rows(self) -> torch.Tensor:
+        return torch.cat([a.rows for a in self.adversaries], 0)
+
+    def refresh(self, ctx: Context) -> None:
+        s = self.settings
+        i = self.refreshes % len(self.adversaries)
+        _, latents, _ = self.adv_sets[i]
+        self.inner_losses.append(sharpen(ctx, self.adversaries[i], latents, self.all_rows(), s.attack_steps,
+                                         s.attack_lr, s.batch_size, self.gen))
+        self.refreshes += 1
+
+    def after_method(self, ctx: Context) -> None:
+        s = self.settings
+        params = list(self.own_tensors(ctx.pipe).values())
+        opt = torch.optim.Adam(params, lr=s.lr)
+        sets = self.adv_sets + self.plain_sets
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            for step in range(s.steps):
+                if step % s.every == 0:
+                    self.refresh(ctx)
+                # forget: adversarial and plain prompts of the erased concepts -> the anchor's prediction
+                prompts, x0, anchor = [], [], []
+                for i in torch.randint(0, len(sets), (s.batch_size,), generator=self.gen).tolist():
+                    set_prompts, latents, anchors = sets[i]
+                    j = int(torch.randint(0, len(latents), (1,), generator=self.gen))
+                    prompts.append(set_prompts[j])
+                    x0.append(latents[j])
+                    anchor.append(anchors[j:j + 1])
+                x_t, t, _ = noised(ctx, torch.stack(x0), self.gen)
+                hidden = self.tokens.encode(prompts, self.all_rows(), ctx.pipe.text_encoder)
+                with ctx.autocast():
+                    reference, prediction = reference_and_prediction(ctx, x_t, t, Cond.cat(anchor), Cond(hidden))
+                forget = F.mse_loss(prediction.float(), reference.float())
+                # retain: retained prompts' states -> the base encoder's
+                idx = torch.randint(0, len(self.retain_prompts), (s.retain_batch,), generator=self.gen)
+                states = self.tokens.encode([self.retain_prompts[k] for k in idx.tolist()], self.all_rows()[:0],
+                                            ctx.pipe.text_encoder)
+                retain = F.mse_loss(states.float(), self.retain_states[idx].to(states.device))
+                grads = torch.autograd.grad(forget + s.retain_weight * retain, params)
+                opt.zero_grad(set_to_none=True)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                self.forget_losses.append(float(forget.detach()))
+                self.retain_losses.append(float(retain.detach()))
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        ctx.log(f"advunlearn: {s.steps} steps on the text encoder against {len(self.adversaries)} adversaries "
+                f"({', '.join(self.kinds)}) for {', '.join(self.concepts)}; forget loss "
+                f"{_mean(self.forget_losses[:3]):.4f} -> {_mean(self.forget_losses[-3:]):.4f}")
+
+    def report(self) -> dict:
+        return {"advunlearn": {"concepts": self.concepts, "adversaries": len(self.adversaries), "refreshes": self.refreshes,
+                               "inner_loss_first": _mean(self.inner_losses[:3]), "inner_loss_last": _mean(self.inner_losses[-3:]),
+                               "forget_loss_first": _mean(self.forget_losses[:3]),
+                               "forget_loss_last": _mean(self.forget_losses[-3:]),
+                               "retain_loss_last": _mean(self.retain_losses[-3:])}}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
