@@ -1,0 +1,109 @@
+"""advunlearn: the text-side defence trains the text encoder's layers after any method (closed
+forms included), the ledger keeps and replays that change (load, export, attacks), it leaves the
+method's denoiser as it was, it is deterministic and resumes, and it is refused where it cannot apply."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from obliviate.attacks import load_target
+from obliviate.continual import Run
+from obliviate.evaluate.evaluator import load_protocol
+from obliviate.evaluate.sampler import SamplerConfig
+from obliviate.model import TEXT_ENCODER_PREFIX, encode_prompts, load_pipeline
+from obliviate.protocols import minicanvas_catalog
+from obliviate.request import Request
+
+QUICK = {"steps": "4", "every": "2", "attack_steps": "1", "images": "2", "batch_size": "2", "tokens": "1",
+         "retain_batch": "4"}
+TINY_CONABL = {"steps": "4", "anchor_images": "2", "sampler_steps": "2", "batch_size": "2"}
+
+
+def defended(concept, method="speed", settings=None, defence=None):
+    return Request(concept, "style", method, dict(settings or {}), [("advunlearn", {**QUICK, **(defence or {})})])
+
+
+def delta_of(meta):
+    return load_file(f"{meta['dir']}/delta.safetensors")
+
+
+def test_the_defence_trains_the_encoder_layers_and_the_ledger_replays_them(random_model, tmp_path):
+    run = Run.open_or_create(tmp_path / "run", random_model)
+    first = run.unlearn(defended("fire"), quiet=True)
+    second = run.unlearn(defended("ice"), quiet=True)
+    delta = delta_of(second)
+    text = {n[len(TEXT_ENCODER_PREFIX):]: v for n, v in delta.items() if n.startswith(TEXT_ENCODER_PREFIX)}
+    base = load_pipeline(random_model)
+    layers = [n for n, _ in base.text_encoder.named_parameters() if ".embeddings." not in f".{n}"]
+    # every layer tensor of the encoder is kept, no embedding row, and they changed
+    assert sorted(text) == sorted(layers) and sum(float(v.abs().sum()) for v in text.values()) > 0
+    assert second["advunlearn"]["concepts"] == ["fire", "ice"] and second["timings"]["after_method_seconds"] > 0
+    assert "text_encoder" in second["drift"]["parent"]["groups"]
+    # the first request's denoiser change is speed's alone, bit for bit: the defence never touches the denoiser
+    plain = Run.open_or_create(tmp_path / "plain", random_model).unlearn(Request("fire", "style", "speed"), quiet=True)
+    unet_delta, plain_delta = delta_of(first), delta_of(plain)
+    assert all(torch.equal(unet_delta[n], v) for n, v in plain_delta.items())
+    # loading, exporting and attacking read the whole cumulative change, text encoder included
+    cumulative = run.cumulative_delta()
+    loaded = run.load()
+    base_te = dict(base.text_encoder.named_parameters())
+    for n, p in loaded.text_encoder.named_parameters():
+        expected = base_te[n] + cumulative.get(TEXT_ENCODER_PREFIX + n, torch.zeros_like(p))
+        assert torch.equal(p.detach(), expected.detach()), n
+    out = run.export(tmp_path / "export")
+    exported = load_pipeline(out)
+    for (n, p), (_, q) in zip(exported.text_encoder.named_parameters(), loaded.text_encoder.named_parameters()):
+        assert torch.equal(p, q), n
+    target = load_target(random_model, cumulative, ["fire", "ice"], "style", load_protocol("minicanvas", random_model),
+                         ["circle"], [0], SamplerConfig(steps=2), base_hash="t")
+    moved = next(n for n in layers if n.endswith("weight"))
+    assert torch.equal(dict(target.pipe.text_encoder.named_parameters())[moved], dict(loaded.text_encoder.named_parameters())[moved])
+    with target.base():  # the attacks' pretrained model: the base encoder (up to the rounding of subtracting the delta)
+        assert torch.allclose(dict(target.pipe.text_encoder.named_parameters())[moved], base_te[moved], atol=1e-6)
+
+
+def test_the_retain_term_holds_retained_prompts_where_the_base_encoder_puts_them(random_model, tmp_path):
+    cat = minicanvas_catalog()
+    base = load_pipeline(random_model)
+    erased = [cat.prompt_with("fire", "style", o) for o in cat.objects]
+    kept = [cat.prompt_with(s, "style", o) for s in cat.styles if s != "fire" for o in cat.objects[:3]]
+
+    def changes(retain_weight):
+        run = Run.open_or_create(tmp_path / f"run{retain_weight}", random_model)
+        run.unlearn(defended("fire", defence={"steps": "12", "retain_batch": "32", "retain_weight": retain_weight}),
+                    quiet=True)
+        after = run.load()
+        return [float((encode_prompts(after, p) - encode_prompts(base, p)).norm() / encode_prompts(base, p).norm())
+                for p in (erased, kept)]
+
+    (_, kept_free), (_, kept_held) = changes("0"), changes("10")
+    assert kept_held < 0.5 * kept_free, (kept_held, kept_free)
+
+
+def test_deterministic_and_a_killed_request_resumes_to_the_same_bytes(random_model, tmp_path):
+    request = defended("fire", "conabl", TINY_CONABL)
+    whole = Run.open_or_create(tmp_path / "whole", random_model).unlearn(request, quiet=True)
+    killed = Run.open_or_create(tmp_path / "killed", random_model)
+    assert killed.unlearn(request, quiet=True, stop_after=2, checkpoint_every=1)["interrupted"]
+    resumed = killed.unlearn(request, quiet=True)
+    a, b = delta_of(whole), delta_of(resumed)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+    assert any(n.startswith(TEXT_ENCODER_PREFIX) for n in a)
+
+
+def test_refused_where_it_cannot_apply(random_model, tmp_path):
+    from obliviate.testing import save_random_pipeline
+
+    sdxl = save_random_pipeline(tmp_path / "sdxl", "sdxl", "tiny", seed=1)
+    with pytest.raises(ValueError, match="'advunlearn' does not support SDXL pipelines"):
+        Run.open_or_create(tmp_path / "run-sdxl", sdxl, write_now=False).unlearn(
+            Request("fire", "other", "speed", {}, [("advunlearn", {})]), quiet=True)
+    run = Run.open_or_create(tmp_path / "run", random_model, write_now=False)
+    with pytest.raises(ValueError, match="'advunlearn' has no LoRA meaning yet"):
+        run.unlearn(Request("fire", "style", "conabl", dict(TINY_CONABL), [("advunlearn", {})], param_group="lora"),
+                    quiet=True)
+    with pytest.raises(ValueError, match="steps"):
+        run.unlearn(Request("fire", "style", "speed", {}, [("advunlearn", {"steps": "0"})]), quiet=True)
+    # a closed form still refuses add-ons that act on a loss, and names only them
+    with pytest.raises(ValueError, match=r"regularizer\(s\) l1sp cannot apply"):
+        run.unlearn(Request("fire", "style", "speed", {}, [("l1sp", {}), ("advunlearn", {})]), quiet=True)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run-sdxl").exists()
