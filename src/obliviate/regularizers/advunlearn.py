@@ -76,7 +76,7 @@ class AdvUnlearnSettings(Checked):
     tokens: int = 3  # soft tokens of a prefix adversary (the prefix attack's default)
     images: int = 16  # base-model images per concept
     batch_size: int = 4  # forget batch and inner batch
-    retain_batch: int = 16  # retained prompts per step
+    retain_batch: int = 64  # kept prompts per step
     ranges = {"steps": AT_LEAST_ONE, "lr": POSITIVE, "retain_weight": NON_NEGATIVE, "every": AT_LEAST_ONE,
               "attack_steps": AT_LEAST_ONE, "attack_lr": POSITIVE, "tokens": AT_LEAST_ONE, "images": AT_LEAST_ONE,
               "batch_size": AT_LEAST_ONE, "retain_batch": AT_LEAST_ONE}
@@ -124,6 +124,7 @@ class AdvUnlearn(Hook):
         kept = [c for c in cat.concepts(domain) if c not in erased]
         retained = [cat.prompt_with(c, domain, p) for c in kept for p in cat.partners(domain)]
         retained += [cat.single(p, other_family(domain)) for p in cat.partners(domain)]
+        retained.append("")  # classifier-free guidance's unconditional prompt: every image reads it
         erased_plain = [cat.prompt_with(c, domain, p) for c in concepts for p in cat.partners(domain)]
         with ctx.restore_base():  # the base encoder's states: retained prompts never drift over a sequence
             base_states = _encode(ctx.pipe, retained)
