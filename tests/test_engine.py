@@ -138,10 +138,10 @@ def test_every_method_runs_alone_and_with_all_regularizers(random_model, tmp_pat
     fast = dict(METHODS[method].quick_settings)
     run = Run.open_or_create(tmp_path / "run", model)
     every_addon = [(name, dict(cls.quick_settings)) for name, cls in REGULARIZERS.items()]
-    if METHODS[method].closed_form:  # no training loop: only add-ons that train after the method apply (tests/test_uce.py)
+    if METHODS[method].closed_form:  # no training loop: only add-ons that train before the method apply (tests/test_uce.py)
         meta = run.unlearn(Request("fire", "style", method), quiet=True)
         assert meta["drift"]["parent"]["l2"] > 0
-        after = [(name, s) for name, s in every_addon if REGULARIZERS[name].trains_after_method]
+        after = [(name, s) for name, s in every_addon if REGULARIZERS[name].trains_before_method]
         combo = run.unlearn(Request("ice", "style", method, {}, after), quiet=True)
         assert combo["drift"]["parent"]["l2"] > 0 and len(run.steps()) == 2
         return

@@ -49,7 +49,7 @@ def build_hooks(request: Request):
             raise ValueError(f"regularizer {name!r} is given twice")
         seen.add(name)
         regs.append(cls(parse_settings(cls.Settings, settings, f"regularizer {name}")))
-    on_loss = [r for r in regs if not r.trains_after_method]
+    on_loss = [r for r in regs if not r.trains_before_method]
     if method.closed_form and on_loss:
         raise ValueError(
             f"method {method.name!r} is closed form (one linear solve, no training loop), so the regularizer(s) "

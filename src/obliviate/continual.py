@@ -189,22 +189,25 @@ class Run(Ledger):
         )
 
     def _apply(self, job: Job, ctx: Context, **how) -> dict:
-        """Hooks set up (the main process first: it writes the caches), then the solve or the training loop."""
+        """Hooks set up (the main process first: it writes the caches), then the solve or the training loop.
+        A hook that trains before the method (the text-side defence) is set up and run first."""
         t0 = time.time()
         torch.manual_seed(job.request.seed)
+        before = [reg for reg in job.regs if reg.trains_before_method]
+        timings = {}
         with job.procs.main_first():
+            if before:
+                for reg in before:
+                    reg.setup(ctx, job.method)
+                    reg.before_method(ctx)
+                ctx.text_encoder_changed()
+                timings["before_method_seconds"] = time.time() - t0
             job.method.setup(ctx)
             for reg in job.regs:
-                reg.setup(ctx, job.method)
-        setup_seconds = time.time() - t0
-        result = {**job.procedure.run(job, ctx, **how), "setup_seconds": setup_seconds}
-        after = [reg for reg in job.regs if reg.trains_after_method]
-        if after and not result["interrupted"]:  # a kill in here leaves the partial as it was: the rerun redoes them
-            t0 = time.time()
-            for reg in after:
-                reg.after_method(ctx)
-            result["after_method_seconds"] = time.time() - t0
-        return result
+                if not reg.trains_before_method:
+                    reg.setup(ctx, job.method)
+        timings["setup_seconds"] = time.time() - t0 - timings.get("before_method_seconds", 0.0)
+        return {**job.procedure.run(job, ctx, **how), **timings}
 
     def _write_step(self, job: Job, model: trained.Model, result: dict) -> dict:
         """The step's record: the delta the ledger keeps (a LoRA run keeps its adapter), drift, timings."""
@@ -219,7 +222,7 @@ class Run(Ledger):
             "step": job.index, "request": job.request.to_dict(), "config": job.config,
             "base_hash": self.info["base_hash"], "parent_hash": "base" if not job.steps else job.steps[-1]["delta_hash"],
             "timings": {"setup_seconds": result["setup_seconds"], "train_seconds": result["train_seconds"],
-                        **({"after_method_seconds": result["after_method_seconds"]} if "after_method_seconds" in result else {})},
+                        **({"before_method_seconds": result["before_method_seconds"]} if "before_method_seconds" in result else {})},
             "processes": job.procs.world, "precision": job.precision,
             "loss_first": sum(losses[:10]) / max(1, len(losses[:10])), "loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "drift": {"parent": drift(stored.delta), "pretrained": drift(cumulative)},

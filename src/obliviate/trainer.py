@@ -66,8 +66,8 @@ class Context:
 
     def encode(self, prompts: list[str]) -> Cond:
         """The UNet's conditioning for `prompts` (model.Cond; `.hidden` is the cross-attention
-        input). Call the UNet with model.predict(unet, x_t, t, cond). The encoder is frozen,
-        so each prompt is encoded once."""
+        input). Call the UNet with model.predict(unet, x_t, t, cond). The encoder is frozen
+        while the method runs, so each prompt is encoded once."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
             cond = encode(self.pipe, missing)
@@ -89,6 +89,10 @@ class Context:
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def text_encoder_changed(self) -> None:
+        """A hook trained the text encoder (Hook.before_method): prompts are encoded again."""
+        self._prompt_cache.clear()
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -134,17 +138,18 @@ class Hook:
 
     needs_update_transform = False
 
-    # A hook that trains tensors of its own *after* the method (the text-side defence) declares
-    # them here, named as a step's delta names them (model.Edited: `text_encoder.` + name), and
-    # trains them in `after_method`, once the solve or the training loop has finished. It adds
-    # nothing to the method's loss, so it may follow a closed-form method too; the step's delta
-    # keeps its tensors' change with the method's.
-    trains_after_method = False
+    # A hook that trains tensors of its own *before* the method (the text-side defence) declares
+    # them here, named as a step's delta names them (model.Edited: `text_encoder.` + name). The
+    # engine runs its `setup` and then `before_method` before the method's setup, and then drops
+    # the context's prompt cache, so the method (a closed-form solve or the training loop) works
+    # with the text encoder the hook left. It adds nothing to the method's loss, so it may come
+    # with a closed-form method too; the step's delta keeps its tensors' change with the method's.
+    trains_before_method = False
 
     def own_tensors(self, pipe) -> dict[str, torch.nn.Parameter]:
         return {}
 
-    def after_method(self, ctx: Context) -> None: ...
+    def before_method(self, ctx: Context) -> None: ...
 
     def state_dict(self) -> dict:
         return {}

@@ -2,20 +2,22 @@
 Zhang et al., NeurIPS 2024).
 
 Embedding attacks (attacks/inversion.py, attacks/prefix.py) do not need the erased word: they
-learn token rows whose text states make the unlearned denoiser render the concept again. A
-method edits the denoiser; this add-on then trains the *text encoder* so that no such row is
-easy to find, while the denoiser stays as the method left it. It runs after the method
-(`Hook.after_method`: after the closed-form solve or the training loop), so it combines with
-every method, closed forms included (`speed+advunlearn`, `uce+advunlearn`, `conabl+advunlearn`).
+learn token rows whose text states make the unlearned denoiser render the concept again.
+AdvUnlearn moves the erasure into the *text encoder* and trains it against such rows. Here the
+encoder is trained first (`Hook.before_method`), against the model as the request finds it, and
+then the method runs with the encoder it left: a closed form (`speed+advunlearn`,
+`uce+advunlearn`) solves on the new text states, so the plain prompts are erased exactly as
+without the defence; a fine-tuning method (`conabl+advunlearn`) trains on them. It combines with
+every method that way.
 
     inner (every `every` steps, `attack_steps` Adam steps at `attack_lr`, warm-started):
         rows* = argmin_rows || eps(x_t, t, E_theta(adversarial prompt; rows)) - target(x_0, eps) ||^2
         on base-model images x_0 of the concept: the attacks' own objective, through the text
-        encoder being trained and the method's denoiser (regularizers/common.sharpen)
+        encoder being trained and the request's starting denoiser (regularizers/common.sharpen)
     outer (`steps` Adam steps at `lr` on the encoder's layers):
         forget = || eps(x_t, t, E_theta(prompt)) - sg[eps(x_t, t, E_start(anchor prompt))] ||^2
                  over the adversarial prompts (rows* fixed) and the plain prompts of the concepts
-        retain = || E_theta(p) - E_keep(p) ||^2 over the kept prompts p (below)
+        retain = || E_theta(p) - E_base(p) ||^2 over the kept prompts p
         loss   = forget + retain_weight * retain
 
 - The adversaries (`mode`, `concepts`, `tokens`, `images`) are the `adversarial` add-on's:
@@ -23,26 +25,24 @@ every method, closed forms included (`speed+advunlearn`, `uce+advunlearn`, `cona
   `prefix` = `tokens` soft tokens before the plain prompt (UnlearnDiffAtk's); `concepts=all`
   defends every concept unlearned so far in the domain, so a later request does not reopen an
   earlier one. Their rows live outside the model (soft_tokens.NewTokens).
-- The anchor prompt is the concept taken out ("an image of a circle" for a style): its
-  prediction is the method's denoiser's with the text encoder as the request found it.
-- The plain prompts are in the forget term so that training the encoder cannot undo the
-  method's own erasure of the words.
-- Kept prompts (the retain term): every concept of the request's domain not erased so far, in
-  the template with every partner, and every concept of the other domain alone after the neutral
-  prefix, pulled to the *base* encoder's states (not this request's start), so the encoder does
-  not drift over a sequence; and the defended concepts' own prompts with every partner, pulled
-  to the states the request started with, i.e. the states the method erased (without them the
-  encoder moved the plain prompts out of a closed form's erased directions: on MiniCanvas 1.2,
-  8 styles, `speed`'s clean UA fell from 90.6 to 66.7 on the probe seed).
+- The anchor prompt is the concept taken out ("an image of a circle" for a style).
+- Kept prompts: every concept of the request's domain not erased so far, in the template with
+  every partner, every concept of the other domain alone after the neutral prefix, and the empty
+  prompt (classifier-free guidance's unconditional branch, in every step's batch: every image
+  reads it). Their states are pulled to the *base* encoder's (not this request's start), so the
+  encoder does not drift over a sequence.
 - Trained: every tensor of the encoder's transformer layers and final norm; the token and
-  position embeddings stay (an attacker writes its own rows; training the table would only
-  move the real words). The step's delta keeps their change as `text_encoder.`-prefixed
-  tensors (model.Edited); loading, export, evaluation and the attacks read them.
+  position embeddings stay (an attacker writes its own rows; training the table would only move
+  the real words). The step's delta keeps their change as `text_encoder.`-prefixed tensors
+  (model.Edited); loading, export, evaluation and the attacks read them.
+- Why before the method and not after: trained after a closed form, the encoder moved the plain
+  prompts' states out of the directions the solve had erased (3% of their norm), and on MiniCanvas
+  1.2 (8 styles, probe seed) `speed`'s clean UA fell from 90.6 to 52-65 (docs/RESULTS.md).
 
-Deterministic given the request's seed (a generator of its own). A killed request redoes the
-defence from the method's result. Refused where it cannot apply: SDXL (two text encoders),
-SD3 and FLUX (the denoiser also reads T5 states), LoRA parameter groups (the ledger keeps an
-adapter there, not dense text-encoder tensors), several processes.
+Deterministic given the request's seed (a generator of its own); a killed request runs it again
+from the same start, so it resumes to the same bytes. Refused where it cannot apply: SDXL (two
+text encoders), SD3 and FLUX (the denoiser also reads T5 states), LoRA parameter groups (the
+ledger keeps an adapter there, not dense text-encoder tensors), several processes.
 """
 from __future__ import annotations
 
@@ -90,17 +90,17 @@ class AdvUnlearn(Hook):
     name = "advunlearn"
     order = 60
     Settings = AdvUnlearnSettings
-    trains_after_method = True
+    trains_before_method = True
     quick_settings = {"steps": 2, "every": 1, "attack_steps": 1, "images": 2, "batch_size": 2, "tokens": 1,
                       "retain_batch": 2}
     # the denoiser must read one CLIP encoder's states only: SDXL reads two, SD3 and FLUX also T5's
     families = ("sd",)
-    not_multi_process = "advunlearn trains the text encoder in one process after the method"
+    not_multi_process = "advunlearn trains the text encoder in one process before the method"
 
     def own_tensors(self, pipe) -> dict[str, torch.nn.Parameter]:
         return {TEXT_ENCODER_PREFIX + n: p for n, p in pipe.text_encoder.named_parameters() if trained_encoder_tensor(n)}
 
-    # ------------------------------------------------------------ before the method: images, targets, retained states
+    # ------------------------------------------------------------ setup: images, adversaries, kept states
     def setup(self, ctx: Context, method=None) -> None:
         s, cat = self.settings, ctx.catalog
         domain = family(ctx.request.domain)
@@ -122,19 +122,15 @@ class AdvUnlearn(Hook):
             self.plain_sets.append((images.plain, images.latents, anchor))
         erased = set(concepts) | {c for c, d in ctx.unlearned_before if family(d) == domain}
         kept = [c for c in cat.concepts(domain) if c not in erased]
-        retained = [cat.prompt_with(c, domain, p) for c in kept for p in cat.partners(domain)]
-        retained += [cat.single(p, other_family(domain)) for p in cat.partners(domain)]
-        retained.append("")  # classifier-free guidance's unconditional prompt: every image reads it
-        erased_plain = [cat.prompt_with(c, domain, p) for c in concepts for p in cat.partners(domain)]
-        with ctx.restore_base():  # the base encoder's states: retained prompts never drift over a sequence
-            base_states = _encode(ctx.pipe, retained)
-        # the erased words' own prompts keep the states the method erased (the encoder as the request found it)
-        self.retain_prompts = retained + erased_plain
-        self.retain_states = torch.cat([base_states, _encode(ctx.pipe, erased_plain)])
+        self.retain_prompts = [cat.prompt_with(c, domain, p) for c in kept for p in cat.partners(domain)]
+        self.retain_prompts += [cat.single(p, other_family(domain)) for p in cat.partners(domain)]
+        with ctx.restore_base():  # the base encoder's states: kept prompts never drift over a sequence
+            self.retain_states = _encode(ctx.pipe, self.retain_prompts)
+            self.uncond_state = _encode(ctx.pipe, [""])
         self.concepts, self.kinds = concepts, kinds
         self.refreshes, self.inner_losses, self.forget_losses, self.retain_losses = 0, [], [], []
 
-    # ------------------------------------------------------------ after the method: train the encoder
+    # ------------------------------------------------------------ before the method: train the encoder
     def all_rows(self) -> torch.Tensor:
         return torch.cat([a.rows for a in self.adversaries], 0)
 
@@ -146,7 +142,7 @@ class AdvUnlearn(Hook):
                                          s.attack_lr, s.batch_size, self.gen))
         self.refreshes += 1
 
-    def after_method(self, ctx: Context) -> None:
+    def before_method(self, ctx: Context) -> None:
         s = self.settings
         params = list(self.own_tensors(ctx.pipe).values())
         opt = torch.optim.Adam(params, lr=s.lr)
@@ -170,11 +166,12 @@ class AdvUnlearn(Hook):
                 with ctx.autocast():
                     reference, prediction = reference_and_prediction(ctx, x_t, t, Cond.cat(anchor), Cond(hidden))
                 forget = F.mse_loss(prediction.float(), reference.float())
-                # retain: retained prompts' states -> the base encoder's
+                # retain: kept prompts' states -> the base encoder's (the unconditional prompt in every batch)
                 idx = torch.randint(0, len(self.retain_prompts), (s.retain_batch,), generator=self.gen)
-                states = self.tokens.encode([self.retain_prompts[k] for k in idx.tolist()], self.all_rows()[:0],
-                                            ctx.pipe.text_encoder)
-                retain = F.mse_loss(states.float(), self.retain_states[idx].to(states.device))
+                states = self.tokens.encode([""] + [self.retain_prompts[k] for k in idx.tolist()], self.all_rows()[:0],
+                                            ctx.pipe.text_encoder).float()
+                wanted = torch.cat([self.uncond_state, self.retain_states[idx]]).to(states.device)
+                retain = F.mse_loss(states, wanted)
                 grads = torch.autograd.grad(forget + s.retain_weight * retain, params)
                 opt.zero_grad(set_to_none=True)
                 for p, g in zip(params, grads):
@@ -186,7 +183,7 @@ class AdvUnlearn(Hook):
             for p in params:
                 p.requires_grad_(False)
                 p.grad = None
-        ctx.log(f"advunlearn: {s.steps} steps on the text encoder against {len(self.adversaries)} adversaries "
+        ctx.log(f"advunlearn: {s.steps} steps on the text encoder before the method, against {len(self.adversaries)} adversaries "
                 f"({', '.join(self.kinds)}) for {', '.join(self.concepts)}; forget loss "
                 f"{_mean(self.forget_losses[:3]):.4f} -> {_mean(self.forget_losses[-3:]):.4f}")
 
