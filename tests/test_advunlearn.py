@@ -134,3 +134,32 @@ def test_refused_where_it_cannot_apply(random_model, tmp_path):
     with pytest.raises(ValueError, match=r"regularizer\(s\) l1sp cannot apply"):
         run.unlearn(Request("fire", "style", "speed", {}, [("l1sp", {}), ("advunlearn", {})]), quiet=True)
     assert not (tmp_path / "run").exists() and not (tmp_path / "run-sdxl").exists()
+
+
+def test_a_closed_form_solves_on_the_defended_encoder_not_on_cached_base_states(random_model, tmp_path):
+    """uce+advunlearn's denoiser change is uce's on a model whose encoder is the defended one
+    (up to the rounding of base + delta), although an earlier plain uce request filled the shared
+    cache with the base encoder's states."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    plain = delta_of(Run.open_or_create(tmp_path / "plain", random_model).unlearn(Request("fire", "style", "uce"),
+                                                                                  quiet=True, cache_dir=cache))
+    meta = Run.open_or_create(tmp_path / "defended", random_model).unlearn(defended("fire", "uce"), quiet=True,
+                                                                          cache_dir=cache)
+    delta = delta_of(meta)
+    # the base model with the defended encoder, as a model directory of its own
+    pipe = load_pipeline(random_model)
+    with torch.no_grad():
+        for n, p in pipe.text_encoder.named_parameters():
+            p.add_(delta.get(TEXT_ENCODER_PREFIX + n, torch.zeros_like(p)))
+    pipe.save_pretrained(tmp_path / "with-encoder")
+    for extra in ("classifiers", "minicanvas.json"):
+        src = random_model / extra
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / "with-encoder" / extra)
+    solved = delta_of(Run.open_or_create(tmp_path / "again", tmp_path / "with-encoder").unlearn(
+        Request("fire", "style", "uce"), quiet=True, cache_dir=cache))
+    assert sorted(solved) == sorted(n for n in delta if not n.startswith(TEXT_ENCODER_PREFIX))
+    gap = max(float((solved[n] - delta[n]).abs().max()) for n in solved)
+    stale = max(float((plain[n] - delta[n]).abs().max()) for n in solved)
+    assert gap < 1e-4 * stale, (gap, stale)

@@ -52,6 +52,9 @@ class Context:
     precision: str = "auto"  # distributed.PRECISIONS; masters stay float32
     dist: Any = None  # distributed.Distributed when several processes share the request
     grad_scaler: Any = None  # fp16 only
+    # identifies the text encoder when it is not the base model's (a text-side defence changed it):
+    # "" = the base encoder; caches of text states key on it (methods/uce.py text_states)
+    text_key: str = ""
     _prompt_cache: dict[str, Cond] = field(default_factory=dict)
     _training_scheduler: Any = None
 
@@ -91,8 +94,13 @@ class Context:
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
     def text_encoder_changed(self) -> None:
-        """A hook trained the text encoder (Hook.before_method): prompts are encoded again."""
+        """A hook trained the text encoder (Hook.before_method): prompts are encoded again, and
+        caches of text states get a new key."""
+        from .delta import tensors_hash
+
         self._prompt_cache.clear()
+        self.__dict__.pop("_uce_states", None)
+        self.text_key = tensors_hash(dict(self.pipe.text_encoder.named_parameters()))
 
     def log(self, msg: str) -> None:
         if not self.quiet:

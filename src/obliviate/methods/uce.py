@@ -177,7 +177,8 @@ def text_states(ctx: Context, prompts: list[str]) -> torch.Tensor:
 
     anchor=base re-solves with every earlier concept's prompts, so without a cache a request
     re-encodes the whole run (95% of the cost at SD 1.5 size). The encoder is frozen, so a
-    prompt's states depend only on its token ids and the base model: they are kept in memory
+    prompt's states depend only on its token ids and the base model (and, where a text-side
+    defence trained the encoder, on its weights: Context.text_key): they are kept in memory
     for the request and on disk under `cache_dir/uce-text/<base hash>/`, keyed by the token
     ids, each file carrying the checksum of its data (a damaged file is encoded again).
     Each prompt is encoded alone (batch of one): the bytes then do not depend on which other
@@ -186,11 +187,13 @@ def text_states(ctx: Context, prompts: list[str]) -> torch.Tensor:
     """
     memo = ctx.__dict__.setdefault("_uce_states", {})
     directory = Path(ctx.cache_dir) / "uce-text" / str(ctx.base_hash)[:16] if ctx.cache_dir else None
+    # a text encoder a defence trained (Context.text_key) has states of its own
+    identity = [str(ctx.base_hash)] + ([ctx.text_key] if ctx.text_key else [])
     for p in dict.fromkeys(prompts):
         if p in memo:
             continue
         ids = token_ids(ctx.pipe, p)
-        key = hashlib.sha256(json.dumps([str(ctx.base_hash), list(ids)]).encode()).hexdigest()[:32]
+        key = hashlib.sha256(json.dumps([*identity, list(ids)]).encode()).hexdigest()[:32]
         path = directory / f"{key}.safetensors" if directory else None
         state = load_verified_tensor(path) if path else None
         if state is None or state.shape[0] != len(ids):
