@@ -163,3 +163,22 @@ def test_a_closed_form_solves_on_the_defended_encoder_not_on_cached_base_states(
     gap = max(float((solved[n] - delta[n]).abs().max()) for n in solved)
     stale = max(float((plain[n] - delta[n]).abs().max()) for n in solved)
     assert gap < 1e-4 * stale, (gap, stale)
+
+
+def test_from_the_command_line_and_an_experiment_file(random_model, tmp_path, capsys):
+    from obliviate.cli import main
+    from obliviate.experiment.config import parse_variant
+
+    settings = ",".join(f"{k}={v}" for k, v in QUICK.items())
+    base = ["--quiet", "unlearn", "--run", str(tmp_path / "run"), "--model", str(random_model), "--concept", "fire",
+            "--domain", "style", "--method", "speed"]
+    assert main(base + ["--reg", f"advunlearn:{settings}", "--reg", "l1sp"]) == 2
+    assert "regularizer(s) l1sp cannot apply" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main(base + ["--reg", f"advunlearn:{settings}"]) == 0
+    (step,) = Run.open_or_create(tmp_path / "run").steps()
+    assert step["config"]["regularizers"][0]["name"] == "advunlearn"
+    variant = parse_variant({"name": "speed+advunlearn", "method": "speed", "regularizers": [{"name": "advunlearn", "steps": 60}]},
+                            "style")
+    assert variant.method == "speed" and variant.regularizers == [("advunlearn", {"steps": 60})]
+    with pytest.raises(ValueError, match="steps"):
+        parse_variant({"name": "bad", "method": "speed", "regularizers": [{"name": "advunlearn", "steps": 0}]}, "style")
