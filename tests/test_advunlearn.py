@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from obliviate.attacks import load_target
+from obliviate.attacks import build_attack, load_target, run_attack
 from obliviate.continual import Run
 from obliviate.evaluate.evaluator import load_protocol
 from obliviate.evaluate.sampler import SamplerConfig
-from obliviate.model import TEXT_ENCODER_PREFIX, encode_prompts, load_pipeline
+from obliviate.model import TEXT_ENCODER_PREFIX, edited, encode_prompts, load_pipeline
 from obliviate.protocols import minicanvas_catalog
 from obliviate.request import Request
 
@@ -20,6 +20,10 @@ TINY_CONABL = {"steps": "4", "anchor_images": "2", "sampler_steps": "2", "batch_
 
 def defended(concept, method="speed", settings=None, defence=None):
     return Request(concept, "style", method, dict(settings or {}), [("advunlearn", {**QUICK, **(defence or {})})])
+
+
+def edited_params(pipe):
+    return dict(edited(pipe).named_parameters())
 
 
 def delta_of(meta):
@@ -55,6 +59,14 @@ def test_the_defence_trains_the_encoder_layers_and_the_ledger_replays_them(rando
     assert torch.equal(dict(target.pipe.text_encoder.named_parameters())[moved], dict(loaded.text_encoder.named_parameters())[moved])
     with target.base():  # the attacks' pretrained model: the base encoder (up to the rounding of subtracting the delta)
         assert torch.allclose(dict(target.pipe.text_encoder.named_parameters())[moved], base_te[moved], atol=1e-6)
+    # every attack runs on the defended model and leaves it as it was (relearn fine-tunes the denoiser's tensors)
+    before = {n: p.detach().clone() for n, p in edited_params(target.pipe).items()}
+    tiny = {"inversion": {"steps": 1, "images": 2, "batch_size": 2}, "prefix": {"steps": 1, "images": 2, "batch_size": 2},
+            "paraphrase": {}, "relearn": {"max_steps": 1, "check_every": 1, "images": 2, "batch_size": 2,
+                                          "check_partners": 1}}
+    for name, settings in tiny.items():
+        assert len(run_attack(target, build_attack(name, settings))["concepts"]) == 2, name
+    assert all(torch.equal(p, before[n]) for n, p in edited_params(target.pipe).items())
 
 
 def test_the_defence_changes_the_encoder_layers_only_and_the_method_then_reads_them(random_model, tmp_path):

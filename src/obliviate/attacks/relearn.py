@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..delta import swapped
-from ..model import select_parameters
+from ..model import TEXT_ENCODER_PREFIX, select_parameters
 from ..parsing import AT_LEAST_ONE
 from .common import Attack, AttackSettings, Diffusion, NewTokens, Target, encode
 
@@ -71,12 +71,14 @@ class Relearn(Attack):
         return out
 
     def finetune(self, target: Target, concept: str, latents, partners, *, word: str) -> dict:
-        """Fine-tune the delta's tensors until the judge sees `concept` where `word` is; restore them."""
+        """Fine-tune the delta's denoiser tensors until the judge sees `concept` where `word` is; restore them."""
         s = self.settings
         pipe = target.pipe
         named = dict(pipe.unet.named_parameters())
-        # the run's trained tensors; a model with no delta (the base, in tests): the default k/v group
-        names = sorted(target.delta) or sorted(select_parameters(pipe.unet, "kv-xattn"))
+        # the run's trained denoiser tensors (a text-side defence's encoder tensors stay as they are:
+        # prompts are encoded without gradient); a model with no delta (the base, in tests): the k/v group
+        names = sorted(n for n in target.delta if not n.startswith(TEXT_ENCODER_PREFIX)) \
+            or sorted(select_parameters(pipe.unet, "kv-xattn"))
         params = [named[n] for n in names]
         prompts = [target.prompt(word, p) for p in partners]
         check_cells = [(p, k) for p in target.partners[: s.check_partners] for k in target.seeds]

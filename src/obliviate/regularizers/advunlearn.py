@@ -36,8 +36,15 @@ every method that way.
   the real words). The step's delta keeps their change as `text_encoder.`-prefixed tensors
   (model.Edited); loading, export, evaluation and the attacks read them.
 - Why before the method and not after: trained after a closed form, the encoder moved the plain
-  prompts' states out of the directions the solve had erased (3% of their norm), and on MiniCanvas
-  1.2 (8 styles, probe seed) `speed`'s clean UA fell from 90.6 to 52-65 (docs/RESULTS.md).
+  prompts' states off those the solve had erased (3% of their norm in one request), and wherever
+  that bought robustness `speed`'s clean UA fell from 90.6 to 52-67 (MiniCanvas 1.2, 8 styles,
+  probe seed; docs/results/advunlearn-probe-1.2.json).
+
+Defaults (steps 40, lr 1e-3, retain_weight 10, both adversaries, every 2, 5 attack steps) from
+the probe seed on MiniCanvas 1.2 after 8 requests with `speed`: on objects robust UA +15.6 under
+both inversion and prefix (paired) at no retention cost; on styles +34.4 under inversion, nothing
+under prefix, and RA-I 21.8 points lower; retain_weight 100 kept styles' retention but bought only
++9.4 (inconclusive). Figures on the reported seeds: docs/RESULTS.md (Attacks).
 
 Deterministic given the request's seed (a generator of its own); a killed request runs it again
 from the same start, so it resumes to the same bytes. Refused where it cannot apply: SDXL (two
