@@ -22,8 +22,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/obliviate demo
 
+# the suite on one worker process per core (at most 4), one torch thread each; a test file stays
+# on one worker (its module fixtures, e.g. one Ray cluster, are built once)
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n auto --maxprocesses 4 --dist loadfile
 
 # docs/METHODS.md from the settings classes and registries (tests/test_reference.py checks it is current)
 docs: $(STAMP)

@@ -16,7 +16,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def obliviate(*args, cwd):
-    env = {**os.environ, "OBLIVIATE_PLUGINS": str(PLUGIN), "OMP_NUM_THREADS": "1",
+    # COLUMNS: argparse wraps help at the terminal's width and may break a name at its hyphen
+    env = {**os.environ, "OBLIVIATE_PLUGINS": str(PLUGIN), "OMP_NUM_THREADS": "1", "COLUMNS": "250",
            "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-m", "obliviate.cli", "--quiet", *map(str, args)], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=600)
