@@ -93,16 +93,18 @@ def slug(text: str) -> str:
     return _slug(text)
 
 
-def seed_free(method: str) -> bool:
+def seed_free(method: str, regularizers=()) -> bool:
     """A closed-form method (uce) solves without randomness: a training seed changes nothing (a
-    seed-1 run of styles uce reproduced seed 0's figures exactly), so it runs for seed 0 only."""
+    seed-1 run of styles uce reproduced seed 0's figures exactly), so it runs for seed 0 only. An
+    add-on that comes with a closed form (advunlearn, before the solve) draws from the seed."""
     from obliviate.methods import get_method
 
-    return bool(get_method(method).closed_form)
+    return bool(get_method(method).closed_form) and not regularizers
 
 
 def units(files: dict[str, str] | None = None, phases=None, root: Path = ROOT) -> list[Unit]:
-    """Every unit of the study, in execution order (no seed-1 unit for a closed-form variant)."""
+    """Every unit of the study, in execution order (no seed-1 unit for a closed-form variant
+    without add-ons)."""
     files = files or FILES
     raws = {}
     for domain, path in files.items():
@@ -116,7 +118,9 @@ def units(files: dict[str, str] | None = None, phases=None, root: Path = ROOT) -
         if requests > len(raw["sequence"]):
             continue
         for v in raw["variants"]:
-            if seed > 0 and seed_free(v.get("method", (raw.get("defaults") or {}).get("method", "conabl"))):
+            defaults = raw.get("defaults") or {}
+            if seed > 0 and seed_free(v.get("method", defaults.get("method", "conabl")),
+                                      v.get("regularizers", defaults.get("regularizers", ()))):
                 continue
             cfg = copy.deepcopy(raw)
             cfg["variants"] = [copy.deepcopy(v)]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .delta import tensors_hash
 from .model import Cond, denoiser, encode
 from .parsing import Checked
 from .protocols import Catalog
@@ -96,8 +97,6 @@ class Context:
     def text_encoder_changed(self) -> None:
         """A hook trained the text encoder (Hook.before_method): prompts are encoded again, and
         caches of text states get a new key."""
-        from .delta import tensors_hash
-
         self._prompt_cache.clear()
         self.__dict__.pop("_uce_states", None)
         self.text_key = tensors_hash(dict(self.pipe.text_encoder.named_parameters()))
