@@ -41,6 +41,8 @@ def test_units_come_in_decision_order_and_every_one_parses():
     assert not any(u.domain == "objects" and u.requests == 12 for u in items)  # 8 of 12 objects: no 12-request unit
     # a closed-form solve does not depend on the training seed: uce runs for seed 0 only
     assert "styles-r12-uce-s0" in by_name and not any(u.variant.startswith("uce") and u.seed for u in items)
+    # ... but an add-on with it draws from the seed (advunlearn trains the text encoder before the solve)
+    assert "objects-r8-speed-advunlearn-s1" in by_name and "objects-r8-speed-s1" not in by_name
     u = by_name["objects-r8-ours-replay-s0"]
     assert [v["name"] for v in u.config["variants"]] == ["ours:replay"] and u.config["requests"] == 8
     assert u.config["grid"]["variant"] == "ours:replay" and u.config["partners"] == "all"
