@@ -36,7 +36,7 @@ docs: $(STAMP)
 test-fullsize: $(STAMP)
 	$(BIN)/python -m pytest tests -m fullsize
 
-# The second-edition study behind docs/RESULTS.md (configs/study/): at most about 57 CPU hours at
+# The second-edition study behind docs/RESULTS.md (configs/study/): at most about 58 CPU hours at
 # the speed measured on an idle 2-core machine (docs/results/study-plan.json) (`python scripts/study.py --plan`; swept values that fall
 # under the UA bar stop early, so it is an upper bound), so it is meant
 # to be left running over several sessions. scripts/study.py runs the units not yet committed under
