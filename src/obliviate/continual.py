@@ -18,13 +18,13 @@ import torch
 
 from . import __version__, distributed, procedures, trained
 from .components import Parsed, build_hooks, check_for_model, parse, resolved_config  # noqa: F401 (build_hooks, resolved_config: re-exported)
-from .delta import apply_delta, atomic_directory, drift, tensors_hash
+from .delta import apply_delta, atomic_directory, drift
 from .ledger import Job, Ledger, slug  # noqa: F401 (slug: re-exported)
 from .locking import exclusive
 from .model import TEXT_ENCODER_PREFIX, check_pipeline_dir, denoiser, edited, load_pipeline, model_hash, pick_device
 from .protocols import PROTOCOLS
 from .request import Request
-from .trainer import Context, Method
+from .trainer import Context, Method, text_encoder_key
 
 
 class Run(Ledger):
@@ -186,8 +186,7 @@ class Run(Ledger):
             cache_dir=Path(cache_dir) if cache_dir else self.path / "cache", base_hash=self.info["base_hash"],
             restore_base=model.restore_base, quiet=quiet, earlier_requests=[m["request"] for m in job.steps],
             precision=precision, dist=job.dist,
-            text_key=tensors_hash(dict(model.pipe.text_encoder.named_parameters()))
-            if any(n.startswith(TEXT_ENCODER_PREFIX) for n in model.previous) else "",
+            text_key=text_encoder_key(model.pipe) if any(n.startswith(TEXT_ENCODER_PREFIX) for n in model.previous) else "",
         )
 
     def _apply(self, job: Job, ctx: Context, **how) -> dict:

@@ -26,15 +26,15 @@ class Model:
     previous: dict  # the run's cumulative delta before this request
     base_params: dict  # the denoiser's tensors that earlier requests changed
     started_from: dict | None = None  # LoRA: the adapter continued from the previous step
-    own: dict = dataclasses.field(default_factory=dict)  # tensors add-ons train after the method, by ledger name
+    own: dict = dataclasses.field(default_factory=dict)  # tensors add-ons train before the method, by ledger name
     own_start: dict = dataclasses.field(default_factory=dict)  # their values when this request starts
 
     def add_own(self, tensors: dict) -> None:
-        """Tensors an add-on trains after the method (Hook.own_tensors): the step's delta keeps their change too."""
+        """Tensors an add-on trains before the method (Hook.own_tensors): the step's delta keeps their change too."""
         for n, p in tensors.items():
             if n in self.params or n in self.own:
                 raise ValueError(f"tensor {n} is trained twice in one request")
-            self.own[n] = p  # no requires_grad here: the method's own loop must not compute their gradients
+            self.own[n] = p  # no requires_grad here: the add-on sets it while it trains them, the method's loop never
             self.own_start[n] = p.detach().clone()
 
     def own_change(self) -> dict:

@@ -99,11 +99,16 @@ class Context:
         caches of text states get a new key."""
         self._prompt_cache.clear()
         self.__dict__.pop("_uce_states", None)
-        self.text_key = tensors_hash(dict(self.pipe.text_encoder.named_parameters()))
+        self.text_key = text_encoder_key(self.pipe)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
             print(f"[obliviate] {msg}", flush=True)
+
+
+def text_encoder_key(pipe) -> str:
+    """Identity of a text encoder that is not the base model's (Context.text_key): its weights' hash."""
+    return tensors_hash(dict(pipe.text_encoder.named_parameters()))
 
 
 class Hook:

@@ -169,13 +169,14 @@ class AdvUnlearn(Hook):
                     x0.append(latents[j])
                     anchor.append(anchors[j:j + 1])
                 x_t, t, _ = noised(ctx, torch.stack(x0), self.gen)
-                hidden = self.tokens.encode(prompts, self.all_rows(), ctx.pipe.text_encoder)
+                rows = self.all_rows()
+                hidden = self.tokens.encode(prompts, rows, ctx.pipe.text_encoder)
                 with ctx.autocast():
                     reference, prediction = reference_and_prediction(ctx, x_t, t, Cond.cat(anchor), Cond(hidden))
                 forget = F.mse_loss(prediction.float(), reference.float())
                 # retain: kept prompts' states -> the base encoder's (the unconditional prompt in every batch)
                 idx = torch.randint(0, len(self.retain_prompts), (s.retain_batch,), generator=self.gen)
-                states = self.tokens.encode([""] + [self.retain_prompts[k] for k in idx.tolist()], self.all_rows()[:0],
+                states = self.tokens.encode([""] + [self.retain_prompts[k] for k in idx.tolist()], rows,
                                             ctx.pipe.text_encoder).float()
                 wanted = torch.cat([self.uncond_state, self.retain_states[idx]]).to(states.device)
                 retain = F.mse_loss(states, wanted)
